@@ -1,0 +1,48 @@
+"""The project's single exception hierarchy.
+
+Every error the library raises on bad input is a :class:`NeuralHashError`, so a
+caller (and the CLI) can catch one type and show its message. Messages name
+the file, layer or field at fault.
+"""
+
+from __future__ import annotations
+
+
+class NeuralHashError(Exception):
+    """Base class of every error raised by this package on bad input."""
+
+
+class EspressoError(NeuralHashError):
+    """An Espresso file (graph, shape or weights) is malformed or inconsistent."""
+
+
+class ContainerError(EspressoError):
+    """A compressed JSON container (``pbze`` header + LZFSE) is malformed."""
+
+
+class WeightsError(EspressoError):
+    """The weights file is malformed, or a blob does not fit the layer using it."""
+
+
+class GraphError(EspressoError):
+    """The graph JSON is malformed: a missing field, a dangling ``bottom``..."""
+
+
+class ConversionError(NeuralHashError):
+    """The model cannot be converted to ONNX."""
+
+
+class UnsupportedLayerError(ConversionError):
+    """A layer type, operation code or parameter value is not handled."""
+
+
+class ShapeMismatchError(ConversionError):
+    """An inferred blob shape disagrees with the ``.shape`` file."""
+
+
+class VerificationError(NeuralHashError):
+    """ONNX and reference outputs disagree beyond tolerance."""
+
+
+class SeedError(NeuralHashError):
+    """A NeuralHash seed (projection) file is malformed."""

@@ -1,0 +1,478 @@
+"""Typed Espresso layers, parsed from the graph JSON.
+
+One dataclass per layer type, registered under its Espresso ``type`` string.
+Parsing checks that every field a type needs is present and of the right
+kind, naming the layer and the field when it is not. Types without a parser
+become a plain :class:`Layer`: the model can still be inspected, and the
+converter refuses it by name.
+
+Semantics that ESPRESSO.md marks *unverified* are noted where they are decided.
+Whether a parameter *value* is supported (an operation code, a mode) is the
+converter's and the reference executor's business, not the parser's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
+
+from ..errors import GraphError
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A layer's pointer into the weights file, with what the layer implies about it."""
+
+    id: int
+    dtype: str  # "float32" or "float16": how the payload is stored
+    shape: tuple[int, ...]  # the stored layout
+    field: str  # the JSON key it came from, for messages
+
+    @property
+    def count(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Fields every layer has. ``params`` is the layer's whole JSON object, untouched."""
+
+    name: str
+    type: str
+    bottoms: tuple[str, ...]
+    top: str
+    is_output: bool
+    params: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def blob_refs(self) -> dict[str, BlobRef]:
+        """Weight blobs this layer reads, by role."""
+        return {}
+
+
+LayerParser = Callable[[Mapping[str, Any], dict[str, Any]], Layer]
+LAYER_TYPES: dict[str, type[Layer]] = {}
+
+
+def register(type_name: str):
+    """Class decorator: the dataclass that parses layers of ``type_name``."""
+
+    def wrap(cls):
+        cls.TYPE = type_name
+        LAYER_TYPES[type_name] = cls
+        return cls
+
+    return wrap
+
+
+class _Fields:
+    """Typed access to a layer's JSON fields with errors that name layer and field."""
+
+    def __init__(self, raw: Mapping[str, Any], layer_name: str, layer_type: str):
+        self.raw = raw
+        self.where = f"layer {layer_name!r} ({layer_type})"
+
+    def _get(self, key: str, default: Any):
+        value = self.raw.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise GraphError(f"{self.where}: missing field {key!r}")
+            return default
+        return value
+
+    def int(self, key: str, default: Any = _MISSING) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise GraphError(f"{self.where}: field {key!r} should be an integer, got {value!r}")
+        return value
+
+    def float(self, key: str, default: Any = _MISSING) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise GraphError(f"{self.where}: field {key!r} should be a number, got {value!r}")
+        return float(value)
+
+    def flag(self, key: str, default: Any = 0) -> bool:
+        return bool(self.int(key, default))
+
+    def positive(self, key: str, default: Any = _MISSING) -> int:
+        value = self.int(key, default)
+        if value < 1:
+            raise GraphError(f"{self.where}: field {key!r} should be at least 1, got {value}")
+        return value
+
+    def blob(self, keys: tuple[tuple[str, str], ...], shape: tuple[int, ...], role: str, required: bool = True):
+        """The first present key of ``keys`` ((json key, dtype), ...) as a BlobRef."""
+        for key, dtype in keys:
+            if key in self.raw:
+                return BlobRef(self.int(key), dtype, shape, key)
+        if required:
+            names = " or ".join(repr(k) for k, _ in keys)
+            raise GraphError(f"{self.where}: missing field {names} ({role})")
+        return None
+
+
+def _pads(f: _Fields) -> tuple[int, int, int, int]:
+    """Explicit padding (top, bottom, left, right), each >= 0."""
+    pads = tuple(f.int(k, 0) for k in ("pad_t", "pad_b", "pad_l", "pad_r"))
+    if min(pads) < 0:
+        raise GraphError(f"{f.where}: negative padding {pads}")
+    return pads  # type: ignore[return-value]
+
+
+@register("input")
+@dataclass(frozen=True)
+class Input(Layer):
+    """Declares a network input (fp16 NeuralHash begins with one)."""
+
+
+@register("convolution")
+@dataclass(frozen=True)
+class Convolution(Layer):
+    out_channels: int = 0
+    in_channels: int = 0
+    kernel_h: int = 1  # Ny; that Ny is rows is unverified (NeuralHash kernels are square)
+    kernel_w: int = 1  # Nx
+    stride_h: int = 1
+    stride_w: int = 1
+    dilation_h: int = 1
+    dilation_w: int = 1
+    groups: int = 1
+    pad_mode: int = 0
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    has_biases: bool = False
+    fused_relu: bool = False
+    fused_tanh: bool = False
+    has_batch_norm: bool = False
+    n_parallel: int = 1
+    weights: BlobRef | None = None
+    biases: BlobRef | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Convolution":
+        c, k = f.positive("C"), f.positive("K")
+        groups = f.positive("n_groups", 1)
+        if k % groups or c % groups:
+            raise GraphError(f"{f.where}: n_groups {groups} does not divide K {k} and C {c}")
+        kh, kw = f.positive("Ny"), f.positive("Nx")
+        shape = (c, k // groups, kh, kw)
+        has_biases = f.flag("has_biases")
+        return cls(
+            **common,
+            out_channels=c,
+            in_channels=k,
+            kernel_h=kh,
+            kernel_w=kw,
+            stride_h=f.positive("stride_y", 1),
+            stride_w=f.positive("stride_x", 1),
+            dilation_h=f.positive("dilation_y", 1),
+            dilation_w=f.positive("dilation_x", 1),
+            groups=groups,
+            pad_mode=f.int("pad_mode", 0),
+            pads=_pads(f),
+            has_biases=has_biases,
+            fused_relu=f.flag("fused_relu"),
+            fused_tanh=f.flag("fused_tanh"),
+            has_batch_norm=f.flag("has_batch_norm"),
+            n_parallel=f.int("n_parallel", 1),
+            weights=f.blob((("blob_weights_f16", "float16"), ("blob_weights", "float32")), shape, "kernel"),
+            biases=f.blob((("blob_biases", "float32"), ("b_f32", "float32")), (c,), "biases") if has_biases else None,
+        )
+
+    def blob_refs(self) -> dict[str, BlobRef]:
+        refs = {"weights": self.weights}
+        if self.biases is not None:
+            refs["biases"] = self.biases
+        return refs  # type: ignore[return-value]
+
+
+@register("batchnorm")
+@dataclass(frozen=True)
+class BatchNorm(Layer):
+    """``training`` 1 + ``training_instancenorm`` 1 is instance normalisation (NeuralHash)."""
+
+    channels: int = 0
+    training: bool = False
+    instance_norm: bool = False
+    eps: float = 1e-5
+    params_blob: BlobRef | None = None  # [C, 4] rows: scale, shift, mean, variance
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "BatchNorm":
+        c = f.positive("C")
+        return cls(
+            **common,
+            channels=c,
+            training=f.flag("training"),
+            instance_norm=f.flag("training_instancenorm"),
+            # 1e-5 default when absent is unverified; NeuralHash always sets it.
+            eps=f.float("training_eps", 1e-5),
+            params_blob=f.blob((("blob_batchnorm_params", "float32"),), (c, 4), "batchnorm parameters"),
+        )
+
+    def blob_refs(self) -> dict[str, BlobRef]:
+        return {"params": self.params_blob}  # type: ignore[dict-item]
+
+
+@register("elementwise")
+@dataclass(frozen=True)
+class Elementwise(Layer):
+    operation: int = 0
+    alpha: float = 0.0
+    beta: float = 0.0
+    fused_relu: bool = False
+    nd_mode: bool = False
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Elementwise":
+        return cls(
+            **common,
+            operation=f.int("operation"),
+            alpha=f.float("alpha", 0.0),
+            beta=f.float("beta", 0.0),
+            fused_relu=f.flag("fused_relu"),
+            nd_mode=f.flag("nd_mode"),
+        )
+
+
+@register("activation")
+@dataclass(frozen=True)
+class Activation(Layer):
+    mode: int = 0
+    alpha: float = 0.0
+    beta: float = 0.0
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Activation":
+        return cls(**common, mode=f.int("mode"), alpha=f.float("alpha", 0.0), beta=f.float("beta", 0.0))
+
+
+@register("pool")
+@dataclass(frozen=True)
+class Pool(Layer):
+    is_max: bool = False  # avg_or_max: 0 average, 1 max
+    avg_or_max: int = 0
+    is_global: bool = False
+    size_h: int = 1
+    size_w: int = 1
+    stride_h: int = 1
+    stride_w: int = 1
+    pad_mode: int = 0
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    exclude_padding: bool = True
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Pool":
+        is_global = f.flag("is_global")
+        avg_or_max = f.int("avg_or_max")
+        return cls(
+            **common,
+            is_max=avg_or_max == 1,
+            avg_or_max=avg_or_max,
+            is_global=is_global,
+            size_h=f.positive("size_y", 1 if is_global else _MISSING),
+            size_w=f.positive("size_x", 1 if is_global else _MISSING),
+            stride_h=f.positive("stride_y", 1),
+            stride_w=f.positive("stride_x", 1),
+            pad_mode=f.int("pad_mode", 0),
+            pads=_pads(f),
+            exclude_padding=f.flag("average_count_exclude_padding", 1),
+        )
+
+
+@register("inner_product")
+@dataclass(frozen=True)
+class InnerProduct(Layer):
+    """``weights`` is stored [nC, nB], or [nB, nC] when ``transposed`` (``w_f16_t``)."""
+
+    n_in: int = 0  # nB
+    n_out: int = 0  # nC
+    has_biases: bool = False
+    has_relu: bool = False
+    has_tanh: bool = False
+    has_prelu: bool = False
+    transposed: bool = False
+    weights: BlobRef | None = None
+    biases: BlobRef | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "InnerProduct":
+        n_in, n_out = f.positive("nB"), f.positive("nC")
+        has_biases = f.flag("has_biases")
+        if "w_f16_t" in f.raw:
+            weights = BlobRef(f.int("w_f16_t"), "float16", (n_in, n_out), "w_f16_t")
+        else:
+            weights = f.blob(
+                (("blob_weights_f16", "float16"), ("blob_weights", "float32")), (n_out, n_in), "weights"
+            )
+        return cls(
+            **common,
+            n_in=n_in,
+            n_out=n_out,
+            has_biases=has_biases,
+            has_relu=f.flag("has_relu"),
+            has_tanh=f.flag("has_tanh"),
+            has_prelu=f.flag("has_prelu"),
+            transposed=weights.field == "w_f16_t",
+            weights=weights,
+            biases=f.blob((("blob_biases", "float32"), ("b_f32", "float32")), (n_out,), "biases")
+            if has_biases
+            else None,
+        )
+
+    def blob_refs(self) -> dict[str, BlobRef]:
+        refs = {"weights": self.weights}
+        if self.biases is not None:
+            refs["biases"] = self.biases
+        return refs  # type: ignore[return-value]
+
+
+@register("softmax")
+@dataclass(frozen=True)
+class Softmax(Layer):
+    """Softmax over the channel axis (k)."""
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Softmax":
+        return cls(**common)
+
+
+@register("softmax_nd")
+@dataclass(frozen=True)
+class SoftmaxND(Layer):
+    """Softmax over ``nd_axis`` of the rank-4 blob (field name unverified; default -3 = channels)."""
+
+    axis: int = -3
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "SoftmaxND":
+        axis = f.int("nd_axis", -3)
+        if not -4 <= axis <= 3:
+            raise GraphError(f"{f.where}: nd_axis {axis} is outside a rank-4 blob")
+        return cls(**common, axis=axis)
+
+
+@register("concat")
+@dataclass(frozen=True)
+class Concat(Layer):
+    """Concatenation along the channel axis (k)."""
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Concat":
+        return cls(**common)
+
+
+@register("flatten")
+@dataclass(frozen=True)
+class Flatten(Layer):
+    """[n, k, h, w] -> [n, k*h*w, 1, 1] in C order (unverified: checked by the shape file)."""
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Flatten":
+        return cls(**common)
+
+
+@register("reshape")
+@dataclass(frozen=True)
+class Reshape(Layer):
+    """Reshape the [k, h, w] part of a blob; the batch axis is kept (``dst_*`` fields)."""
+
+    dst_k: int = 0
+    dst_h: int = 0
+    dst_w: int = 0
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Reshape":
+        dst_n = f.int("dst_n", 1)
+        if dst_n not in (1, -1, 0):
+            raise GraphError(f"{f.where}: dst_n {dst_n} would reshape across the batch axis")
+        return cls(**common, dst_k=f.int("dst_k"), dst_h=f.int("dst_h", 1), dst_w=f.int("dst_w", 1))
+
+
+@register("transpose")
+@dataclass(frozen=True)
+class Transpose(Layer):
+    """Output axis i is input axis ``perm[i]`` over (n, k, h, w) (unverified reading of ``axis_*``)."""
+
+    perm: tuple[int, int, int, int] = (0, 1, 2, 3)
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Transpose":
+        perm = tuple(f.int(k) for k in ("axis_n", "axis_k", "axis_h", "axis_w"))
+        if sorted(perm) != [0, 1, 2, 3]:
+            raise GraphError(f"{f.where}: axis_n/k/h/w {perm} is not a permutation of 0..3")
+        return cls(**common, perm=perm)  # type: ignore[arg-type]
+
+
+@register("upsample")
+@dataclass(frozen=True)
+class Upsample(Layer):
+    """Integer upsampling; ``mode`` 0 nearest, 1 bilinear."""
+
+    scale_h: int = 1
+    scale_w: int = 1
+    mode: int = 0
+    align_corners: bool = False
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Upsample":
+        return cls(
+            **common,
+            scale_h=f.positive("scaling_factor_y"),
+            scale_w=f.positive("scaling_factor_x"),
+            mode=f.int("mode", 0),
+            align_corners=f.flag("align_corners"),
+        )
+
+
+@register("load_constant")
+@dataclass(frozen=True)
+class LoadConstant(Layer):
+    """A constant blob of shape [1, k, h, w] read from the weights file."""
+
+    shape: tuple[int, int, int] = (1, 1, 1)
+    constant: BlobRef | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "LoadConstant":
+        shape = (f.positive("k", 1), f.positive("h", 1), f.positive("w", 1))
+        return cls(**common, shape=shape, constant=f.blob((("constant_blob", "float32"),), shape, "constant"))
+
+    def blob_refs(self) -> dict[str, BlobRef]:
+        return {"constant": self.constant}  # type: ignore[dict-item]
+
+
+def parse_layer(raw: Any, index: int) -> Layer:
+    """Parse one JSON layer object into its typed dataclass."""
+    if not isinstance(raw, dict):
+        raise GraphError(f"layer #{index}: should be a JSON object, got {type(raw).__name__}")
+    for key in ("type", "name", "top"):
+        if not isinstance(raw.get(key), str) or not raw.get(key):
+            if key in raw:
+                raise GraphError(f"layer #{index} ({raw.get('name', '?')!r}): field {key!r} should be a non-empty string")
+            raise GraphError(f"layer #{index} ({raw.get('name', '?')!r}): missing field {key!r}")
+    name, type_name = raw["name"], raw["type"]
+    bottom = raw.get("bottom", "")
+    if not isinstance(bottom, str):
+        raise GraphError(f"layer {name!r} ({type_name}): field 'bottom' should be a string")
+    bottoms = tuple(b for b in bottom.split(",") if b)
+    if not bottoms and type_name not in ("input", "load_constant"):
+        raise GraphError(f"layer {name!r} ({type_name}): missing field 'bottom'")
+    attributes = raw.get("attributes") or {}
+    is_output = bool(isinstance(attributes, dict) and attributes.get("is_output"))
+    common = dict(name=name, type=type_name, bottoms=bottoms, top=raw["top"], is_output=is_output, params=raw)
+    cls = LAYER_TYPES.get(type_name)
+    if cls is None:
+        return Layer(**common)
+    parse = getattr(cls, "parse", None)
+    if parse is None:
+        return cls(**common)
+    return parse(_Fields(raw, name, type_name), common)

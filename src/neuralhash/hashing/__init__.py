@@ -1,0 +1,1 @@
+"""NeuralHash hashing: the seed projection (and, later, image hashing)."""
