@@ -1,0 +1,112 @@
+"""Conversion and inference benchmark for the NeuralHash-size model.
+
+Usage: python benchmarks/bench_convert.py [--repeats N] [--images N]
+
+Prints one table:
+- convert: load + convert + save of the synthetic NeuralHash v3b Espresso files
+  (float32 and float16), wall time and peak memory above the imported baseline,
+  measured in a fresh subprocess each time; goals: under 1 s, peak under 3x the
+  weights file;
+- inference: ONNX Runtime time per image, tidied graph against --no-optimize,
+  interleaved in one run so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+import neuralhash.convert, neuralhash.espresso  # imports are part of the baseline, not the cost
+
+def rss_bytes():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+src, out, optimize = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+base = rss_bytes()
+start = time.perf_counter()
+model = neuralhash.espresso.load_model(src)
+proto = neuralhash.convert.convert(model, optimize=optimize)
+neuralhash.convert.save_model(proto, out)
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"seconds": seconds, "peak_above_baseline": peak - base}))
+"""
+
+
+def measure_convert(src: Path, out: Path, optimize: bool, repeats: int) -> tuple[float, int]:
+    times, peaks = [], []
+    for _ in range(repeats):
+        res = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), "1" if optimize else "0"],
+                             check=True, capture_output=True, text=True)
+        row = json.loads(res.stdout)
+        times.append(row["seconds"])
+        peaks.append(row["peak_above_baseline"])
+    return statistics.median(times), max(peaks)
+
+
+def measure_inference(paths: dict[str, Path], images: int) -> dict[str, float]:
+    import numpy as np
+
+    from neuralhash.runtime import make_session
+
+    sessions = {k: make_session(p) for k, p in paths.items()}
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 360, 360)).astype(np.float32)
+    for s in sessions.values():  # warm-up
+        s.run(None, {"image": x})
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(images):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {"image": x})
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="conversions per variant (median time, max peak)")
+    parser.add_argument("--images", type=int, default=30, help="inference runs per graph")
+    args = parser.parse_args()
+
+    from neuralhash.synthetic import write_neuralhash_v3b
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_paths = {}
+        for precision in ("float32", "float16"):
+            src = tmp / precision
+            sources = write_neuralhash_v3b(src, precision=precision, calibrate=False)
+            weights_size = sources.weights.stat().st_size
+            for optimize in (True, False):
+                out = tmp / f"{precision}-{'opt' if optimize else 'literal'}.onnx"
+                seconds, peak = measure_convert(src, out, optimize, args.repeats)
+                rows.append((f"convert {precision} {'tidied' if optimize else '--no-optimize'}",
+                             f"{seconds * 1000:.0f} ms", f"{peak / 1e6:.1f} MB",
+                             f"{peak / weights_size:.2f}x weights ({weights_size / 1e6:.1f} MB)"))
+                if precision == "float32":
+                    onnx_paths["tidied" if optimize else "--no-optimize"] = out
+        per_image = measure_inference(onnx_paths, args.images)
+    base = per_image["--no-optimize"]
+    for name, seconds in per_image.items():
+        rows.append((f"onnxruntime per image, {name}", f"{seconds * 1000:.2f} ms", "", f"{base / seconds:.2f}x vs --no-optimize"))
+
+    header = ("measurement", "time", "peak mem", "ratio")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""ONNX Runtime sessions: CPU by default, any installed execution provider on request."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import onnx
+import onnxruntime as ort
+
+from .errors import NeuralHashError
+
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def available_providers() -> list[str]:
+    return list(ort.get_available_providers())
+
+
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike | bytes,
+    providers: Sequence[str] | None = None,
+    *,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession for ``model`` (a proto, serialised bytes or a path).
+
+    ``providers`` defaults to the CPU; a provider that is not installed is an
+    error that lists the installed ones, rather than a silent fallback.
+    """
+    chosen = list(providers or DEFAULT_PROVIDERS)
+    installed = available_providers()
+    missing = [p for p in chosen if p not in installed]
+    if missing:
+        raise NeuralHashError(
+            f"execution provider {', '.join(missing)} is not installed (installed: {', '.join(installed)})"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT's warnings are not ours to print
+    if threads:
+        options.intra_op_num_threads = threads
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    elif not isinstance(model, bytes):
+        model = os.fspath(model)
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=chosen)
+    except Exception as exc:  # ORT raises its own exception types for unreadable models
+        where = model if isinstance(model, str) else "ONNX model"
+        raise NeuralHashError(f"{where}: onnxruntime cannot load it ({exc})") from None

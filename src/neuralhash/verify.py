@@ -1,0 +1,155 @@
+"""Prove an ONNX conversion against the independent NumPy reference executor.
+
+Both run on the same inputs (seeded random tensors in [-1, 1], and optionally
+real images); the largest absolute and relative error of every output is
+reported. On failure, every Espresso blob that survives in the ONNX graph is
+exposed and compared in layer order, to name the first layer that diverges.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import onnx
+
+from .errors import ConversionError
+from .espresso import EspressoModel
+from .runtime import make_session
+
+DEFAULT_ATOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """Largest errors of one output over every input case."""
+
+    blob: str
+    max_abs: float
+    max_rel: float  # max_abs / largest |reference| value
+    cases: int
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first layer whose ONNX value leaves tolerance."""
+
+    layer: str
+    type: str
+    blob: str
+    max_abs: float
+    scale: float  # largest |reference| value of that blob
+
+
+@dataclass
+class VerificationReport:
+    atol: float
+    inputs: list[str]
+    outputs: list[OutputError] = field(default_factory=list)
+    divergence: Divergence | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(o.max_abs <= self.atol for o in self.outputs)
+
+
+def _errors(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    ref64, got64 = ref.astype(np.float64), got.astype(np.float64)
+    if ref64.shape != got64.shape or not (np.isfinite(ref64).all() and np.isfinite(got64).all()):
+        return float("inf"), float("inf"), float(np.nanmax(np.abs(ref64))) if ref64.size else 0.0
+    diff = float(np.max(np.abs(ref64 - got64))) if ref64.size else 0.0
+    scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
+    return diff, diff / scale if scale > 0 else diff, scale
+
+
+def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int) -> list[tuple[str, np.ndarray]]:
+    """Seeded uniform [-1, 1] inputs shaped like the model's first input."""
+    name = model.inputs[0]
+    shape = model.shapes.get(name)
+    if shape is None:
+        raise ConversionError(f"the shape file gives no shape for the input blob {name!r}")
+    out = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        out.append((f"seed {seed}", rng.uniform(-1, 1, (batch, shape.k, shape.h, shape.w)).astype(np.float32)))
+    return out
+
+
+def image_inputs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, np.ndarray]]:
+    from .hashing.image import preprocess
+
+    return [(os.fspath(p), preprocess(p)[None]) for p in paths]
+
+
+def verify(
+    model: EspressoModel,
+    onnx_model: onnx.ModelProto | None = None,
+    *,
+    images: Sequence[str | os.PathLike] = (),
+    seeds: Iterable[int] = (0, 1),
+    batch: int = 1,
+    atol: float = DEFAULT_ATOL,
+    providers: Sequence[str] | None = None,
+    optimize: bool = True,
+) -> VerificationReport:
+    """Run reference and ONNX Runtime side by side; see the module docstring."""
+    from .reference import run as reference_run
+
+    if onnx_model is None:
+        from .convert import convert
+
+        onnx_model = convert(model, optimize=optimize)
+    cases = random_inputs(model, seeds, batch) + image_inputs(images)
+    session = make_session(onnx_model, providers)
+    input_name = model.inputs[0]
+    worst: dict[str, list[float]] = {blob: [0.0, 0.0] for blob in model.outputs}
+    report = VerificationReport(atol=atol, inputs=[label for label, _ in cases])
+    failing_case = None
+    for label, x in cases:
+        ref = reference_run(model, {input_name: x})
+        got = dict(zip(model.outputs, session.run(model.outputs, {input_name: x})))
+        for blob in model.outputs:
+            diff, rel, _ = _errors(ref[blob], got[blob])
+            worst[blob][0] = max(worst[blob][0], diff)
+            worst[blob][1] = max(worst[blob][1], rel)
+            if diff > atol and failing_case is None:
+                failing_case = x
+    report.outputs = [OutputError(b, w[0], w[1], len(cases)) for b, w in worst.items()]
+    if failing_case is not None:
+        report.divergence = first_divergence(model, onnx_model, failing_case, atol, providers)
+    return report
+
+
+def first_divergence(
+    model: EspressoModel,
+    onnx_model: onnx.ModelProto,
+    x: np.ndarray,
+    atol: float,
+    providers: Sequence[str] | None = None,
+) -> Divergence | None:
+    """Compare every blob the ONNX graph still has, in layer order; return the first out of tolerance.
+
+    Intermediate blobs are judged relative to their own magnitude
+    (``atol * max(1, max|ref|)``), since they are not all of order 1.
+    """
+    from .reference import run as reference_run
+
+    ref = reference_run(model, {model.inputs[0]: x}, keep=True)
+    produced = {out for node in onnx_model.graph.node for out in node.output}
+    exposed = [layer for layer in model.layers if layer.top in produced and layer.top not in model.inputs]
+    probe = copy.deepcopy(onnx_model)
+    existing = {o.name for o in probe.graph.output}
+    for layer in exposed:
+        if layer.top not in existing:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(layer.top, onnx.TensorProto.FLOAT, None))
+            existing.add(layer.top)
+    names = [layer.top for layer in exposed]
+    values = dict(zip(names, make_session(probe, providers).run(names, {model.inputs[0]: x})))
+    for layer in exposed:
+        diff, _, scale = _errors(ref[layer.top], values[layer.top])
+        if diff > atol * max(1.0, scale):
+            return Divergence(layer.name, layer.type, layer.top, diff, scale)
+    return None
