@@ -14,7 +14,7 @@ converter's and the reference executor's business, not the parser's.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Mapping
 
 from ..errors import GraphError
 
@@ -54,7 +54,6 @@ class Layer:
         return {}
 
 
-LayerParser = Callable[[Mapping[str, Any], dict[str, Any]], Layer]
 LAYER_TYPES: dict[str, type[Layer]] = {}
 
 
@@ -98,7 +97,10 @@ class _Fields:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise GraphError(f"{self.where}: field {key!r} should be a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise GraphError(f"{self.where}: field {key!r} is out of range ({value})") from None
 
     def flag(self, key: str, default: Any = 0) -> bool:
         return bool(self.int(key, default))
@@ -241,6 +243,11 @@ class Elementwise(Layer):
             fused_relu=f.flag("fused_relu"),
             nd_mode=f.flag("nd_mode"),
         )
+
+    @property
+    def binary_modifiers_neutral(self) -> bool:
+        """alpha 1 and beta 0, or absent: the only values ever seen on multi-input operations."""
+        return self.params.get("alpha", 1) == 1 and self.params.get("beta", 0) == 0
 
 
 @register("activation")

@@ -1,0 +1,243 @@
+"""EspressoModel -> onnx.ModelProto, and writing the result safely.
+
+The graph is built layer by layer by the registered handlers (``handlers.py``),
+then optionally tidied (``fusion.py`` chains, Gemm, dead code), optionally
+extended with the NeuralHash hash head, checked against the shape file with
+ONNX's own strict shape inference, and validated with ``onnx.checker``.
+Nothing here depends on time, dict or set order: converting the same model
+twice gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .. import __version__
+from ..errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError
+from . import handlers as _handlers  # noqa: F401  (registers the handlers)
+from .context import Context, Shape, where
+from .fusion import plan_fusions
+from .registry import HANDLERS
+
+OPSET = 17
+IR_VERSION = 8  # opset 17's IR version; onnxruntime 1.13+ loads it
+BATCH = "batch"
+HASH_PROJECTION = "hash_projection"
+HASH_BITS = "hash_bits"
+
+
+def convert(
+    model: Any,
+    *,
+    optimize: bool = True,
+    hash_head: np.ndarray | None = None,
+    check_shapes: bool = True,
+) -> onnx.ModelProto:
+    """Convert an EspressoModel to an ONNX model (opset 17, symbolic batch).
+
+    ``optimize`` fuses NeuralHash's hard-swish / hard-sigmoid chains, uses Gemm
+    for inner products and drops dead nodes and initializers. ``hash_head``
+    (a [bits, features] matrix, NeuralHash's [96, 128] seed) appends
+    ``hash_projection`` (float32 [batch, bits]) and ``hash_bits`` (uint8,
+    1 where the projection is >= 0) outputs. ``check_shapes`` compares every
+    inferred blob shape with the model's shape file.
+    """
+    input_shapes: dict[str, Shape] = {}
+    for blob in model.inputs:
+        shape = model.shapes.get(blob)
+        if shape is None:
+            raise ConversionError(
+                f"the shape file gives no shape for the input blob {blob!r}: the converter needs its [k, h, w]"
+            )
+        input_shapes[blob] = (shape.k, shape.h, shape.w)
+    if model.weights is None and any(layer.blob_refs() for layer in model.layers):
+        raise ConversionError("the model has no weights file: nothing to convert the layers' weights from")
+
+    ctx = Context(model, optimize=optimize, input_shapes=input_shapes)
+    fusions = plan_fusions(model) if optimize else {}
+    for index, layer in enumerate(model.layers):
+        ctx.begin(index, layer)
+        fusion = fusions.get(layer.name)
+        if fusion is not None:
+            if layer is fusion.layers[-1]:
+                fusion.emit(ctx)
+            continue
+        fn = HANDLERS.get(layer.type)
+        if fn is None:
+            raise UnsupportedLayerError(f"{where(layer)}: layer type {layer.type!r} is not supported")
+        fn(ctx, layer)
+
+    outputs = []
+    for blob in model.outputs:
+        value = ctx.value(blob)
+        if value != blob:
+            raise ConversionError(f"blob {blob!r} is both the network input and an output, which ONNX cannot name")
+        outputs.append(_value_info(blob, ctx.shape(value), ctx.is_batch1(value)))
+    if hash_head is not None:
+        outputs += _add_hash_head(ctx, model, hash_head)
+
+    inputs = [_value_info(blob, input_shapes[blob], False) for blob in model.inputs]
+    nodes, initializers = ctx.nodes, ctx.initializers
+    if optimize:
+        nodes, initializers = _prune(nodes, initializers, [o.name for o in outputs])
+    graph = helper.make_graph(
+        nodes,
+        "espresso",
+        inputs,
+        outputs,
+        initializer=initializers,
+        doc_string=f"Converted from Apple Espresso by neuralhash {__version__}",
+    )
+    proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        ir_version=IR_VERSION,
+        producer_name="neuralhash",
+        producer_version=__version__,
+    )
+    helper.set_model_props(
+        proto,
+        {
+            "neuralhash.transform_params": json.dumps(model.transform_params, sort_keys=True),
+            "neuralhash.source_sha256": json.dumps(model.sources.sha256(), sort_keys=True),
+            "neuralhash.converter_version": __version__,
+        },
+    )
+    if check_shapes:
+        _check_shapes(model, ctx, proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ConversionError(f"internal error: the generated ONNX model is invalid ({exc})") from None
+    return proto
+
+
+def _value_info(name: str, shape: Shape, batch1: bool) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1 if batch1 else BATCH, *shape])
+
+
+def _add_hash_head(ctx: Context, model: Any, matrix: np.ndarray) -> list[onnx.ValueInfoProto]:
+    """Flatten -> MatMul with M.T -> hash_projection; >= 0 -> uint8 hash_bits."""
+    if len(model.outputs) != 1:
+        raise ConversionError(f"a hash head needs a model with one output, this one has {len(model.outputs)}")
+    matrix = np.asarray(matrix)
+    blob = model.outputs[0]
+    value = ctx.value(blob)
+    k, h, w = ctx.shape(value)
+    features = k * h * w
+    if matrix.ndim != 2 or matrix.shape[1] != features:
+        raise ConversionError(
+            f"the hash head matrix is {list(matrix.shape)}, the output {blob!r} has {features} features "
+            f"(expected [bits, {features}])"
+        )
+    if not np.isfinite(matrix).all():
+        raise ConversionError("the hash head matrix holds non-finite values")
+    for name in (HASH_PROJECTION, HASH_BITS):
+        if ctx.is_used(name):
+            raise ConversionError(f"the model already has a blob named {name!r}; cannot add the hash head")
+        ctx.unique(name)
+    bits = int(matrix.shape[0])
+
+    def add(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        ctx.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def const(array: np.ndarray, name: str) -> str:
+        ctx.initializers.append(onnx.numpy_helper.from_array(array, ctx.unique(name)))
+        return ctx.initializers[-1].name
+
+    flat = add("Flatten", [value], ctx.unique("hash_head/features"), axis=1)
+    seed = const(np.ascontiguousarray(matrix.astype(np.float32).T), "hash_head/seed_t")
+    projection = add("MatMul", [flat, seed], HASH_PROJECTION)
+    zero = const(np.array(0, np.float32), "hash_head/zero")
+    nonneg = add("GreaterOrEqual", [projection, zero], ctx.unique("hash_head/nonnegative"))
+    add("Cast", [nonneg], HASH_BITS, to=TensorProto.UINT8)
+    batch = 1 if ctx.is_batch1(value) else BATCH
+    return [
+        helper.make_tensor_value_info(HASH_PROJECTION, TensorProto.FLOAT, [batch, bits]),
+        helper.make_tensor_value_info(HASH_BITS, TensorProto.UINT8, [batch, bits]),
+    ]
+
+
+def _prune(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], outputs: list[str]):
+    """Drop nodes that no output depends on, then initializers no node reads."""
+    needed = set(outputs)
+    kept = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    kept.reverse()
+    return kept, [t for t in initializers if t.name in needed]
+
+
+def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
+    """ONNX's strict shape inference against the shape file, first mismatch in layer order."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        raise ConversionError(f"ONNX shape inference rejects the converted graph: {exc}") from None
+    dims: dict[str, list[int | str | None]] = {}
+    for info in (*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output):
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            dims[info.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
+            ]
+    for init in inferred.graph.initializer:  # load_constant blobs
+        dims.setdefault(init.name, list(init.dims))
+    last_definition = {}
+    for index, layer in enumerate(model.layers):
+        last_definition[layer.top] = index
+    for index, layer in enumerate(model.layers):
+        expected = model.shapes.get(layer.top)
+        if expected is None or layer.type == "input" or last_definition[layer.top] != index:
+            continue
+        value = ctx.planned_name(index)
+        if ctx.current(layer.top) != value:
+            continue  # fused away
+        got = dims.get(value)
+        want = [expected.k, expected.h, expected.w]
+        if got is None or len(got) != 4 or got[1:] != want:
+            shown = "unknown" if got is None else (f"rank {len(got)} {got}" if len(got) != 4 else str(got[1:]))
+            raise ShapeMismatchError(
+                f"{where(layer)}: blob {layer.top!r} is [k, h, w] {shown} in the ONNX graph, "
+                f"the shape file says {want}"
+            )
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Serialise ``proto`` deterministically to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    try:
+        data = proto.SerializeToString(deterministic=True)
+    except ValueError as exc:  # protobuf's 2 GB limit
+        raise ConversionError(f"{path}: cannot serialise the ONNX model ({exc})") from None
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise NeuralHashError(f"{path}: cannot write the ONNX model ({exc.strerror or exc})") from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

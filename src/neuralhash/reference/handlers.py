@@ -1,0 +1,369 @@
+"""NumPy executors of Espresso layers, one per layer type (see ESPRESSO.md).
+
+Every handler takes float64 [N, k, h, w] blobs and returns a float64 rank-4
+blob; images of a batch never mix. Anything not implemented exactly raises
+:class:`~neuralhash.errors.UnsupportedLayerError` naming the layer, the field
+and the value. Semantics that ESPRESSO.md marks *unverified* (not exercised by
+Apple's NeuralHash) are marked so here: they follow the best public reading
+and the brief, and are the first suspects if a non-NeuralHash model disagrees
+with Core ML.
+"""
+
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Callable
+
+import numpy as np
+
+from .registry import expect_inputs, handler, mismatch, unsupported
+
+F64 = np.float64
+
+
+def _weights(model: Any, layer: Any, role: str) -> np.ndarray:
+    return model.tensor(layer, role).astype(F64)
+
+
+# -- windows (convolution and pooling) ----------------------------------------------------
+
+
+def _axis_window(layer: Any, axis: str, size: int, kernel: int, stride: int, dilation: int,
+                 pad_mode: int, pads: tuple[int, int]) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) along one spatial axis."""
+    extent = (kernel - 1) * dilation + 1
+    if pad_mode == 1:  # TensorFlow SAME: odd extra padding after (bottom / right)
+        out = -(-size // stride)
+        total = max((out - 1) * stride + extent - size, 0)
+        before, after = total // 2, total - total // 2
+    elif pad_mode == 2:  # VALID (unverified beyond 1x1 stride-1 kernels)
+        before, after = 0, 0
+    elif pad_mode == 0:  # explicit pad_t/pad_b (rows) or pad_l/pad_r (columns)
+        before, after = pads
+    else:
+        raise unsupported(layer, "pad_mode", pad_mode)
+    padded = size + before + after
+    if padded < extent:
+        raise mismatch(layer, f"input {axis} {size} (padded to {padded}) is smaller than the window extent {extent}")
+    return (padded - extent) // stride + 1, before, after
+
+
+def _window(layer: Any, x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+            pad_mode: int, pads: tuple[int, int, int, int]):
+    pt, pb, pl, pr = pads
+    ho, top, bottom = _axis_window(layer, "height", x.shape[2], kh, sh, dh, pad_mode, (pt, pb))
+    wo, left, right = _axis_window(layer, "width", x.shape[3], kw, sw, dw, pad_mode, (pl, pr))
+    return ho, wo, ((0, 0), (0, 0), (top, bottom), (left, right))
+
+
+def _taps(xp: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int, ho: int, wo: int):
+    """Yield (i, j, view): the padded input sampled under kernel offset (i, j), [..., ho, wo]."""
+    for i in range(kh):
+        for j in range(kw):
+            r, c = i * dh, j * dw
+            yield i, j, xp[..., r : r + (ho - 1) * sh + 1 : sh, c : c + (wo - 1) * sw + 1 : sw]
+
+
+def _fused(layer: Any, y: np.ndarray, relu: bool, tanh: bool, relu_field: str, tanh_field: str) -> np.ndarray:
+    if relu and tanh:  # the order would be a guess
+        raise unsupported(layer, f"{relu_field} + {tanh_field}", (1, 1), "both set")
+    if relu:
+        return np.maximum(y, 0.0)
+    if tanh:
+        return np.tanh(y)
+    return y
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+
+@handler("input")
+def input_(layer, inputs, model):
+    """The executor hands an ``input`` layer its feed as the single input."""
+    expect_inputs(layer, inputs, 1)
+    return inputs[0]
+
+
+@handler("convolution")
+def convolution(layer, inputs, model):
+    """Grouped, strided, dilated 2-D cross-correlation; weights [C, K/groups, kh, kw]."""
+    expect_inputs(layer, inputs, 1)
+    if layer.has_batch_norm:
+        raise unsupported(layer, "has_batch_norm", 1)
+    if layer.n_parallel != 1:
+        raise unsupported(layer, "n_parallel", layer.n_parallel)
+    x = inputs[0]
+    n, k = x.shape[:2]
+    if k != layer.in_channels:
+        raise mismatch(layer, f"input has {k} channels, the layer expects K = {layer.in_channels}")
+    c, g = layer.out_channels, layer.groups
+    cg, kg = c // g, k // g
+    kh, kw, sh, sw = layer.kernel_h, layer.kernel_w, layer.stride_h, layer.stride_w
+    dh, dw = layer.dilation_h, layer.dilation_w
+    ho, wo, pad = _window(layer, x, kh, kw, sh, sw, dh, dw, layer.pad_mode, layer.pads)
+    xp = np.pad(x, pad) if any(p for pair in pad for p in pair) else x
+    w = _weights(model, layer, "weights")  # [C, Kg, kh, kw]
+    if kg == 1:  # depthwise (and channel multipliers): per-channel shifted multiply-adds
+        wr = w.reshape(g, cg, kh, kw)
+        out = np.zeros((n, g, cg, ho, wo), F64)
+        for i, j, tap in _taps(xp, kh, kw, sh, sw, dh, dw, ho, wo):
+            out += tap.reshape(n, g, 1, ho, wo) * wr[None, :, :, i, j, None, None]
+    else:  # dense per group: one batched matrix product per kernel offset
+        wr = w.reshape(g, cg, kg, kh, kw)
+        out = np.zeros((n, g, cg, ho * wo), F64)
+        for i, j, tap in _taps(xp, kh, kw, sh, sw, dh, dw, ho, wo):
+            out += np.matmul(np.ascontiguousarray(wr[..., i, j]), tap.reshape(n, g, kg, ho * wo))
+    y = out.reshape(n, c, ho, wo)
+    if layer.has_biases:
+        y = y + _weights(model, layer, "biases")[None, :, None, None]
+    return _fused(layer, y, layer.fused_relu, layer.fused_tanh, "fused_relu", "fused_tanh")
+
+
+@handler("batchnorm")
+def batchnorm(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    x = inputs[0]
+    if x.shape[1] != layer.channels:
+        raise mismatch(layer, f"input has {x.shape[1]} channels, the layer expects C = {layer.channels}")
+    p = _weights(model, layer, "params")  # [C, 4]: scale, shift, mean, variance
+    scale, shift = p[:, 0][None, :, None, None], p[:, 1][None, :, None, None]
+    if layer.training:
+        if not layer.instance_norm:
+            # training-mode batch norm would mix the images of a batch
+            raise unsupported(layer, "training_instancenorm", 0, "with training 1")
+        # Instance norm (NeuralHash): per image and channel over H x W, biased variance.
+        mean = x.mean(axis=(2, 3), keepdims=True)
+        var = np.square(x - mean).mean(axis=(2, 3), keepdims=True)
+        return (x - mean) / np.sqrt(var + layer.eps) * scale + shift
+    # Inference batch norm: columns 2 and 3 as mean and variance (unverified).
+    mean, var = p[:, 2][None, :, None, None], p[:, 3][None, :, None, None]
+    return (x - mean) / np.sqrt(var + layer.eps) * scale + shift
+
+
+def _broadcast(layer: Any, op: Callable[[np.ndarray, np.ndarray], np.ndarray], inputs: list[np.ndarray]):
+    try:
+        return reduce(op, inputs)
+    except ValueError:
+        shapes = ", ".join(str(list(a.shape)) for a in inputs)
+        raise mismatch(layer, f"inputs of shapes {shapes} do not broadcast") from None
+
+
+# operation -> (input count, or (min, max/None), function of (layer, inputs)).
+# 0, 1 (two or more inputs), 2, 3 and 119 are NeuralHash's; the rest are unverified.
+_ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
+    (0, "n"): ((2, None), lambda l, xs: _broadcast(l, np.add, xs)),
+    (1, "n"): ((2, None), lambda l, xs: _broadcast(l, np.multiply, xs)),
+    (1, "1"): (1, lambda l, xs: xs[0] * l.alpha),  # unverified
+    (2, "1"): (1, lambda l, xs: xs[0] + l.alpha),
+    (3, "1"): (1, lambda l, xs: xs[0] * l.alpha),
+    (22, "n"): (2, lambda l, xs: _broadcast(l, np.minimum, xs)),  # unverified
+    (23, "n"): (2, lambda l, xs: _broadcast(l, np.maximum, xs)),  # unverified
+    (24, "1"): (1, lambda l, xs: np.abs(xs[0])),  # unverified
+    (33, "n"): (2, lambda l, xs: _broadcast(l, np.subtract, xs)),  # unverified: a - b
+    (102, "n"): (2, lambda l, xs: _broadcast(l, np.divide, xs)),  # unverified: a / b
+    (119, "1"): (1, lambda l, xs: np.clip(xs[0], l.alpha, l.beta)),
+}
+ELEMENTWISE_OPERATIONS = tuple(sorted({op for op, _ in _ELEMENTWISE}))
+
+
+@handler("elementwise")
+def elementwise(layer, inputs, model):
+    op = layer.operation
+    arity = "1" if len(inputs) == 1 else "n"
+    entry = _ELEMENTWISE.get((op, arity))
+    if entry is None:
+        other = _ELEMENTWISE.get((op, "n" if arity == "1" else "1"))
+        if other is None:
+            raise unsupported(layer, "operation", op)
+        expect_inputs(layer, inputs, other[0], f"operation {op}")
+    count, fn = entry
+    expect_inputs(layer, inputs, count, f"operation {op}")
+    if arity == "n" and not layer.binary_modifiers_neutral:
+        # Unknown meaning for a binary operation: refuse rather than ignore.
+        raise unsupported(layer, "alpha, beta", (layer.alpha, layer.beta), f"operation {op} with several inputs")
+    y = fn(layer, inputs)
+    if layer.fused_relu:
+        y = np.maximum(y, 0.0)
+    return y
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # exact identity, no overflow
+
+
+# mode -> function of (x, alpha, beta). Only mode 0 (ReLU) is in NeuralHash:
+# every other mode is unverified.
+_ACTIVATIONS: dict[int, Callable[[np.ndarray, float, float], np.ndarray]] = {
+    0: lambda x, a, b: np.maximum(x, 0.0),
+    1: lambda x, a, b: np.tanh(x),
+    2: lambda x, a, b: np.where(x > 0, x, a * x),  # leaky ReLU
+    3: lambda x, a, b: _sigmoid(x),
+    5: lambda x, a, b: a * np.tanh(b * x),  # scaled tanh
+    6: lambda x, a, b: a * x + b,  # linear
+    7: lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),  # hard sigmoid
+    8: lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0))),  # ELU
+    9: lambda x, a, b: np.where(x > a, x, 0.0),  # thresholded ReLU
+    10: lambda x, a, b: np.logaddexp(0.0, x),  # softplus
+    12: lambda x, a, b: x / (1.0 + np.abs(x)),  # softsign
+    25: lambda x, a, b: x * _sigmoid(x),  # SiLU
+    26: lambda x, a, b: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),  # hard swish
+}
+ACTIVATION_MODES = tuple(sorted(_ACTIVATIONS))
+
+
+@handler("activation")
+def activation(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    fn = _ACTIVATIONS.get(layer.mode)
+    if fn is None:
+        detail = "PReLU" if layer.mode == 4 else ""
+        raise unsupported(layer, "mode", layer.mode, detail)
+    return fn(inputs[0], layer.alpha, layer.beta)
+
+
+@handler("pool")
+def pool(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    if layer.avg_or_max not in (0, 1):
+        raise unsupported(layer, "avg_or_max", layer.avg_or_max)
+    x = inputs[0]
+    if layer.is_global:
+        if layer.is_max:
+            return x.max(axis=(2, 3), keepdims=True)
+        return x.mean(axis=(2, 3), keepdims=True)
+    kh, kw, sh, sw = layer.size_h, layer.size_w, layer.stride_h, layer.stride_w
+    ho, wo, pad = _window(layer, x, kh, kw, sh, sw, 1, 1, layer.pad_mode, layer.pads)
+    padded = any(p for pair in pad for p in pair)
+    if layer.is_max:  # padding never wins
+        xp = np.pad(x, pad, constant_values=-np.inf) if padded else x
+        out = None
+        for _, _, tap in _taps(xp, kh, kw, sh, sw, 1, 1, ho, wo):
+            out = tap.copy() if out is None else np.maximum(out, tap)
+        return out
+    xp = np.pad(x, pad) if padded else x
+    total = np.zeros(x.shape[:2] + (ho, wo), F64)
+    for _, _, tap in _taps(xp, kh, kw, sh, sw, 1, 1, ho, wo):
+        total += tap
+    if layer.exclude_padding and padded:
+        ones = np.pad(np.ones(x.shape[2:], F64), pad[2:])
+        count = np.zeros((ho, wo), F64)
+        for _, _, tap in _taps(ones, kh, kw, sh, sw, 1, 1, ho, wo):
+            count += tap
+        return total / count
+    return total / (kh * kw)
+
+
+@handler("inner_product")
+def inner_product(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    if layer.has_prelu:
+        raise unsupported(layer, "has_prelu", 1)
+    x = inputs[0]
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    if flat.shape[1] != layer.n_in:
+        raise mismatch(layer, f"input {list(x.shape[1:])} has {flat.shape[1]} values per image, nB is {layer.n_in}")
+    y = flat @ _weights(model, layer, "weights").T  # [nC, nB]
+    if layer.has_biases:
+        y = y + _weights(model, layer, "biases")[None, :]
+    y = _fused(layer, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    return y.reshape(n, layer.n_out, 1, 1)
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@handler("softmax")
+def softmax(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    return _softmax(inputs[0], 1)
+
+
+@handler("softmax_nd")
+def softmax_nd(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    if not -4 <= layer.axis <= 3:
+        raise unsupported(layer, "nd_axis", layer.axis)
+    return _softmax(inputs[0], layer.axis)
+
+
+@handler("concat")
+def concat(layer, inputs, model):
+    expect_inputs(layer, inputs, (1, None))
+    n = max(a.shape[0] for a in inputs)  # constants ([1, ...]) follow the batch
+    parts = [np.broadcast_to(a, (n,) + a.shape[1:]) if a.shape[0] == 1 else a for a in inputs]
+    if len({a.shape[0] for a in parts}) > 1 or len({a.shape[2:] for a in parts}) > 1:
+        shapes = ", ".join(str(list(a.shape)) for a in inputs)
+        raise mismatch(layer, f"inputs of shapes {shapes} cannot be concatenated along channels")
+    return np.concatenate(parts, axis=1)
+
+
+@handler("flatten")
+def flatten(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    x = inputs[0]
+    return x.reshape(x.shape[0], -1, 1, 1)
+
+
+@handler("reshape")
+def reshape(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    x = inputs[0]
+    dst = (layer.dst_k, layer.dst_h, layer.dst_w)
+    for name, value in zip(("dst_k", "dst_h", "dst_w"), dst):
+        if value == 0 or value < -1:
+            raise unsupported(layer, name, value)
+    if dst.count(-1) > 1:
+        raise unsupported(layer, "dst_k/dst_h/dst_w", dst, "more than one -1")
+    try:
+        return x.reshape((x.shape[0],) + dst)
+    except ValueError:
+        raise mismatch(layer, f"cannot reshape {list(x.shape[1:])} to {list(dst)}") from None
+
+
+@handler("transpose")
+def transpose(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    if layer.perm[0] != 0:
+        raise unsupported(layer, "axis_n", layer.perm[0], "moving the batch axis")
+    return np.transpose(inputs[0], layer.perm)
+
+
+def _linear_axis(x: np.ndarray, axis: int, scale: int, align_corners: bool) -> np.ndarray:
+    """Linear interpolation of ``x`` along ``axis`` to ``scale`` times its size, edges clamped."""
+    n_in = x.shape[axis]
+    n_out = n_in * scale
+    d = np.arange(n_out, dtype=F64)
+    if align_corners:
+        src = d * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:  # half-pixel centres
+        src = (d + 0.5) / scale - 0.5
+    src = np.clip(src, 0.0, n_in - 1)
+    i0 = np.floor(src).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    shape = [1] * x.ndim
+    shape[axis] = n_out
+    lam = (src - i0).reshape(shape)
+    return np.take(x, i0, axis=axis) * (1.0 - lam) + np.take(x, i1, axis=axis) * lam
+
+
+@handler("upsample")
+def upsample(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    x = inputs[0]
+    if layer.mode == 0:
+        if layer.align_corners:  # not plain repetition, and unverified: refuse
+            raise unsupported(layer, "align_corners", 1, "with nearest upsampling")
+        return np.repeat(np.repeat(x, layer.scale_h, axis=2), layer.scale_w, axis=3)
+    if layer.mode == 1:  # bilinear (unverified)
+        y = _linear_axis(x, 2, layer.scale_h, layer.align_corners)
+        return _linear_axis(y, 3, layer.scale_w, layer.align_corners)
+    raise unsupported(layer, "mode", layer.mode)
+
+
+@handler("load_constant")
+def load_constant(layer, inputs, model):
+    """The constant as [1, k, h, w]: it broadcasts against the batch. Bottoms are ignored."""
+    return _weights(model, layer, "constant")[None]

@@ -1,0 +1,64 @@
+"""The handler registry: one function per Espresso layer type.
+
+A handler is ``fn(layer, inputs, model) -> np.ndarray``: ``inputs`` are the
+layer's bottom blobs (float64, [N, k, h, w]) in ``bottom`` order and the result
+is its top blob (float64, rank 4). Handlers raise
+:class:`~neuralhash.errors.UnsupportedLayerError` for any field value they do
+not implement, through :func:`unsupported`, so the message always names the
+layer, its type, the field and the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ShapeMismatchError, UnsupportedLayerError
+
+Handler = Callable[[Any, "list[np.ndarray]", Any], np.ndarray]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(type_name: str) -> Callable[[Handler], Handler]:
+    """Decorator: register ``fn`` as the executor of Espresso layers of ``type_name``."""
+
+    def wrap(fn: Handler) -> Handler:
+        if type_name in HANDLERS:
+            raise ValueError(f"a handler for layer type {type_name!r} is already registered")
+        HANDLERS[type_name] = fn
+        return fn
+
+    return wrap
+
+
+def where(layer: Any) -> str:
+    return f"layer {layer.name!r} ({layer.type})"
+
+
+def unsupported(layer: Any, field: str, value: Any, detail: str = "") -> UnsupportedLayerError:
+    """The error for a field value the reference does not implement (raise it)."""
+    extra = f" ({detail})" if detail else ""
+    return UnsupportedLayerError(f"{where(layer)}: {field} {value!r} is not supported{extra}")
+
+
+def mismatch(layer: Any, message: str) -> ShapeMismatchError:
+    """The error for inputs whose shapes the layer cannot take (raise it)."""
+    return ShapeMismatchError(f"{where(layer)}: {message}")
+
+
+def expect_inputs(layer: Any, inputs: list[np.ndarray], count: int | tuple[int, int | None], what: str = "") -> None:
+    """Check the number of bottoms: exactly ``count``, or within (low, high or None)."""
+    low, high = (count, count) if isinstance(count, int) else count
+    n = len(inputs)
+    if n < low or (high is not None and n > high):
+        if isinstance(count, int):
+            wanted = str(count)
+        elif high is None:
+            wanted = f"at least {low}"
+        else:
+            wanted = f"{low} to {high}"
+        prefix = f"{what} " if what else ""
+        raise UnsupportedLayerError(
+            f"{where(layer)}: {prefix}with {n} input{'s' if n != 1 else ''} is not supported (expects {wanted})"
+        )
