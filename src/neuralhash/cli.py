@@ -28,7 +28,7 @@ def _out(text: str = "") -> None:
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from .espresso.model import decode_json_bytes
-    from .espresso.writer import atomic_write
+    from .fileio import atomic_write
 
     path = Path(args.file)
     try:

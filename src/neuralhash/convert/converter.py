@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +19,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from .. import __version__
-from ..errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError
+from ..errors import ConversionError, ShapeMismatchError, UnsupportedLayerError
+from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
 from .context import Context, Shape, where
 from .fusion import plan_fusions
@@ -216,28 +215,8 @@ def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Serialise ``proto`` deterministically to ``path`` via a temporary file and a rename."""
-    path = Path(path)
     try:
         data = proto.SerializeToString(deterministic=True)
     except ValueError as exc:  # protobuf's 2 GB limit
         raise ConversionError(f"{path}: cannot serialise the ONNX model ({exc})") from None
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise NeuralHashError(f"{path}: cannot write the ONNX model ({exc.strerror or exc})") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, data)

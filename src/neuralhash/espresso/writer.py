@@ -15,22 +15,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..fileio import atomic_write
 from .container import encode_container
 from .model import NET_SUFFIX, SHAPE_SUFFIX, WEIGHTS_SUFFIX, BlobShape, ModelSources, shapes_document
 from .weights import encode_weights
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def graph_document(
