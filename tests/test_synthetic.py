@@ -166,8 +166,12 @@ def test_synthetic_blobs_scale_and_dtypes():
     fc1 = by_name[FEATURE_BLOB]
     assert blobs[fc1["blob_weights_f16"]].shape == (500, 1280)
     assert blobs[by_name[OUTPUT_BLOB]["w_f16_t"]].shape == (500, 128)
-    scales = np.concatenate([blobs[layer["blob_batchnorm_params"]][:, 0] for layer in layers if layer["type"] == "batchnorm"])
+    final_norm = "stem/MobilenetV3/Conv2d_12/InstanceNorm/instancenorm/add_1"
+    norms = [layer for layer in layers if layer["type"] == "batchnorm"]
+    scales = np.concatenate([blobs[layer["blob_batchnorm_params"]][:, 0] for layer in norms if layer["name"] != final_norm])
     assert scales.mean() == pytest.approx(1.0, abs=0.02) and scales.std() == pytest.approx(0.1, rel=0.1)
+    wide = blobs[by_name[final_norm]["blob_batchnorm_params"]]  # reaches hard-swish's non-quadratic range
+    assert wide[:, 0].mean() == pytest.approx(3.0, abs=0.15) and wide[:, 1].std() == pytest.approx(1.0, rel=0.15)
     biases = np.concatenate([blobs[layer["blob_biases"]] for layer in layers if "blob_biases" in layer])
     assert np.abs(biases).max() < 0.2
 

@@ -329,13 +329,16 @@ def _stored(values: np.ndarray, key: str) -> np.ndarray:
     return values.astype(np.float16) if key in _F16_KEYS else values
 
 
+_FINAL_NORM_PREFIX = "stem/MobilenetV3/Conv2d_12/InstanceNorm"
+
+
 def synthetic_blobs(layers: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[int, np.ndarray]:
     """Random weights for every blob ``layers`` reference, in their stored layout and dtype.
 
     Convolution kernels [C, K/groups, Ny, Nx] and inner-product weights [nC, nB]
     ([nB, nC] under ``w_f16_t``) are He-normal (std sqrt(2 / fan_in)); biases
     are N(0, 0.02); instance-norm parameters are [C, 4] rows (scale ~ N(1, 0.1),
-    shift ~ N(0, 0.1), 0, 1). Values are drawn as float32, per blob id, so a
+    shift ~ N(0, 0.1), 0, 1; wider for the norm before the final pool, see below). Values are drawn as float32, per blob id, so a
     float16 blob is exactly the rounding of the float32 blob with the same id
     and seed.
     """
@@ -354,9 +357,17 @@ def synthetic_blobs(layers: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[
                     blobs[int(layer[key])] = _normal(seed, layer[key], (c,), 0.0, 0.02)
         elif kind == "batchnorm":
             c, blob_id = int(layer["C"]), int(layer["blob_batchnorm_params"])
+            # The norm before the final pool feeds a hard-swish, which is exactly
+            # quadratic on [-3, 3]: with scale ~1 the pooled mean depends only on
+            # the mean and variance that instance norm fixes, and every image gives
+            # almost the same output. A wider scale and shift reach the non-quadratic
+            # part, so image content survives to the logits and calibration needs
+            # far less amplification (of float32 noise too).
+            wide = layer.get("name", "").startswith(_FINAL_NORM_PREFIX)
+            scale_mean, scale_std, shift_std = (3.0, 0.9, 1.0) if wide else (1.0, 0.1, 0.1)
             params = np.zeros((c, 4), np.float32)
-            params[:, 0] = _normal(seed, blob_id, (c,), 1.0, 0.1)
-            params[:, 1] = _normal(seed, blob_id + 1, (c,), 0.0, 0.1)  # +1: even, never a blob id here
+            params[:, 0] = _normal(seed, blob_id, (c,), scale_mean, scale_std)
+            params[:, 1] = _normal(seed, blob_id + 1, (c,), 0.0, shift_std)  # +1: even, never a blob id here
             params[:, 3] = 1.0
             blobs[blob_id] = params
         elif kind == "inner_product":

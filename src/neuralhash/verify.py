@@ -2,8 +2,17 @@
 
 Both run on the same inputs (seeded random tensors in [-1, 1], and optionally
 real images); the largest absolute and relative error of every output is
-reported. On failure, every Espresso blob that survives in the ONNX graph is
-exposed and compared in layer order, to name the first layer that diverges.
+reported. An output passes when its error is at most ``atol * max(1, M)``,
+M being its largest |reference| value: ``atol`` absolute on outputs of order
+1, the same relative precision on larger ones. On failure, every Espresso
+blob that survives in the ONNX graph is exposed and compared in layer order,
+to name the first layer that diverges.
+
+The reference computes in float64; ONNX Runtime in float32. Its
+InstanceNormalization loses precision on channels whose mean is large against
+their spread (flat image regions), so real images show larger errors than
+random ones. The converter keeps that operator all the same: the community
+ONNX model that published NeuralHash values came from uses it.
 """
 
 from __future__ import annotations
@@ -30,7 +39,12 @@ class OutputError:
     blob: str
     max_abs: float
     max_rel: float  # max_abs / largest |reference| value
+    limit: float  # atol * max(1, largest |reference| value)
     cases: int
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.limit
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,7 @@ class VerificationReport:
 
     @property
     def passed(self) -> bool:
-        return all(o.max_abs <= self.atol for o in self.outputs)
+        return all(o.passed for o in self.outputs)
 
 
 def _errors(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
@@ -105,19 +119,18 @@ def verify(
     cases = random_inputs(model, seeds, batch) + image_inputs(images)
     session = make_session(onnx_model, providers)
     input_name = model.inputs[0]
-    worst: dict[str, list[float]] = {blob: [0.0, 0.0] for blob in model.outputs}
+    worst: dict[str, list[float]] = {blob: [0.0, 0.0, 0.0] for blob in model.outputs}  # abs, rel, scale
     report = VerificationReport(atol=atol, inputs=[label for label, _ in cases])
     failing_case = None
     for label, x in cases:
         ref = reference_run(model, {input_name: x})
         got = dict(zip(model.outputs, session.run(model.outputs, {input_name: x})))
         for blob in model.outputs:
-            diff, rel, _ = _errors(ref[blob], got[blob])
-            worst[blob][0] = max(worst[blob][0], diff)
-            worst[blob][1] = max(worst[blob][1], rel)
-            if diff > atol and failing_case is None:
+            diff, rel, scale = _errors(ref[blob], got[blob])
+            worst[blob] = [max(worst[blob][0], diff), max(worst[blob][1], rel), max(worst[blob][2], scale)]
+            if diff > atol * max(1.0, scale) and failing_case is None:
                 failing_case = x
-    report.outputs = [OutputError(b, w[0], w[1], len(cases)) for b, w in worst.items()]
+    report.outputs = [OutputError(b, w[0], w[1], atol * max(1.0, w[2]), len(cases)) for b, w in worst.items()]
     if failing_case is not None:
         report.divergence = first_divergence(model, onnx_model, failing_case, atol, providers)
     return report
