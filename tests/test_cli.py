@@ -58,3 +58,32 @@ def test_usage_error_exits_2():
     with pytest.raises(SystemExit) as exc:
         main(["convert"])
     assert exc.value.code == 2
+
+
+def test_explicit_weights_and_shape_paths(tmp_path, capsys):
+    """Files that do not share a prefix are given one by one."""
+    import numpy as np
+
+    from neuralhash.espresso import write_espresso
+
+    layer = {"type": "activation", "name": "relu", "bottom": "x", "top": "y", "mode": 0}
+    layer_ip = {"type": "inner_product", "name": "fc", "bottom": "y", "top": "z", "nB": 4, "nC": 2,
+                "has_biases": 0, "blob_weights": 1}
+    sources = write_espresso(tmp_path / "a", "net", layers=[layer, layer_ip],
+                             shapes={"x": (1, 4, 1, 1), "y": (1, 4, 1, 1), "z": (1, 2, 1, 1)},
+                             blobs={1: np.ones((2, 4), np.float32)})
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    weights = other / "w.bin"
+    shape = other / "s.json"
+    sources.weights.rename(weights)
+    sources.shape.rename(shape)
+    assert main(["inspect", str(sources.net), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"] is None
+    assert main(["inspect", str(sources.net), "--json", "--weights", str(weights), "--shape", str(shape)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 8 and info["inputs"] == {"x": [1, 4, 1, 1]}
+    assert main(["convert", str(sources.net), "-o", str(tmp_path / "m.onnx"), "--weights", str(weights),
+                 "--shape", str(shape)]) == 0
+    assert main(["inspect", str(sources.net), "--weights", str(other / "missing")]) == 1
+    assert "weights file not found" in capsys.readouterr().err

@@ -23,6 +23,19 @@ def _out(text: str = "") -> None:
     print(text, flush=True)
 
 
+def _load(args: argparse.Namespace, *, require_weights: bool = True):
+    """The model named by SRC, with --shape / --weights overriding the files found beside it."""
+    from dataclasses import replace
+
+    from .espresso import load_model, locate
+    from .espresso.model import sources_from_paths
+
+    sources = locate(args.src)
+    explicit = sources_from_paths(sources.net, shape=args.shape, weights=args.weights)
+    sources = replace(sources, **{k: getattr(explicit, k) for k in ("shape", "weights") if getattr(explicit, k)})
+    return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size)
+
+
 # -- decode ----------------------------------------------------------------------------
 
 
@@ -54,9 +67,7 @@ def _shape_list(model, blob: str):
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .espresso import load_model
-
-    model = load_model(args.src, require_weights=False, max_decoded_size=args.max_decoded_size)
+    model = _load(args, require_weights=False)
     info = {
         "layers": len(model.layers),
         "layer_types": model.layer_types(),
@@ -107,17 +118,18 @@ def _seed_matrix(value: str | None):
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert, save_model
-    from .espresso import load_model
 
     start = time.perf_counter()
-    model = load_model(args.src, max_decoded_size=args.max_decoded_size)
+    model = _load(args)
+    parameters = model.parameter_count()
     proto = convert(model, optimize=not args.no_optimize, hash_head=_seed_matrix(args.hash_head))
+    del model  # the proto has its own copy of the weights: drop the file's before serialising
     save_model(proto, args.output)
     seconds = time.perf_counter() - start
     size = Path(args.output).stat().st_size
     outputs = ", ".join(o.name for o in proto.graph.output)
     _out(
-        f"wrote {args.output}: {len(proto.graph.node)} nodes, {model.parameter_count():,} parameters, "
+        f"wrote {args.output}: {len(proto.graph.node)} nodes, {parameters:,} parameters, "
         f"{size / 1e6:.1f} MB, outputs {outputs} ({seconds:.2f} s)"
     )
     return 0
@@ -146,10 +158,9 @@ def _print_report(report) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     import onnx
 
-    from .espresso import load_model
     from .verify import verify
 
-    model = load_model(args.src, max_decoded_size=args.max_decoded_size)
+    model = _load(args)
     proto = None
     if args.onnx:
         try:
@@ -209,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-decoded-size", type=int, default=DEFAULT_MAX_DECODED_SIZE, metavar="BYTES",
                        help="refuse compressed files that decode to more than this (default 64 MiB)")
 
+    def add_files(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--shape", metavar="FILE", help="the .espresso.shape file, when not beside the graph")
+        p.add_argument("--weights", metavar="FILE", help="the .espresso.weights file, when not beside the graph")
+        add_cap(p)
+
     def add_provider(p: argparse.ArgumentParser) -> None:
         p.add_argument("--provider", action="append", metavar="NAME",
                        help="onnxruntime execution provider, repeatable (default CPUExecutionProvider)")
@@ -223,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inspect", cmd_inspect, "summarise an Espresso model (weights optional)")
     p.add_argument("src", help=src_help)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    add_cap(p)
+    add_files(p)
 
     p = add("convert", cmd_convert, "convert an Espresso model to ONNX")
     p.add_argument("src", help=src_help)
@@ -231,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true", help="a literal layer-by-layer graph, no tidying")
     p.add_argument("--hash-head", nargs="?", const="", default=None, metavar="SEED.dat",
                    help="append the NeuralHash projection; without a file the seed is rebuilt exactly")
-    add_cap(p)
+    add_files(p)
 
     p = add("verify", cmd_verify, "check ONNX Runtime against the NumPy reference executor")
     p.add_argument("src", help=src_help)
@@ -242,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
     p.add_argument("--no-optimize", action="store_true", help="verify the untidied conversion")
     add_provider(p)
-    add_cap(p)
+    add_files(p)
 
     p = add("demo", cmd_demo, "run the whole pipeline on the built-in synthetic model")
     p.add_argument("--cache-dir", help="where to write the demo model (default ~/.cache/neuralhash)")

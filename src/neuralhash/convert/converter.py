@@ -85,23 +85,25 @@ def convert(
 
     inputs = [_value_info(blob, input_shapes[blob], False) for blob in model.inputs]
     nodes, initializers = ctx.nodes, ctx.initializers
+    ctx.initializers = []  # the proto below takes them over
     if optimize:
         nodes, initializers = _prune(nodes, initializers, [o.name for o in outputs])
-    graph = helper.make_graph(
-        nodes,
-        "espresso",
-        inputs,
-        outputs,
-        initializer=initializers,
-        doc_string=f"Converted from Apple Espresso by neuralhash {__version__}",
-    )
-    proto = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
+    proto = onnx.ModelProto(
         ir_version=IR_VERSION,
         producer_name="neuralhash",
         producer_version=__version__,
+        opset_import=[helper.make_opsetid("", OPSET)],
     )
+    graph = proto.graph
+    graph.name = "espresso"
+    graph.doc_string = f"Converted from Apple Espresso by neuralhash {__version__}"
+    graph.node.extend(nodes)
+    graph.input.extend(inputs)
+    graph.output.extend(outputs)
+    # Move the weights in one tensor at a time, so that they are never held twice.
+    initializers.reverse()
+    while initializers:
+        graph.initializer.append(initializers.pop())
     helper.set_model_props(
         proto,
         {
@@ -110,13 +112,43 @@ def convert(
             "neuralhash.converter_version": __version__,
         },
     )
+    skeleton = _skeleton(proto)
     if check_shapes:
-        _check_shapes(model, ctx, proto)
+        _check_shapes(model, ctx, skeleton)
     try:
-        onnx.checker.check_model(proto)
+        onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
         raise ConversionError(f"internal error: the generated ONNX model is invalid ({exc})") from None
     return proto
+
+
+_SKELETON_LIMIT = 1024  # initializers of more elements become graph inputs in the skeleton
+
+
+def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its large initializers turned into typed graph inputs.
+
+    Shape inference and the checker serialise the whole model; they need the
+    weights' types and shapes, not their values, so the skeleton spares two or
+    three copies of the weights. Small initializers (Reshape targets, scalars)
+    stay, since shape inference reads their values.
+    """
+    skeleton = onnx.ModelProto()
+    for field in ("ir_version", "producer_name", "producer_version"):
+        setattr(skeleton, field, getattr(proto, field))
+    skeleton.opset_import.extend(proto.opset_import)
+    graph = skeleton.graph
+    graph.name = proto.graph.name
+    graph.node.extend(proto.graph.node)
+    graph.input.extend(proto.graph.input)
+    graph.output.extend(proto.graph.output)
+    for init in proto.graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        if count <= _SKELETON_LIMIT:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return skeleton
 
 
 def _value_info(name: str, shape: Shape, batch1: bool) -> onnx.ValueInfoProto:
