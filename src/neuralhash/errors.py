@@ -46,3 +46,14 @@ class VerificationError(NeuralHashError):
 
 class SeedError(NeuralHashError):
     """A NeuralHash seed (projection) file is malformed."""
+
+
+def layer_label(layer) -> str:
+    """How every message names a layer: ``layer 'name' (type)``."""
+    return f"layer {layer.name!r} ({layer.type})"
+
+
+def unsupported_value(layer, field: str, value, detail: str = "") -> UnsupportedLayerError:
+    """The error for a layer field value that is not handled (raise it)."""
+    extra = f" ({detail})" if detail else ""
+    return UnsupportedLayerError(f"{layer_label(layer)}: {field} {value!r} is not supported{extra}")

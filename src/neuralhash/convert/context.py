@@ -19,14 +19,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import ShapeMismatchError, UnsupportedLayerError
+from ..errors import ShapeMismatchError, UnsupportedLayerError, layer_label, unsupported_value
 from ..espresso.layers import Layer
 
 Shape = tuple[int, int, int]
 
 
-def where(layer: Layer) -> str:
-    return f"layer {layer.name!r} ({layer.type})"
 
 
 class Context:
@@ -137,18 +135,17 @@ class Context:
                 wanted = f"at least {low}" if high is None else f"{low} to {high}"
             prefix = f"{what} " if what else ""
             raise UnsupportedLayerError(
-                f"{where(self.layer)}: {prefix}with {n} input{'s' if n != 1 else ''} is not supported "
+                f"{layer_label(self.layer)}: {prefix}with {n} input{'s' if n != 1 else ''} is not supported "
                 f"(expects {wanted})"
             )
 
     def unsupported(self, field: str, value: Any, detail: str = "") -> UnsupportedLayerError:
         """The error for a field value the converter does not handle (raise it)."""
-        extra = f" ({detail})" if detail else ""
-        return UnsupportedLayerError(f"{where(self.layer)}: {field} {value!r} is not supported{extra}")
+        return unsupported_value(self.layer, field, value, detail)
 
     def mismatch(self, message: str) -> ShapeMismatchError:
         """The error for inputs whose shapes the layer cannot take (raise it)."""
-        return ShapeMismatchError(f"{where(self.layer)}: {message}")
+        return ShapeMismatchError(f"{layer_label(self.layer)}: {message}")
 
     # -- emitting --------------------------------------------------------------------------
 

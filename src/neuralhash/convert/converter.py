@@ -19,10 +19,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from .. import __version__
-from ..errors import ConversionError, ShapeMismatchError, UnsupportedLayerError
+from ..errors import ConversionError, ShapeMismatchError, UnsupportedLayerError, layer_label
 from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
-from .context import Context, Shape, where
+from .context import Context, Shape
 from .fusion import plan_fusions
 from .registry import HANDLERS
 
@@ -71,7 +71,7 @@ def convert(
             continue
         fn = HANDLERS.get(layer.type)
         if fn is None:
-            raise UnsupportedLayerError(f"{where(layer)}: layer type {layer.type!r} is not supported")
+            raise UnsupportedLayerError(f"{layer_label(layer)}: layer type {layer.type!r} is not supported")
         fn(ctx, layer)
 
     outputs = []
@@ -240,7 +240,7 @@ def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
         if got is None or len(got) != 4 or got[1:] != want:
             shown = "unknown" if got is None else (f"rank {len(got)} {got}" if len(got) != 4 else str(got[1:]))
             raise ShapeMismatchError(
-                f"{where(layer)}: blob {layer.top!r} is [k, h, w] {shown} in the ONNX graph, "
+                f"{layer_label(layer)}: blob {layer.top!r} is [k, h, w] {shown} in the ONNX graph, "
                 f"the shape file says {want}"
             )
 

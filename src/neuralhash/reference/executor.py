@@ -6,9 +6,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import NeuralHashError, ShapeMismatchError, UnsupportedLayerError
+from ..errors import NeuralHashError, ShapeMismatchError, UnsupportedLayerError, layer_label
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
-from .registry import HANDLERS, where
+from .registry import HANDLERS
 
 
 def _feeds(model: Any, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
@@ -60,7 +60,7 @@ def run(
         for index, layer in enumerate(model.layers):
             fn = HANDLERS.get(layer.type)
             if fn is None:
-                raise UnsupportedLayerError(f"{where(layer)}: layer type {layer.type!r} is not supported")
+                raise UnsupportedLayerError(f"{layer_label(layer)}: layer type {layer.type!r} is not supported")
             if layer.type == "input":
                 args = [inputs_fed[layer.top]]
             else:
@@ -69,10 +69,10 @@ def run(
                 y = fn(layer, args, model)
             except ValueError as exc:  # a NumPy shape error a handler did not foresee
                 shapes = ", ".join(str(list(a.shape)) for a in args)
-                raise ShapeMismatchError(f"{where(layer)}: cannot run on inputs of shapes {shapes} ({exc})") from exc
+                raise ShapeMismatchError(f"{layer_label(layer)}: cannot run on inputs of shapes {shapes} ({exc})") from exc
             y = np.asarray(y, dtype=np.float64)
             if y.ndim != 4:
-                raise ShapeMismatchError(f"{where(layer)}: produced a rank-{y.ndim} blob {list(y.shape)}")
+                raise ShapeMismatchError(f"{layer_label(layer)}: produced a rank-{y.ndim} blob {list(y.shape)}")
             values[layer.top] = y
             if keep:
                 kept[layer.top] = y.astype(np.float32)
@@ -97,7 +97,7 @@ def check_shapes(model: Any, blobs: Mapping[str, np.ndarray]) -> None:
         got = tuple(value.shape[1:])
         if got != (expected.k, expected.h, expected.w):
             layer = producer.get(blob)
-            who = where(layer) if layer is not None else f"input {blob!r}"
+            who = layer_label(layer) if layer is not None else f"input {blob!r}"
             raise ShapeMismatchError(
                 f"{who}: blob {blob!r} is [k, h, w] {list(got)}, the shape file says "
                 f"{[expected.k, expected.h, expected.w]}"

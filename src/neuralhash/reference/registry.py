@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ShapeMismatchError, UnsupportedLayerError
+from ..errors import ShapeMismatchError, UnsupportedLayerError, layer_label, unsupported_value
 
 Handler = Callable[[Any, "list[np.ndarray]", Any], np.ndarray]
 HANDLERS: dict[str, Handler] = {}
@@ -32,19 +32,16 @@ def handler(type_name: str) -> Callable[[Handler], Handler]:
     return wrap
 
 
-def where(layer: Any) -> str:
-    return f"layer {layer.name!r} ({layer.type})"
 
 
 def unsupported(layer: Any, field: str, value: Any, detail: str = "") -> UnsupportedLayerError:
     """The error for a field value the reference does not implement (raise it)."""
-    extra = f" ({detail})" if detail else ""
-    return UnsupportedLayerError(f"{where(layer)}: {field} {value!r} is not supported{extra}")
+    return unsupported_value(layer, field, value, detail)
 
 
 def mismatch(layer: Any, message: str) -> ShapeMismatchError:
     """The error for inputs whose shapes the layer cannot take (raise it)."""
-    return ShapeMismatchError(f"{where(layer)}: {message}")
+    return ShapeMismatchError(f"{layer_label(layer)}: {message}")
 
 
 def expect_inputs(layer: Any, inputs: list[np.ndarray], count: int | tuple[int, int | None], what: str = "") -> None:
@@ -60,5 +57,5 @@ def expect_inputs(layer: Any, inputs: list[np.ndarray], count: int | tuple[int, 
             wanted = f"{low} to {high}"
         prefix = f"{what} " if what else ""
         raise UnsupportedLayerError(
-            f"{where(layer)}: {prefix}with {n} input{'s' if n != 1 else ''} is not supported (expects {wanted})"
+            f"{layer_label(layer)}: {prefix}with {n} input{'s' if n != 1 else ''} is not supported (expects {wanted})"
         )
