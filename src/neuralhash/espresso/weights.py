@@ -66,10 +66,12 @@ class WeightsFile:
             raise WeightsError(
                 f"{source}: the blob table declares {declared} payload bytes, the file holds {payload}"
             )
-        offsets = table_end + np.concatenate(([0], np.cumsum(lengths, dtype=np.uint64)[:-1])) if count else []
-        entries = {
-            int(i): BlobEntry(int(i), int(o), int(n)) for i, o, n in zip(ids, offsets, lengths)
-        }
+        # Python ints: no float or overflow surprises, and the table is at most a few hundred rows.
+        entries = {}
+        offset = table_end
+        for blob_id, length in zip(ids.tolist(), lengths.tolist()):
+            entries[blob_id] = BlobEntry(blob_id, offset, length)
+            offset += length
         return cls(buf, entries, source)
 
     @classmethod
