@@ -192,3 +192,56 @@ def test_not_a_database(tmp_path):
         HashStore(junk)
     with pytest.raises(StoreError, match="no such database"):
         HashStore(tmp_path / "absent.sqlite", create=False)
+
+
+def _hamming(a: str, b: str) -> int:
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+
+
+def test_search_and_duplicate_groups_match_brute_force(tmp_path):
+    import random
+
+    from neuralhash.store import duplicate_groups, search
+
+    rng = random.Random(4)
+    base = [f"{rng.getrandbits(96):024x}" for _ in range(30)]
+    rows = []
+    for k, h in enumerate(base):
+        rows.append((f"orig{k:02d}.jpg", h))
+        for copy in range(k % 3):  # planted near-duplicates, 1..4 bits away
+            flipped = int(h, 16)
+            for bit in rng.sample(range(96), rng.randint(1, 4)):
+                flipped ^= 1 << bit
+            rows.append((f"orig{k:02d}_copy{copy}.jpg", f"{flipped:024x}"))
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{h}  {p}\n" for p, h in rows))
+    with HashStore(tmp_path / "db.sqlite") as store:
+        store.import_file(listing)
+        model = store.resolve_model(None)
+        queries = [base[1], base[2], f"{rng.getrandbits(96):024x}"]
+        found = search(store, model, [bytes.fromhex(q) for q in queries], 5)
+        expected = sorted(
+            ((qi, _hamming(q, h), p) for qi, q in enumerate(queries) for p, h in rows if _hamming(q, h) <= 5),
+        )
+        assert [(m.query, m.distance, m.path) for m in found] == expected
+        assert all(_hamming(queries[m.query], m.hex) == m.distance for m in found)
+
+        groups = duplicate_groups(store, model, 5)
+        # brute-force components over the same graph
+        parent = {p: p for p, _ in rows}
+
+        def root(p):
+            while parent[p] != p:
+                p = parent[p]
+            return p
+
+        for i, (p1, h1) in enumerate(rows):
+            for p2, h2 in rows[i + 1:]:
+                if _hamming(h1, h2) <= 5:
+                    parent[root(p1)] = root(p2)
+        clusters = {}
+        for p, _ in rows:
+            clusters.setdefault(root(p), []).append(p)
+        expected_groups = sorted((sorted(c) for c in clusters.values() if len(c) > 1), key=lambda g: (-len(g), g[0]))
+        assert [[h.path for h in g] for g in groups] == expected_groups
+        assert len(groups[0]) >= len(groups[-1])

@@ -57,3 +57,11 @@ def unsupported_value(layer, field: str, value, detail: str = "") -> Unsupported
     """The error for a layer field value that is not handled (raise it)."""
     extra = f" ({detail})" if detail else ""
     return UnsupportedLayerError(f"{layer_label(layer)}: {field} {value!r} is not supported{extra}")
+
+
+class ImageError(NeuralHashError):
+    """An image cannot be read: missing, not an image, truncated, corrupt, too large..."""
+
+
+class ModelNotFoundError(NeuralHashError):
+    """No NeuralHash model was found where one was looked for."""

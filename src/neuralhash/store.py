@@ -25,6 +25,7 @@ import io
 import json
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -184,12 +185,15 @@ class HashStore:
         batch_size: int = 16,
         workers: int | None = None,
         commit_every: int = 256,
+        commit_seconds: float = 1.0,
         on_result: Callable[[str, str | None], None] | None = None,
     ) -> AddReport:
         """Hash ``paths`` with ``hasher`` (a :class:`~neuralhash.hashing.NeuralHash`) into the store.
 
         Files already stored for this model with the same size and mtime are
-        skipped unread. ``on_result(path, error)`` is called for every path
+        skipped unread. Rows are committed every ``commit_every`` hashes or
+        ``commit_seconds``, whichever comes first, so an interruption costs
+        little work. ``on_result(path, error)`` is called for every path
         (error None on success, ``"unchanged"`` never: unchanged files are counted only).
         """
         report = AddReport()
@@ -215,6 +219,7 @@ class HashStore:
                 yield path
 
         pending: list[tuple] = []
+        last_commit = time.monotonic()
         try:
             for result in hasher.hash_many(todo(), batch_size=batch_size, workers=workers):
                 path = str(result.item)
@@ -237,8 +242,9 @@ class HashStore:
                                 st.st_mtime_ns if st else None, digest))
                 if on_result:
                     on_result(path, None)
-                if len(pending) >= commit_every:
+                if len(pending) >= commit_every or time.monotonic() - last_commit >= commit_seconds:
                     self._upsert(pending)
+                    last_commit = time.monotonic()
         finally:
             self._upsert(pending)  # what was hashed before an interruption is kept
         return report
@@ -325,6 +331,53 @@ class HashStore:
             marks = ",".join("?" * len(chunk))
             out.update(self._db.execute(f"SELECT id, path FROM images WHERE id IN ({marks})", chunk).fetchall())
         return out
+
+
+@dataclass(frozen=True)
+class Match:
+    query: int  # position of the query in the list given
+    row: int
+    path: str
+    hex: str
+    distance: int
+
+
+def search(store: HashStore, model: StoredModel, queries: list[bytes], max_distance: int) -> list[Match]:
+    """Every stored hash of ``model`` within ``max_distance`` of each query: by query, nearest first."""
+    from .matching import HashIndex
+
+    ids, packed = store.packed(model)
+    if not queries or not len(ids):
+        return []
+    index = HashIndex(packed, ids=ids)
+    found = index.query_many(np.frombuffer(b"".join(queries), np.uint8).reshape(-1, 12), max_distance)
+    paths = store.paths(found.ids)
+    return [
+        Match(int(q), int(row), paths[int(row)], bytes(packed[i]).hex(), int(d))
+        for q, i, row, d in zip(found.query, found.index, found.ids, found.distance)
+    ]
+
+
+def duplicate_groups(store: HashStore, model: StoredModel, max_distance: int) -> list[list[StoredHash]]:
+    """Groups of near-duplicates (connected components of the within-``max_distance`` graph).
+
+    Largest group first (ties by first path); members sorted by path.
+    """
+    from .matching import HashIndex, component_groups, connected_components
+
+    ids, packed = store.packed(model)
+    if len(ids) < 2:
+        return []
+    pairs = HashIndex(packed, ids=ids).self_join(max_distance)
+    groups = component_groups(connected_components(pairs, len(ids)))
+    paths = store.paths(ids[np.concatenate(groups)] if groups else [])
+    out = [
+        sorted((StoredHash(int(ids[i]), paths[int(ids[i])], bytes(packed[i]).hex(), model.model_id) for i in g),
+               key=lambda h: h.path)
+        for g in groups
+    ]
+    out.sort(key=lambda g: (-len(g), g[0].path))
+    return out
 
 
 def _parse_hash_list(text: str, name: str) -> Iterator[tuple[int, tuple[str, bytes] | str]]:

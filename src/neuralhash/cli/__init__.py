@@ -1,0 +1,180 @@
+"""The ``neuralhash`` command: a thin layer over the Python API.
+
+One module per family of commands: ``model_cmds`` (decode, inspect, convert,
+verify, demo), ``hash_cmds`` (hash, compare), ``index_cmds`` (index, match,
+dupes); ``common``, ``output`` and ``paths`` hold what they share.
+
+Exit codes: 0 success, 1 failure (bad input, a failed item, verification
+above tolerance), 2 usage error, 130 Ctrl-C, 141 closed pipe, 143 SIGTERM.
+Errors are one line on standard error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .. import __version__
+from ..errors import NeuralHashError
+from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
+from .hash_cmds import cmd_compare, cmd_hash
+from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
+from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
+from .output import Terminated
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuralhash",
+        description="Convert Apple's NeuralHash (Espresso) model to verified ONNX, and compute NeuralHash hashes.",
+    )
+    parser.add_argument("--version", action="version", version=f"neuralhash {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("decode", cmd_decode, "write the plain JSON of a compressed .espresso.net / .espresso.shape file")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True, help="output path, or - for standard output")
+    add_cap(p)
+
+    p = add("inspect", cmd_inspect, "summarise an Espresso model (weights optional)")
+    p.add_argument("src", help=SRC_HELP)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_files(p)
+
+    p = add("convert", cmd_convert, "convert an Espresso model to ONNX")
+    p.add_argument("src", help=SRC_HELP)
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--no-optimize", action="store_true", help="a literal layer-by-layer graph, no tidying")
+    p.add_argument("--hash-head", nargs="?", const="", default=None, metavar="SEED.dat",
+                   help="append the NeuralHash projection; without a file the seed is rebuilt exactly")
+    add_files(p)
+
+    p = add("verify", cmd_verify, "check ONNX Runtime against the NumPy reference executor")
+    p.add_argument("src", help=SRC_HELP)
+    p.add_argument("--onnx", help="an already converted model (default: convert in memory)")
+    p.add_argument("--image", action="append", metavar="PATH", help="also compare on this image (repeatable)")
+    p.add_argument("--seeds", type=int, default=2, help="number of seeded random inputs (default 2)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the random inputs (default 1)")
+    p.add_argument("--atol", type=float, default=1e-4, help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
+    p.add_argument("--no-optimize", action="store_true", help="verify the untidied conversion")
+    add_provider(p)
+    add_files(p)
+
+    p = add("demo", cmd_demo, "run the whole pipeline on the built-in synthetic model")
+    p.add_argument("--cache-dir", help="where to write the demo model (default ~/.cache/neuralhash)")
+    p.add_argument("--fp16", action="store_true", help="use the float16 variant that current macOS ships")
+    add_provider(p)
+
+    p = add("hash", cmd_hash, "print the NeuralHash of images, one line per image")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="an image file, a directory (searched recursively for images), or - to read paths from stdin")
+    add_model(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--jsonl", action="store_true", help="one JSON object per image")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+    p.add_argument("--margins", action="store_true",
+                   help="with --jsonl or --csv: also the 96 per-bit margins |v| and the count of unstable bits")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N",
+                   help="images per network run (default 16)")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
+                   help="image-decoding worker processes (default: one per CPU; 0: decode in this process)")
+    p.add_argument("--fast", action="store_true",
+                   help="faster image loading that may change a few bits (not the reference pipeline)")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="apply the EXIF orientation first (the reference pipeline does not)")
+    p.set_defaults(subparser=p)
+
+    p = add("compare", cmd_compare, "the Hamming distance between two images or hashes")
+    p.add_argument("a", metavar="A", help="an image path or a hash of 24 hex digits")
+    p.add_argument("b", metavar="B", help="an image path or a hash of 24 hex digits")
+    add_model(p)
+    p.add_argument("--jsonl", action="store_true", help="print one JSON object")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="apply the EXIF orientation first (the reference pipeline does not)")
+
+    add_index_commands(add)
+    return parser
+
+
+def _add_output_format(p: argparse.ArgumentParser) -> None:
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--jsonl", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
+
+
+def add_index_commands(add) -> None:
+    """index add / import / export / info, match, dupes."""
+    db_help = "the SQLite database file (created by index add / import)"
+    index = add("index", None, "store hashes in a SQLite database: add images, import or export hash lists")
+    sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+
+    def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("db", metavar="DB", help=db_help)
+        return p
+
+    p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
+    add_model(p)
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
+
+    p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--model-id", default="imported",
+                   help="the name the imported hashes are stored under (default 'imported')")
+
+    p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
+    p.add_argument("--model-id", default=None, help="only the hashes of this model")
+    _add_output_format(p)
+
+    p = action("info", cmd_index_info, "the models in the database and their hash counts")
+    p.add_argument("--jsonl", action="store_true")
+
+    p = add("match", cmd_match, "stored hashes within a distance of images or hashes, nearest first")
+    p.add_argument("db", metavar="DB", help=db_help)
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
+    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--model-id", default=None,
+                   help="search the stored hashes of this model (default: the model the queries are hashed with)")
+    add_model(p)
+    p.add_argument("--exif-transpose", action="store_true")
+    _add_output_format(p)
+
+    p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
+    p.add_argument("db", metavar="DB", help=db_help)
+    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--model-id", default=None, help="the model whose hashes to group (default: the only one)")
+    _add_output_format(p)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "hash" and args.margins and not (args.jsonl or args.csv):
+        args.subparser.error("--margins needs --jsonl or --csv")
+    try:
+        return args.func(args)
+    except NeuralHashError as exc:
+        print(f"neuralhash: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("neuralhash: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("neuralhash: terminated", file=sys.stderr)
+        return 143
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+

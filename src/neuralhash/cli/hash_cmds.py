@@ -1,0 +1,78 @@
+"""Commands that hash images: hash, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+from ..errors import NeuralHashError
+from .common import load_hasher, out
+from .output import Failures, Progress, Writer, pass_file_names_through, sigterm_unwinds
+from .paths import iter_paths
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    from ..hashing import IMAGE_EXTENSIONS
+
+    nh = load_hasher(args)
+    pass_file_names_through()
+    fmt = "jsonl" if args.jsonl else "csv" if args.csv else "text"
+    progress = Progress()
+    failures = Failures(progress)
+    writer = Writer(fmt, args.margins, progress)
+    results = nh.hash_many(
+        iter_paths(args.paths, IMAGE_EXTENSIONS, failures),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        exif_transpose=args.exif_transpose,
+        fast=args.fast,
+    )
+    with sigterm_unwinds():
+        try:
+            for result in results:
+                writer.write(result)
+                if not result.ok:
+                    failures.report(result.path, writer.reason(result))
+                progress.update(result.ok)
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stop hash_many's workers when the loop ends early (Ctrl-C, SIGTERM, closed pipe)
+            progress.clear()
+    if progress.done == 0 and failures.count == 0:
+        print("neuralhash: warning: no images found", file=sys.stderr, flush=True)
+    return 1 if failures.count else 0
+
+
+HEX_HASH = re.compile(r"[0-9a-fA-F]{24}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ..hashing import Hash
+
+    operands = [args.a, args.b]
+    # A string of exactly 24 hex digits is a hash unless a file of that name exists.
+    is_hash = [bool(HEX_HASH.fullmatch(x)) and not os.path.exists(x) for x in operands]
+    for x, h in zip(operands, is_hash):
+        if not h and not os.path.exists(x):
+            raise NeuralHashError(f"{x}: no such file, and not a hash of 24 hex digits")
+    nh = load_hasher(args) if not all(is_hash) else None
+    hashes = []
+    for x, h in zip(operands, is_hash):
+        if h:
+            hashes.append(Hash.from_hex(x))
+        else:
+            hashes.append(nh.hash(x, exif_transpose=args.exif_transpose))
+    distance = hashes[0].hamming(hashes[1])
+    if args.jsonl:
+        out(json.dumps({"a": args.a, "b": args.b, "hash_a": hashes[0].hex, "hash_b": hashes[1].hex,
+                         "distance": distance}, ensure_ascii=False))
+    else:
+        out(f"{hashes[0].hex}  {args.a}")
+        out(f"{hashes[1].hex}  {args.b}")
+        out(f"distance {distance}")
+    return 0
+

@@ -1,0 +1,202 @@
+"""Decoding many images in worker processes, in input order, with bounded memory.
+
+:func:`decoded` turns an iterable of inputs into ``(item, pixels, error)``
+tuples in the same order: ``pixels`` the 360 x 360 x 3 uint8 array of
+:func:`~neuralhash.hashing.image.decode`, or ``error`` the reason it failed.
+
+Worker processes (``concurrent.futures.ProcessPoolExecutor``, ``forkserver``
+start method where available, else ``spawn``: the parent runs ONNX Runtime's
+threads, which ``fork`` does not mix well with) run :func:`decode_task`. At
+most ``window`` tasks are submitted and not yet consumed: items are pulled
+from the input lazily, as the head of the queue is consumed, and the queue is
+a FIFO of futures, so the order is the input's whatever order the workers
+finish in. Pillow images and arrays are decoded in this process when they
+reach the head (they are in memory already); paths and bytes go to workers.
+
+When the next result is still being decoded, :data:`STALL` is yielded (on
+request) so that the consumer runs the network on the images it already holds
+instead of waiting: inference overlaps decoding. The forkserver preloads this
+module (when nobody configured it otherwise), so workers start in
+milliseconds rather than importing NumPy and Pillow each.
+
+A worker that dies (a decoder crash, the OOM killer) breaks the whole pool:
+the pool is restarted and the tasks that were in flight are retried one at
+a time, so the input that kills a worker is the only one reported as failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from ..errors import NeuralHashError
+from .image import decode, describe
+
+#: Fewer items than this are decoded in the calling process (pool start-up would dominate).
+MIN_ITEMS_FOR_POOL = 2
+
+#: Consecutive worker deaths (on retried items, one at a time) after which the run stops.
+MAX_CONSECUTIVE_CRASHES = 3
+
+Entry = tuple[Any, "np.ndarray | None", "str | None"]
+
+#: Yielded by :func:`decoded` (with ``stall_marks=True``) when the next result is not ready yet.
+STALL = None
+
+
+def decode_task(item: Any, exif_transpose: bool, fast: bool, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
+    """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it."""
+    Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever start method is used
+    return _decode_here(item, exif_transpose, fast)
+
+
+def _worker_init() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_here(item: Any, exif_transpose: bool, fast: bool) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return decode(item, exif_transpose=exif_transpose, fast=fast), None
+    except NeuralHashError as exc:
+        return None, str(exc)
+    except Exception as exc:  # a decoder bug must not stop the run either
+        return None, f"{describe(item)}: cannot decode image ({type(exc).__name__}: {exc})"
+
+
+def _goes_to_worker(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview))
+
+
+def _context():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # Workers forked from a server that has imported this module start in milliseconds
+    # instead of importing NumPy and Pillow each (~0.2 s). Only when the server is not
+    # running yet and nobody chose its preload list (the default is ["__main__"]).
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        if server._forkserver_pid is None and server._preload_modules == ["__main__"]:
+            ctx.set_forkserver_preload(["__main__", __name__])
+    except Exception:  # private details of another Python version: only start-up time is at stake
+        pass
+    return ctx
+
+
+def decoded(
+    items: Iterator[Any],
+    *,
+    workers: int,
+    window: int,
+    exif_transpose: bool = False,
+    fast: bool = False,
+    stall_marks: bool = False,
+) -> Iterator[Entry | None]:
+    """``(item, pixels or None, error or None)`` for each input, in order (see the module docs).
+
+    With ``stall_marks``, :data:`STALL` (None) is also yielded whenever the
+    next result is still being decoded, so that the consumer can use the wait.
+    """
+    head: list[Any] = []
+    if workers > 0:
+        for item in items:
+            head.append(item)
+            if len(head) >= MIN_ITEMS_FOR_POOL:
+                break
+    if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL:
+        for source in (head, items):
+            for item in source:
+                yield (item, *_decode_here(item, exif_transpose, fast))
+        return
+    yield from _pooled(_chain(head, items), workers, max(window, workers), exif_transpose, fast, stall_marks)
+
+
+def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    yield from head
+    yield from rest
+
+
+def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: bool, fast: bool,
+            stall_marks: bool) -> Iterator[Entry | None]:
+    ctx = _context()
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+
+    pool = new_pool()
+    pending: deque[tuple[Any, Future | None]] = deque()
+    retry: deque[Any] = deque()  # in-flight items of a broken pool, re-run one at a time
+    exhausted = False
+    crashes = 0
+
+    def submit(item: Any) -> Future | None:
+        if not _goes_to_worker(item):
+            return None
+        return pool.submit(decode_task, item, exif_transpose, fast, Image.MAX_IMAGE_PIXELS)
+
+    def restart() -> ProcessPoolExecutor:
+        pool.shutdown(wait=True, cancel_futures=True)
+        return new_pool()
+
+    try:
+        while True:
+            if retry:
+                item = retry.popleft()
+                future = submit(item)
+                try:
+                    result = future.result() if future is not None else _decode_here(item, exif_transpose, fast)
+                    crashes = 0
+                except BrokenProcessPool:
+                    crashes += 1
+                    if crashes >= MAX_CONSECUTIVE_CRASHES:
+                        raise NeuralHashError(
+                            f"image decoding worker processes died {crashes} times in a row; "
+                            "decode in this process instead (workers=0, or --workers 0)"
+                        ) from None
+                    pool = restart()
+                    result = (None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)")
+                except Exception:  # not picklable: decode it here
+                    result = _decode_here(item, exif_transpose, fast)
+                yield (item, *result)
+                continue
+            while not exhausted and len(pending) < window:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    exhausted = True
+                    break
+                pending.append((item, submit(item)))
+            if not pending:
+                return
+            if stall_marks and pending[0][1] is not None and not pending[0][1].done():
+                yield STALL  # the consumer may run the network on what it holds while this decodes
+            item, future = pending.popleft()
+            if future is None:
+                result = _decode_here(item, exif_transpose, fast)
+            else:
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    retry.extend([item] + [it for it, _ in pending])
+                    pending.clear()
+                    pool = restart()
+                    continue
+                except Exception:  # the item could not be sent to a worker (not picklable): decode it here
+                    result = _decode_here(item, exif_transpose, fast)
+            yield (item, *result)
+    finally:
+        for _, future in pending:
+            if future is not None:
+                future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
