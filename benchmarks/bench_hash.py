@@ -39,7 +39,7 @@ Columns:
                 resource tracker are not counted as workers); forked children
                 count pages shared with their parent, so this is an upper bound
   mem total     peak over time of (main RSS above baseline + the private memory,
-                USS, of every live child), sampled every 50 ms: the memory the
+                USS, of every live child), sampled every 0.1 s: the memory the
                 work adds to the machine
 
 After the table: per set, how many of the 96 bits fast=True changes against
@@ -177,7 +177,7 @@ def _descendants(pid: int) -> dict[int, bool]:
 class Sampler(threading.Thread):
     """Every ``interval`` s: own RSS, every descendant's peak RSS (VmHWM), USS and CPU ticks."""
 
-    def __init__(self, baseline: int, interval: float = 0.05):
+    def __init__(self, baseline: int, interval: float = 0.1):
         super().__init__(daemon=True)
         self.baseline, self.interval = baseline, interval
         self.stop_event = threading.Event()

@@ -665,3 +665,30 @@ def test_a_missing_execution_provider_is_an_error_listing_the_installed_ones(nh,
 def test_default_workers(nh, good):
     results = list(nh.hash_many(good))  # workers=None: os.cpu_count() processes
     assert [r.hash for r in results] == [nh.hash(p) for p in good]
+
+
+class Interrupted(Exception):
+    """Like an exception that a signal handler raises."""
+
+
+def test_only_onnxruntime_failures_become_neuralhash_errors(nh, good, monkeypatch):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    model = NeuralHash.from_onnx(nh.onnx_path)
+
+    class Session:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def run(self, *args, **kwargs):
+            raise self.exc
+
+    monkeypatch.setattr(model, "_session", Session(Fail("out of memory")))
+    with pytest.raises(NeuralHashError, match="onnxruntime failed on a batch of 1 .*out of memory"):
+        model.hash(good[0])
+    monkeypatch.setattr(model, "_session", Session(Interrupted()))
+    with pytest.raises(Interrupted):
+        model.hash(good[0])
+    with pytest.raises(Interrupted):
+        list(model.hash_many(good[:4], workers=2))
+    assert multiprocessing.active_children() == []

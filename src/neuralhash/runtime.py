@@ -22,11 +22,17 @@ def make_session(
     providers: Sequence[str] | None = None,
     *,
     threads: int | None = None,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An InferenceSession for ``model`` (a proto, serialised bytes or a path).
 
     ``providers`` defaults to the CPU; a provider that is not installed is an
     error that lists the installed ones, rather than a silent fallback.
+
+    ``spinning=False`` stops ORT's intra-op threads from busy-waiting after
+    every run. Hashing alternates inference with image decoding on the same
+    cores, and spinning threads take CPU from the decoders (on 2 cores, turning
+    it off made hash_many about 30% faster). It changes no numbers.
     """
     chosen = list(providers or DEFAULT_PROVIDERS)
     installed = available_providers()
@@ -39,9 +45,12 @@ def make_session(
     options.log_severity_level = 3  # errors only: ORT's warnings are not ours to print
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    elif not isinstance(model, bytes):
+    elif not isinstance(model, (bytes, str)):
         model = os.fspath(model)
     try:
         return ort.InferenceSession(model, sess_options=options, providers=chosen)

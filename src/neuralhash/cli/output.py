@@ -144,8 +144,11 @@ class Writer:
         self._emit(lambda: self.csv.writerow(row))
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so that hash_many's worker processes are shut down."""
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that hash_many's worker processes are shut down.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ModelNotFoundError, NeuralHashError
+from ..runtime import make_session
 from .hash import Hash, HashResult
 from .image import SIZE, decode, describe, to_input
 from .seed import FEATURES, HASH_BITS, default_seed_matrix, is_apple_seed, read_seed_file
@@ -141,7 +142,9 @@ class NeuralHash:
             except OSError as exc:
                 raise NeuralHashError(f"{self._onnx_path}: cannot read ({exc.strerror or exc})") from None
         # A file is given to ONNX Runtime by path (external weights beside it then load too).
-        self._session = _make_session(self._onnx_path if self._onnx_path is not None else onnx_bytes, providers)
+        # No idle spinning: inference alternates with image decoding on the same cores.
+        self._session = make_session(self._onnx_path if self._onnx_path is not None else onnx_bytes, providers,
+                                     spinning=False)
         self._seed, seed_label = _seed_matrix(seed)
         self._seed.flags.writeable = False
         self._is_synthetic = bool(is_synthetic)
@@ -320,7 +323,9 @@ class NeuralHash:
             chunk = batch[start : start + step]
             try:
                 out = self._session.run([self._output_name], {self._input_name: chunk})[0]
-            except Exception as exc:  # ORT's own exception types
+            except Exception as exc:
+                if not _from_onnxruntime(exc):
+                    raise  # not ORT's failure (e.g. a signal handler's exception): let it through
                 raise NeuralHashError(f"onnxruntime failed on a batch of {len(chunk)} ({exc})") from None
             parts.append(np.asarray(out).reshape(len(chunk), -1))
         out = np.concatenate(parts) if len(parts) != 1 else parts[0]
@@ -410,37 +415,6 @@ class NeuralHash:
                 yield HashResult(_result_item(item), next(hashes), None)
 
 
-def _make_session(model: Path | bytes, providers: Sequence[str] | None):
-    """As :func:`neuralhash.runtime.make_session`, with ONNX Runtime's idle spinning turned off.
-
-    By default ORT's intra-op threads busy-wait for a while after every run.
-    Hashing alternates inference with image decoding (here or in worker
-    processes on the same cores), and the spinning threads take CPU from the
-    decoders: on 2 cores, turning it off made hash_many about 30% faster and a
-    plain loop of hash() calls about 40% faster. It changes no numbers.
-    """
-    import onnxruntime as ort
-
-    from ..runtime import DEFAULT_PROVIDERS, available_providers
-
-    chosen = list(providers or DEFAULT_PROVIDERS)
-    installed = available_providers()
-    missing = [p for p in chosen if p not in installed]
-    if missing:
-        raise NeuralHashError(
-            f"execution provider {', '.join(missing)} is not installed (installed: {', '.join(installed)})"
-        )
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT's warnings are not ours to print
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    source = os.fspath(model) if isinstance(model, Path) else model
-    try:
-        return ort.InferenceSession(source, sess_options=options, providers=chosen)
-    except Exception as exc:  # ORT raises its own exception types for unreadable models
-        where = source if isinstance(source, str) else "ONNX model"
-        raise NeuralHashError(f"{where}: onnxruntime cannot load it ({exc})") from None
-
 
 def _result_item(item: Any) -> Any:
     """Paths as given; in-memory inputs as a placeholder (``<bytes>``, ``<image>``, ``<array>``)."""
@@ -456,3 +430,8 @@ def _convert_to_bytes(sources) -> bytes:
         return proto.SerializeToString(deterministic=True)
     except ValueError as exc:
         raise NeuralHashError(f"{sources.net}: cannot serialise the ONNX model ({exc})") from None
+
+
+def _from_onnxruntime(exc: BaseException) -> bool:
+    """True for ONNX Runtime's own exception types (Fail, InvalidArgument, RuntimeException...)."""
+    return type(exc).__module__.split(".")[0] == "onnxruntime"

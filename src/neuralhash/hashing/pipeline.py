@@ -76,6 +76,12 @@ def _goes_to_worker(item: Any) -> bool:
     return isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview))
 
 
+def _failed_in_transport(future: Future | None, exc: BaseException) -> bool:
+    """True when ``exc`` is the task's own failure (decode_task never raises: the item or
+    its result could not be pickled), not something raised while this process waited."""
+    return future is not None and future.done() and not future.cancelled() and future.exception(0) is exc
+
+
 def _context():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
@@ -166,8 +172,10 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                         ) from None
                     pool = restart()
                     result = (None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)")
-                except Exception:  # not picklable: decode it here
-                    result = _decode_here(item, exif_transpose, fast)
+                except Exception as exc:
+                    if not _failed_in_transport(future, exc):
+                        raise
+                    result = _decode_here(item, exif_transpose, fast)  # not picklable: decode it here
                 yield (item, *result)
                 continue
             while not exhausted and len(pending) < window:
@@ -192,8 +200,10 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                     pending.clear()
                     pool = restart()
                     continue
-                except Exception:  # the item could not be sent to a worker (not picklable): decode it here
-                    result = _decode_here(item, exif_transpose, fast)
+                except Exception as exc:
+                    if not _failed_in_transport(future, exc):
+                        raise  # e.g. an exception raised by a signal handler while waiting
+                    result = _decode_here(item, exif_transpose, fast)  # not picklable: decode it here
             yield (item, *result)
     finally:
         for _, future in pending:
