@@ -17,10 +17,12 @@ Modes, for each set:
   (c) exact       NeuralHash.hash_many(paths) with its defaults
   (d) fast        NeuralHash.hash_many(paths, fast=True)
   (e) decode only the exact-mode preprocessing (open, convert RGB, resize 360
-                  BICUBIC, to a uint8 array) on all cores (ProcessPoolExecutor,
-                  os.cpu_count() workers, best chunksize of 1/2/4/8 found in the
-                  first round), nothing else: the ceiling when inference is free.
-                  Its time includes starting and stopping the pool.
+                  BICUBIC, to a uint8 array: neuralhash.hashing.image.decode,
+                  the very function exact mode runs) on all cores
+                  (ProcessPoolExecutor, fork, os.cpu_count() workers, best
+                  chunksize of 1/2/4/8 found in the first round), nothing else:
+                  the ceiling when inference is free. Its time includes starting
+                  and stopping the pool.
 All use the built-in synthetic demo model (NeuralHash.demo, Apple's network size,
 so the inference cost is the real one); nothing needs Apple's files.
 
@@ -222,18 +224,19 @@ class Sampler(threading.Thread):
 
 
 def _decode(path: str):
-    """The exact-mode preprocessing up to the uint8 array."""
-    import numpy as np
-    from PIL import Image
+    """Exact mode's preprocessing up to the uint8 array: the library's own decode (open, convert
+    RGB, resize 360 BICUBIC), so that (e) follows whatever exact mode does and isolates the rest."""
+    from neuralhash.hashing.image import decode
 
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB").resize((360, 360), Image.BICUBIC))
+    return decode(path)
 
 
 def _decode_all(paths: list[str], chunksize: int) -> None:
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(os.cpu_count()) as pool:
+    # fork: this process holds no ONNX Runtime threads, and fork starts workers fastest
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
         for _ in pool.map(_decode, paths, chunksize=chunksize):
             pass
 
@@ -259,9 +262,11 @@ def _scale_task(path: str) -> tuple[float, float, bytes]:
 
 def run_scale(args: argparse.Namespace, paths: list[str]) -> dict:
     """Not timed: how far fast=True moves the pixels, and what a JPEG re-encoding does to the bits."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(os.cpu_count()) as pool:  # before any ONNX Runtime thread exists here
+    # fork, before any ONNX Runtime thread exists in this process
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=multiprocessing.get_context("fork")) as pool:
         rows = list(pool.map(_scale_task, paths))
     from neuralhash.hashing import NeuralHash
 
@@ -318,8 +323,7 @@ def run_one(args: argparse.Namespace) -> dict:
                     raise SystemExit(f"reference script failed on {p}:\n{res.stderr}")
                 hexes.append(res.stdout.strip())
     elif mode == "decode":
-        import numpy  # noqa: F401  (imports before the baseline, as for the other modes)
-        import PIL.Image  # noqa: F401
+        import neuralhash.hashing.image  # noqa: F401  (imports before the baseline, as for the other modes)
 
         n_workers = os.cpu_count() or 1
         sizes = [args.chunksize] if args.chunksize else [c for c in (1, 2, 4, 8) if c == 1 or c * n_workers * 2 <= len(paths)]
@@ -447,6 +451,7 @@ def main() -> None:
     seed = args.out / "neuralhash_128x96_seed1.dat"
     write_seed_file(seed)
 
+    load_before = os.getloadavg()[0]
     runs: dict[tuple[str, str], list[dict]] = {}
     chunks: dict[str, int | None] = {s: None for s in sets}
     for r in range(rounds):
@@ -461,7 +466,10 @@ def main() -> None:
                 log(f"round {r + 1}/{rounds} set {s} {mode}: {row['images'] / row['seconds']:.2f} images/s "
                     f"({time.perf_counter() - t:.1f} s with start-up)")
 
+    load_after = os.getloadavg()[0]
     scale = {s: child(args, "scale", s, counts[s], onnx, seed, None) for s in sets}
+    raw = args.out / "last-run.json"
+    raw.write_text(json.dumps({"runs": [row for rows in runs.values() for row in rows], "scale": scale}))
 
     cores = os.cpu_count() or 1
     rate = {k: [row["images"] / row["seconds"] for row in v] for k, v in runs.items()}
@@ -537,6 +545,12 @@ def main() -> None:
           + ("; no exact-mode pipeline can reach 20x the reference on this machine" if e_a < 20 else "") + ")")
     if not ok:
         print("  MISS  exact mode is not bit-identical to the reference pipeline on every image (see above)")
+    busy_e = statistics.median(row["cpu"] / (row["seconds"] * cores) for row in runs[("B", "decode")])
+    print(f"load average {load_before:.1f} before the rounds, {load_after:.1f} after; (e) kept {busy_e:.0%} of the "
+          f"{cores} cores busy on set B" + (
+              ": other processes were using the machine, which compresses every ratio against the single-threaded"
+              " plain loop (b); rerun on an idle machine for the goals" if busy_e < 0.85 else ""))
+    print(f"raw measurements: {raw}")
 
 
 if __name__ == "__main__":
