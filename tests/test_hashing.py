@@ -515,10 +515,10 @@ def test_fast_mode_reduces_large_images_but_never_below_the_limits(nh, tmp_path,
     for path in (big_jpeg, odd_jpeg, big_png):
         pixels = image_module.decode(path, fast=True)
         assert pixels.shape == (360, 360, 3) and pixels.dtype == np.uint8
-    assert sizes[0] == (750, 500)  # JPEG DCT scaling by 4: 2000 // 360 = 5, and 8 would go below 360
-    assert sizes[1] == (500, 365)  # by 2: 1000 // 360 = 2, and 730 / 2 >= 360
+    assert sizes[0] == (1500, 1000)  # JPEG DCT scaling by 2: by 4 would go below 720 (2 x 360)
+    assert sizes[1] == (1000, 730)  # no DCT scaling: 730 / 2 < 720
     assert sizes[2] == (1500, 800)  # Image.reduce(2): no less than 720
-    assert all(min(s) >= 360 for s in sizes)
+    assert all(min(s) >= 720 for s in sizes)
     monkeypatch.undo()
     exact, fast = nh.hash(big_jpeg), nh.hash(big_jpeg, fast=True)
     assert exact.hamming(fast) < 48  # close, but not promised to be equal
@@ -692,3 +692,22 @@ def test_only_onnxruntime_failures_become_neuralhash_errors(nh, good, monkeypatc
     with pytest.raises(Interrupted):
         list(model.hash_many(good[:4], workers=2))
     assert multiprocessing.active_children() == []
+
+
+def test_hash_many_from_a_program_on_stdin(good, cache):
+    """`python -` names a main file that does not exist: workers could not start, so decoding stays in-process."""
+    import subprocess
+    import textwrap
+
+    program = textwrap.dedent(f"""
+        import os
+        os.environ["NEURALHASH_CACHE"] = {str(cache)!r}
+        from neuralhash.hashing import NeuralHash
+        nh = NeuralHash.demo()
+        for r in nh.hash_many({[str(p) for p in good[:3]]!r}, workers=2):
+            print(r.hash.hex if r.ok else "ERROR " + r.error)
+    """)
+    proc = subprocess.run([sys.executable, "-"], input=program, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    nh = NeuralHash.demo(cache_dir=cache)
+    assert proc.stdout.split() == [nh.hash(p).hex for p in good[:3]]

@@ -182,7 +182,7 @@ class HashStore:
         hasher: Any,
         paths: Iterable[str | os.PathLike],
         *,
-        batch_size: int = 16,
+        batch_size: int = 4,
         workers: int | None = None,
         commit_every: int = 256,
         commit_seconds: float = 1.0,

@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--margins", action="store_true",
                    help="with --jsonl or --csv: also the 96 per-bit margins |v| and the count of unstable bits")
-    p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N",
-                   help="images per network run (default 16)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N",
+                   help="images per network run (default 4; larger batches save no CPU here and cost memory)")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="image-decoding worker processes (default: one per CPU; 0: decode in this process)")
     p.add_argument("--fast", action="store_true",
@@ -124,7 +124,7 @@ def add_index_commands(add) -> None:
     p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
     add_model(p)
-    p.add_argument("--batch-size", type=int_at_least(1), default=16, metavar="N")
+    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
     p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")

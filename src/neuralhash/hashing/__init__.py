@@ -13,6 +13,15 @@ preprocessing), ``model`` (NeuralHash, find_system_model), ``pipeline``
 
 from .hash import DEFAULT_MARGIN, Hash, HashResult
 from .image import IMAGE_EXTENSIONS
-from .model import NeuralHash, find_system_model
+
+
+def __getattr__(name: str):
+    # Lazy: decoding worker processes import this package for ``image`` and
+    # ``pipeline`` only, and must not pay for importing onnx and onnxruntime.
+    if name in ("NeuralHash", "find_system_model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DEFAULT_MARGIN", "IMAGE_EXTENSIONS", "Hash", "HashResult", "NeuralHash", "find_system_model"]

@@ -222,12 +222,15 @@ def _check_container(header: bytes, name: str, ext: str) -> None:
 def _prepared(img: Image.Image, *, exif_transpose: bool, fast: bool, may_draft: bool) -> np.ndarray:
     """The reference steps on an opened image: convert("RGB"), resize((360, 360)), uint8 pixels."""
     if fast and may_draft and img.format == "JPEG":
-        img.draft("RGB", (SIZE, SIZE))
+        # DCT scaling to no less than twice the target: half the pixel error (and
+        # about half the changed bits) of drafting to 360, for ~16% more decode time.
+        img.draft("RGB", (2 * SIZE, 2 * SIZE))
     img.load()  # what convert() would do first; outside the lock, so threads decode in parallel
     with _captured_warnings():  # e.g. "Palette images with Transparency expressed in bytes..."
         if exif_transpose:
             img = ImageOps.exif_transpose(img)
-        img = img.convert("RGB")
+        if img.mode != "RGB":  # convert("RGB") of an RGB image is an identical 36 MB copy at 12 MP
+            img = img.convert("RGB")
     if fast:
         factor = min(img.width // (2 * SIZE), img.height // (2 * SIZE))
         if factor >= 2:

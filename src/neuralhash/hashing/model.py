@@ -356,7 +356,7 @@ class NeuralHash:
         self,
         items: Iterable[Any],
         *,
-        batch_size: int = 16,
+        batch_size: int = 4,
         workers: int | None = None,
         exif_transpose: bool = False,
         fast: bool = False,

@@ -120,12 +120,28 @@ def decoded(
             head.append(item)
             if len(head) >= MIN_ITEMS_FOR_POOL:
                 break
-    if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL:
+    if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL or not _main_importable():
         for source in (head, items):
             for item in source:
                 yield (item, *_decode_here(item, exif_transpose, fast))
         return
     yield from _pooled(_chain(head, items), workers, max(window, workers), exif_transpose, fast, stall_marks)
+
+
+def _main_importable() -> bool:
+    """Whether new worker processes can re-import ``__main__`` (as forkserver and spawn do).
+
+    A program read from standard input (``python -``) names a main file that
+    does not exist; every worker would die on start. Such callers decode in
+    this process instead: slower, but correct.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return True  # python -m: workers import it by name
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)  # None: an interactive session, nothing to re-import
 
 
 def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
@@ -168,7 +184,8 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                     if crashes >= MAX_CONSECUTIVE_CRASHES:
                         raise NeuralHashError(
                             f"image decoding worker processes died {crashes} times in a row; "
-                            "decode in this process instead (workers=0, or --workers 0)"
+                            "decode in this process instead (workers=0, or --workers 0). From a script, "
+                            "also check that it runs under `if __name__ == \"__main__\":` (workers re-import it)"
                         ) from None
                     pool = restart()
                     result = (None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)")
