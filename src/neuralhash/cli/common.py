@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from ..espresso.container import DEFAULT_MAX_DECODED_SIZE
@@ -90,3 +92,11 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="SRC", default=None, help=MODEL_HELP)
     p.add_argument("--seed", metavar="FILE", default=None, help=SEED_HELP)
     add_provider(p)
+
+
+_HEX_HASH = re.compile(r"[0-9a-fA-F]{24}")
+
+
+def is_hex_hash(text: str) -> bool:
+    """A query operand is a hash when it is 24 hex digits and no file has that name."""
+    return bool(_HEX_HASH.fullmatch(text)) and not os.path.exists(text)

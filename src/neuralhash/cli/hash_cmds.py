@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 
 from ..errors import NeuralHashError
-from .common import load_hasher, out
+from .common import is_hex_hash, load_hasher, out
 from .output import Failures, Progress, Writer, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
@@ -47,15 +46,12 @@ def cmd_hash(args: argparse.Namespace) -> int:
     return 1 if failures.count else 0
 
 
-HEX_HASH = re.compile(r"[0-9a-fA-F]{24}")
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..hashing import Hash
 
     operands = [args.a, args.b]
     # A string of exactly 24 hex digits is a hash unless a file of that name exists.
-    is_hash = [bool(HEX_HASH.fullmatch(x)) and not os.path.exists(x) for x in operands]
+    is_hash = [is_hex_hash(x) for x in operands]
     for x, h in zip(operands, is_hash):
         if not h and not os.path.exists(x):
             raise NeuralHashError(f"{x}: no such file, and not a hash of 24 hex digits")

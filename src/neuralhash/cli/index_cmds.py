@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 
 from ..errors import NeuralHashError
-from .common import error_reason, load_hasher, out
+from .common import error_reason, is_hex_hash, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
-HEX_DIGITS = 24
 
 
 def _open(path: str, *, create: bool):
@@ -105,16 +103,12 @@ def cmd_index_info(args) -> int:
 # -- match / dupes --------------------------------------------------------------------------
 
 
-def _is_hex(text: str) -> bool:
-    return len(text) == HEX_DIGITS and all(c in "0123456789abcdefABCDEF" for c in text) and not os.path.exists(text)
-
-
 def cmd_match(args) -> int:
     from ..store import search
 
     pass_file_names_through()
     with _open(args.db, create=False) as store:
-        images = [q for q in args.queries if not _is_hex(q)]
+        images = [q for q in args.queries if not is_hex_hash(q)]
         nh = load_hasher(args) if images else None
         if args.model_id is not None:
             model = store.resolve_model(args.model_id)
@@ -137,7 +131,7 @@ def cmd_match(args) -> int:
         queries: list[tuple[str, bytes]] = []
         failed = 0
         for q in args.queries:
-            if _is_hex(q):
+            if is_hex_hash(q):
                 queries.append((q, bytes.fromhex(q)))
                 continue
             try:
