@@ -246,9 +246,69 @@ def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
 
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Serialise ``proto`` deterministically to ``path`` via a temporary file and a rename."""
+    """Write ``proto`` to ``path`` via a temporary file and a rename.
+
+    The bytes are exactly ``proto.SerializeToString(deterministic=True)``, but
+    the weights are streamed: the fields around the graph, and the graph's
+    fields around its initializers, are serialised separately (in field-number
+    order, as protobuf does), and each initializer is appended one tensor at a
+    time. The serialised weights never sit in memory beside the proto's own.
+    """
+    graph = proto.graph
+    graph_no = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    init_no = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
     try:
-        data = proto.SerializeToString(deterministic=True)
-    except ValueError as exc:  # protobuf's 2 GB limit
+        model_head, model_tail = (
+            _fields(proto, onnx.ModelProto, lambda n: n < graph_no),
+            _fields(proto, onnx.ModelProto, lambda n: n > graph_no),
+        )
+        graph_head, graph_tail = (
+            _fields(graph, onnx.GraphProto, lambda n: n < init_no),
+            _fields(graph, onnx.GraphProto, lambda n: n > init_no),
+        )
+    except ValueError as exc:
         raise ConversionError(f"{path}: cannot serialise the ONNX model ({exc})") from None
-    atomic_write(path, data)
+    init_tag = _tag(init_no)
+    graph_len = len(graph_head) + len(graph_tail) + sum(
+        len(init_tag) + len(_varint(n)) + n for n in (t.ByteSize() for t in graph.initializer)
+    )
+
+    def chunks():
+        yield model_head
+        if proto.HasField("graph"):
+            yield _tag(graph_no) + _varint(graph_len) + graph_head
+            for tensor in graph.initializer:
+                data = tensor.SerializeToString(deterministic=True)
+                yield init_tag + _varint(len(data)) + data
+            yield graph_tail
+        yield model_tail
+
+    atomic_write(path, chunks())
+
+
+def _fields(source, cls, wanted) -> bytes:
+    """The serialised fields of ``source`` whose numbers ``wanted`` accepts (never the weights)."""
+    part = cls()
+    for field, value in source.ListFields():
+        if not wanted(field.number):
+            continue
+        if field.is_repeated:
+            getattr(part, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(part, field.name).CopyFrom(value)
+        else:
+            setattr(part, field.name, value)
+    return part.SerializeToString(deterministic=True)
+
+
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # wire type 2: length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
