@@ -711,3 +711,14 @@ def test_hash_many_from_a_program_on_stdin(good, cache):
     assert proc.returncode == 0, proc.stderr
     nh = NeuralHash.demo(cache_dir=cache)
     assert proc.stdout.split() == [nh.hash(p).hex for p in good[:3]]
+
+
+def test_missing_provider_is_not_mistaken_for_a_bad_cache(nh, demo_dir, cache):
+    from neuralhash.errors import ProviderError
+
+    cached = sorted((cache / "onnx").glob("*.onnx"))
+    assert cached, "the demo model should be cached by now"
+    before = {p: p.stat().st_mtime_ns for p in cached}
+    with pytest.raises(ProviderError, match="NoSuchExecutionProvider is not installed"):
+        NeuralHash.from_espresso(demo_dir, cache_dir=cache, providers=["NoSuchExecutionProvider"])
+    assert {p: p.stat().st_mtime_ns for p in cached} == before  # not converted again and rewritten

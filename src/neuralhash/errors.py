@@ -40,8 +40,8 @@ class ShapeMismatchError(ConversionError):
     """An inferred blob shape disagrees with the ``.shape`` file."""
 
 
-class VerificationError(NeuralHashError):
-    """ONNX and reference outputs disagree beyond tolerance."""
+class ProviderError(NeuralHashError):
+    """An onnxruntime execution provider that was asked for is not installed."""
 
 
 class SeedError(NeuralHashError):

@@ -8,7 +8,7 @@ from typing import Sequence
 import onnx
 import onnxruntime as ort
 
-from .errors import NeuralHashError
+from .errors import NeuralHashError, ProviderError
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -38,7 +38,7 @@ def make_session(
     installed = available_providers()
     missing = [p for p in chosen if p not in installed]
     if missing:
-        raise NeuralHashError(
+        raise ProviderError(
             f"execution provider {', '.join(missing)} is not installed (installed: {', '.join(installed)})"
         )
     options = ort.SessionOptions()

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ModelNotFoundError, NeuralHashError
+from ..errors import ModelNotFoundError, NeuralHashError, ProviderError
 from ..runtime import make_session
 from .hash import Hash, HashResult
 from .image import SIZE, decode, describe, to_input
@@ -218,10 +218,10 @@ class NeuralHash:
         if path.is_file():
             try:
                 return cls(path, seed=seed, providers=providers, description=description, is_synthetic=_synthetic)
-            except NeuralHashError as exc:
-                if "execution provider" in str(exc):
-                    raise
-                # an unreadable cached file: convert again below and replace it
+            except ProviderError:
+                raise  # not the cached file's fault
+            except NeuralHashError:
+                pass  # an unreadable cached file: convert again below and replace it
         data = _convert_to_bytes(sources)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
