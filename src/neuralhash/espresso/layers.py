@@ -61,7 +61,6 @@ def register(type_name: str):
     """Class decorator: the dataclass that parses layers of ``type_name``."""
 
     def wrap(cls):
-        cls.TYPE = type_name
         LAYER_TYPES[type_name] = cls
         return cls
 

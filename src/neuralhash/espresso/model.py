@@ -147,9 +147,6 @@ class EspressoModel:
             counts[layer.type] = counts.get(layer.type, 0) + 1
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
-    def blob_shape(self, blob: str) -> BlobShape | None:
-        return self.shapes.get(blob)
-
     def parameter_count(self) -> int | None:
         """Number of weight values the layers reference (None without a weights file)."""
         if self.weights is None:
