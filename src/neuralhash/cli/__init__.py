@@ -1,8 +1,9 @@
 """The ``neuralhash`` command: a thin layer over the Python API.
 
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
-verify, demo), ``hash_cmds`` (hash, compare), ``index_cmds`` (index, match,
-dupes); ``common``, ``output`` and ``paths`` hold what they share.
+verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
+``index_cmds`` (index, match, dupes), ``robustness_cmds`` (robustness);
+``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
 above tolerance), 2 usage error, 130 Ctrl-C, 141 closed pipe, 143 SIGTERM.
@@ -23,6 +24,7 @@ from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from .output import Terminated
+from .robustness_cmds import cmd_robustness
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faster image loading that may change a few bits (not the reference pipeline)")
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply the EXIF orientation first (the reference pipeline does not)")
+    cluster = p.add_argument_group("on a Dask cluster (pip install 'neuralhash[dask]')")
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="hash on a Dask cluster: its scheduler address (tcp://host:8786), "
+                              "or 'local' for a LocalCluster on this machine")
+    cluster.add_argument("--parquet", metavar="DIR",
+                         help="with --scheduler: also write the results (path, hash, margins, error) as Parquet")
     p.set_defaults(subparser=p)
 
     p = add("compare", cmd_compare, "the Hamming distance between two images or hashes")
@@ -100,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the EXIF orientation first (the reference pipeline does not)")
 
     add_index_commands(add)
+
+    p = add("robustness", cmd_robustness,
+            "how hashes move under everyday edits: NeuralHash beside pHash, dHash and PDQ, as an HTML report")
+    p.add_argument("images", nargs="*", metavar="IMAGE",
+                   help="image files or directories (searched recursively), or - to read paths from stdin")
+    p.add_argument("--out", metavar="DIR", help="the report folder (index.html, summary.md, CSV, PNG)")
+    add_model(p)
+    p.add_argument("--random-seed", type=int_at_least(0), default=0, metavar="N",
+                   help="seed of the random edits (noise, overlay positions); default 0")
+    p.add_argument("--edits", metavar="FAMILY,...", help="only these edit families (see --list-edits)")
+    p.add_argument("--hashes", metavar="NAME,...", help="only these hashes: NeuralHash, pHash, dHash, PDQ")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
+                   help="processes that edit and decode (default: one per CPU; 0: this process)")
+    p.add_argument("--list-edits", action="store_true", help="print the catalogue of edits and exit")
+    p.set_defaults(subparser=p)
     return parser
 
 
@@ -161,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "hash" and args.margins and not (args.jsonl or args.csv):
         args.subparser.error("--margins needs --jsonl or --csv")
+    if args.command == "robustness" and not args.list_edits and not args.out:
+        args.subparser.error("--out DIR is required")
+    if args.command == "hash" and args.parquet and not args.scheduler:
+        args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
     try:
         return args.func(args)
     except NeuralHashError as exc:

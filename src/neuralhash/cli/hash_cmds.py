@@ -16,6 +16,10 @@ from .paths import iter_paths
 def cmd_hash(args: argparse.Namespace) -> int:
     from ..hashing import IMAGE_EXTENSIONS
 
+    if args.scheduler:
+        from .dask_cmds import cmd_hash_on_cluster
+
+        return cmd_hash_on_cluster(args)
     nh = load_hasher(args)
     pass_file_names_through()
     fmt = "jsonl" if args.jsonl else "csv" if args.csv else "text"

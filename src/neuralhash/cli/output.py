@@ -21,8 +21,9 @@ class Progress:
 
     INTERVAL = 0.25
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, total: int | None = None) -> None:
         self.stream = stream or sys.stderr
+        self.total = total  # known: draw a bar with an estimate of the time left
         try:
             self.enabled = bool(self.stream.isatty())
         except (AttributeError, ValueError):
@@ -50,8 +51,15 @@ class Progress:
         self.last = now
         rate = self.done / max(now - self.start, 1e-9)
         failed = f", {self.failed} failed" if self.failed else ""
+        if self.total:
+            filled = min(20, 20 * self.done // self.total)
+            left = (self.total - self.done) / max(rate, 1e-9)
+            line = (f"neuralhash: [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} image(s), "
+                    f"{left:.0f} s left{failed}")
+        else:
+            line = f"neuralhash: {self.done} image(s), {rate:.1f}/s{failed}"
         with self.lock:
-            self.stream.write(f"\r\x1b[Kneuralhash: {self.done} image(s), {rate:.1f}/s{failed}")
+            self.stream.write(f"\r\x1b[K{line}")
             self.stream.flush()
             self.shown = True
 

@@ -336,7 +336,9 @@ class NeuralHash:
             )
         return out
 
-    def _hashes(self, pixels: Sequence[np.ndarray]) -> list[Hash]:
+    def hash_pixels(self, pixels: Sequence[np.ndarray]) -> list[Hash]:
+        """The hashes of images already preprocessed by :func:`~neuralhash.hashing.image.decode`
+        (uint8 [360, 360, 3] each), run through the network as one batch."""
         if not pixels:
             return []
         batch = np.stack([to_input(p) for p in pixels])
@@ -350,7 +352,7 @@ class NeuralHash:
         Raises :class:`~neuralhash.errors.ImageError` (naming the input and the
         reason) when the image cannot be read.
         """
-        return self._hashes([decode(image, exif_transpose=exif_transpose, fast=fast)])[0]
+        return self.hash_pixels([decode(image, exif_transpose=exif_transpose, fast=fast)])[0]
 
     def hash_many(
         self,
@@ -407,7 +409,7 @@ class NeuralHash:
             stream.close()
 
     def _finish(self, pending: list[tuple[Any, np.ndarray | None, str | None]]) -> Iterator[HashResult]:
-        hashes = iter(self._hashes([pixels for _, pixels, _ in pending if pixels is not None]))
+        hashes = iter(self.hash_pixels([pixels for _, pixels, _ in pending if pixels is not None]))
         for item, pixels, error in pending:
             if pixels is None:
                 yield HashResult(_result_item(item), None, error)

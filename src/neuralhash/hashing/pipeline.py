@@ -26,13 +26,14 @@ a time, so the input that kills a worker is the only one reported as failed.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import signal
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -52,10 +53,10 @@ Entry = tuple[Any, "np.ndarray | None", "str | None"]
 STALL = None
 
 
-def decode_task(item: Any, exif_transpose: bool, fast: bool, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
+def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
     """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it."""
     Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever start method is used
-    return _decode_here(item, exif_transpose, fast)
+    return _decode_here(item, exif_transpose=exif_transpose, fast=fast)
 
 
 def _worker_init() -> None:
@@ -63,7 +64,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_here(item: Any, exif_transpose: bool, fast: bool) -> tuple[np.ndarray | None, str | None]:
+def _decode_here(item: Any, *, exif_transpose: bool, fast: bool) -> tuple[np.ndarray | None, str | None]:
     try:
         return decode(item, exif_transpose=exif_transpose, fast=fast), None
     except NeuralHashError as exc:
@@ -114,6 +115,37 @@ def decoded(
     With ``stall_marks``, :data:`STALL` (None) is also yielded whenever the
     next result is still being decoded, so that the consumer can use the wait.
     """
+    task = functools.partial(decode_task, exif_transpose=exif_transpose, fast=fast,
+                             max_pixels=Image.MAX_IMAGE_PIXELS)
+    local = functools.partial(_decode_here, exif_transpose=exif_transpose, fast=fast)
+
+    def crashed(item: Any) -> tuple[None, str]:
+        return None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)"
+
+    for entry in ordered_map(task, items, workers=workers, window=window, local=local, crashed=crashed,
+                             in_worker=_goes_to_worker, stall_marks=stall_marks):
+        yield entry if entry is STALL else (entry[0], *entry[1])
+
+
+def ordered_map(
+    task: Callable[[Any], Any],
+    items: Iterator[Any],
+    *,
+    workers: int,
+    window: int,
+    local: Callable[[Any], Any],
+    crashed: Callable[[Any], Any],
+    in_worker: Callable[[Any], bool] = lambda item: True,
+    stall_marks: bool = False,
+) -> Iterator[tuple[Any, Any] | None]:
+    """``(item, task(item))`` for each input, in input order, computed in worker processes.
+
+    ``task`` (picklable, never raising) runs in a worker for the items
+    ``in_worker`` accepts; ``local`` computes the same in this process (for the
+    other items, few items, ``workers == 0``, or a ``__main__`` that workers
+    cannot import). An item whose worker died twice gets ``crashed(item)``.
+    At most ``window`` items are in flight. See the module docs for the rest.
+    """
     head: list[Any] = []
     if workers > 0:
         for item in items:
@@ -123,9 +155,10 @@ def decoded(
     if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL or not _main_importable():
         for source in (head, items):
             for item in source:
-                yield (item, *_decode_here(item, exif_transpose, fast))
+                yield item, local(item)
         return
-    yield from _pooled(_chain(head, items), workers, max(window, workers), exif_transpose, fast, stall_marks)
+    yield from _pooled(_chain(head, items), workers, max(window, workers), task, local, crashed, in_worker,
+                       stall_marks)
 
 
 def _main_importable() -> bool:
@@ -149,8 +182,9 @@ def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
-def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: bool, fast: bool,
-            stall_marks: bool) -> Iterator[Entry | None]:
+def _pooled(items: Iterator[Any], workers: int, window: int, task: Callable[[Any], Any],
+            local: Callable[[Any], Any], crashed: Callable[[Any], Any], in_worker: Callable[[Any], bool],
+            stall_marks: bool) -> Iterator[tuple[Any, Any] | None]:
     ctx = _context()
 
     def new_pool() -> ProcessPoolExecutor:
@@ -163,9 +197,9 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
     crashes = 0
 
     def submit(item: Any) -> Future | None:
-        if not _goes_to_worker(item):
+        if not in_worker(item):
             return None
-        return pool.submit(decode_task, item, exif_transpose, fast, Image.MAX_IMAGE_PIXELS)
+        return pool.submit(task, item)
 
     def restart() -> ProcessPoolExecutor:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -177,23 +211,23 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                 item = retry.popleft()
                 future = submit(item)
                 try:
-                    result = future.result() if future is not None else _decode_here(item, exif_transpose, fast)
+                    result = future.result() if future is not None else local(item)
                     crashes = 0
                 except BrokenProcessPool:
                     crashes += 1
                     if crashes >= MAX_CONSECUTIVE_CRASHES:
                         raise NeuralHashError(
-                            f"image decoding worker processes died {crashes} times in a row; "
-                            "decode in this process instead (workers=0, or --workers 0). From a script, "
+                            f"worker processes died {crashes} times in a row; run in this process "
+                            "instead (workers=0, or --workers 0). From a script, "
                             "also check that it runs under `if __name__ == \"__main__\":` (workers re-import it)"
                         ) from None
                     pool = restart()
-                    result = (None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)")
+                    result = crashed(item)
                 except Exception as exc:
                     if not _failed_in_transport(future, exc):
                         raise
-                    result = _decode_here(item, exif_transpose, fast)  # not picklable: decode it here
-                yield (item, *result)
+                    result = local(item)  # not picklable: run it here
+                yield item, result
                 continue
             while not exhausted and len(pending) < window:
                 try:
@@ -208,7 +242,7 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                 yield STALL  # the consumer may run the network on what it holds while this decodes
             item, future = pending.popleft()
             if future is None:
-                result = _decode_here(item, exif_transpose, fast)
+                result = local(item)
             else:
                 try:
                     result = future.result()
@@ -220,8 +254,8 @@ def _pooled(items: Iterator[Any], workers: int, window: int, exif_transpose: boo
                 except Exception as exc:
                     if not _failed_in_transport(future, exc):
                         raise  # e.g. an exception raised by a signal handler while waiting
-                    result = _decode_here(item, exif_transpose, fast)  # not picklable: decode it here
-            yield (item, *result)
+                    result = local(item)  # not picklable: run it here
+            yield item, result
     finally:
         for _, future in pending:
             if future is not None:

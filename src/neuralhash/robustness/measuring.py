@@ -1,0 +1,231 @@
+"""Measuring: every image edited every way, hashed by every hash, compared with its original.
+
+Worker processes open an image, apply each edit and compute the classic
+hashes and NeuralHash's 360 x 360 input of every copy (the expensive, pure
+Python/Pillow part); this process runs the ONNX model on those inputs and
+turns bits into distances as the images come back, so only the originals'
+hashes are kept for the distinct-pair baseline and memory stays flat in the
+number of images.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import NeuralHashError
+from ..hashing.image import decode, load_image
+from ..hashing.pipeline import ordered_map
+from .edits import Edit, apply_edit, default_edits
+from .hashers import HASHER_NAMES, NEURALHASH, available_classic, classic_by_name, neuralhash_info
+from .results import MISSING, Failure, RobustnessResult
+
+#: Distinct pairs beyond this are sampled (seeded): 2 million pairs pin every rate to < 0.1%.
+MAX_PAIRS = 2_000_000
+
+#: Edited copies run through the network at a time.
+BATCH = 8
+
+
+@dataclass
+class ImageWork:
+    """What a worker returns for one image: row 0 is the original, row 1 + j edit j."""
+
+    size: tuple[int, int] = (0, 0)
+    error: str | None = None                                    # the original could not be read
+    pixels: np.ndarray | None = None                            # uint8 [1 + edits, 360, 360, 3]
+    pixels_ok: np.ndarray | None = None                         # bool [1 + edits]
+    classic: dict[str, np.ndarray] = field(default_factory=dict)     # name -> bool [1 + edits, bits]
+    classic_ok: dict[str, np.ndarray] = field(default_factory=dict)  # name -> bool [1 + edits]
+    failures: list[tuple[str | None, str]] = field(default_factory=list)  # (edit label, reason)
+
+
+def image_key(image: Image.Image) -> str:
+    """What seeds an image's random edits: its pixels, so neither its name nor the order matters."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode} {image.width}x{image.height}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Sequence[str],
+                  max_pixels: int | None = None) -> ImageWork:
+    """Open ``path``, apply the edits, hash the classic way and prepare NeuralHash's inputs. Never raises."""
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever the start method
+    name = os.fsdecode(path) if isinstance(path, (str, os.PathLike)) else str(path)
+    work = ImageWork()
+    try:
+        original = load_image(path)
+    except NeuralHashError as exc:
+        work.error = str(exc)
+        return work
+    except Exception as exc:  # a decoder bug must not stop the run
+        work.error = f"{name}: cannot decode image ({type(exc).__name__}: {exc})"
+        return work
+    work.size = original.size
+    key = image_key(original)
+    rows = 1 + len(edits)
+    hashers = [classic_by_name(n) for n in classic]
+    work.pixels = np.zeros((rows, 360, 360, 3), np.uint8)
+    work.pixels_ok = np.zeros(rows, bool)
+    for h in hashers:
+        work.classic[h.info.name] = np.zeros((rows, h.info.bits), bool)
+        work.classic_ok[h.info.name] = np.zeros(rows, bool)
+
+    for row in range(rows):
+        edit = edits[row - 1] if row else None
+        try:
+            copy = apply_edit(edit, original, seed=seed, image_key=key) if edit is not None else original
+        except NeuralHashError as exc:
+            work.failures.append((edit.label, str(exc)))
+            continue
+        try:
+            work.pixels[row] = decode(copy)
+            work.pixels_ok[row] = True
+        except NeuralHashError as exc:
+            work.failures.append((edit.label if edit else None, f"NeuralHash: {exc}"))
+        for h in hashers:
+            try:
+                work.classic[h.info.name][row] = h.func(copy)
+                work.classic_ok[h.info.name][row] = True
+            except Exception as exc:  # a hash library's failure costs that one number only
+                label = edit.label if edit else "original"
+                work.failures.append((edit.label if edit else None,
+                                      f"{h.info.name} failed on {label} ({type(exc).__name__}: {exc})"))
+    return work
+
+
+def measure(
+    images: Sequence[str | os.PathLike],
+    model,
+    *,
+    edits: Sequence[Edit] | None = None,
+    seed: int = 0,
+    hashers: Sequence[str] = HASHER_NAMES,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> RobustnessResult:
+    """Apply every edit to every image and measure every hash's distance to the original's.
+
+    ``model``: a :class:`~neuralhash.hashing.NeuralHash`. ``edits``: default
+    :func:`~neuralhash.robustness.edits.default_edits`. ``hashers``: names among
+    ``NeuralHash``, ``pHash``, ``dHash``, ``PDQ``; a classic hash whose package
+    is missing is left out with a note. ``workers``: processes that edit and
+    decode (None: one per CPU; 0: this process). ``progress(done, total)`` is
+    called after each image. The same images, edits and ``seed`` give the same
+    result, in any order and with any number of workers.
+    """
+    images = list(images)
+    labels = [os.fsdecode(p) for p in images]
+    unknown = [n for n in hashers if n not in HASHER_NAMES]
+    if unknown:
+        raise NeuralHashError(f"unknown hash {unknown[0]!r}; choose among {', '.join(HASHER_NAMES)}")
+    edits = list(default_edits() if edits is None else edits)
+    if len({e.label for e in edits}) != len(edits):
+        raise NeuralHashError("edit labels must be unique")
+    classic, notes = available_classic(hashers)
+    if NEURALHASH in hashers and model is None:
+        raise NeuralHashError("measuring NeuralHash needs a model")
+    infos = ([neuralhash_info(model.description)] if NEURALHASH in hashers else []) + [h.info for h in classic]
+    names = [i.name for i in infos]
+    if workers is None:
+        workers = os.cpu_count() or 1
+
+    # Edits are module-level functions (or partials of them): they pickle to the workers.
+    task = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
+                             max_pixels=Image.MAX_IMAGE_PIXELS)
+    local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic])
+
+    def crashed(item: Any) -> ImageWork:
+        return ImageWork(error=f"{os.fsdecode(item)}: a worker process died on this image (decoder crash or out of memory)")
+
+    n = len(images)
+    distances = {name: np.full((n, len(edits)), MISSING, np.int32) for name in names}
+    originals = {i.name: np.zeros((n, i.bits), bool) for i in infos}
+    hashed = np.zeros(n, bool)  # every hash of the original succeeded: the image joins the baseline
+    failures: list[Failure] = []
+    sizes: list[tuple[int, int]] = [(0, 0)] * n
+
+    results = ordered_map(task, iter(images), workers=workers, window=2 * max(workers, 1),
+                          local=local, crashed=crashed)
+    try:
+        for i, (_, work) in enumerate(results):
+            sizes[i] = work.size
+            if work.error is not None:
+                failures.append(Failure(labels[i], None, work.error))
+            else:
+                failures.extend(Failure(labels[i], e, r) for e, r in work.failures)
+                bits = _bits_of(work, model, names)
+                for name, (rows, ok) in bits.items():
+                    if ok[0]:
+                        originals[name][i] = rows[0]
+                        d = np.count_nonzero(rows[1:] != rows[0], axis=1)
+                        distances[name][i] = np.where(ok[1:], d, MISSING)
+                hashed[i] = all(ok[0] for _, ok in bits.values())
+            if progress is not None:
+                progress(i + 1, n)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+    pairs = _pairs(np.flatnonzero(hashed), seed)
+    if len(pairs) and len(pairs) < np.count_nonzero(hashed) * (np.count_nonzero(hashed) - 1) // 2:
+        notes.append(f"the distinct-pair baseline is a seeded sample of {len(pairs):,} pairs")
+    distinct = {name: _pair_distances(originals[name], pairs) for name in names}
+    return RobustnessResult(
+        model=model.description if model is not None else "none", model_id=getattr(model, "model_id", ""),
+        synthetic=bool(getattr(model, "is_synthetic", False)),
+        seed=seed, images=labels, sizes=sizes, edits=edits, hashers=infos, distances=distances,
+        distinct=distinct, pairs=pairs, failures=failures, notes=notes,
+    )
+
+
+def _bits_of(work: ImageWork, model, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (bits [1 + edits, bits], ok [1 + edits]) for every hash."""
+    out = {}
+    if NEURALHASH in names:
+        ok = work.pixels_ok
+        rows = np.zeros((len(ok), 96), bool)
+        index = np.flatnonzero(ok)
+        for start in range(0, len(index), BATCH):
+            chunk = index[start:start + BATCH]
+            for row, h in zip(chunk, model.hash_pixels(list(work.pixels[chunk]))):
+                rows[row] = h.bits
+        out[NEURALHASH] = (rows, ok)
+    for name in names:
+        if name != NEURALHASH:
+            out[name] = (work.classic[name], work.classic_ok[name])
+    return out
+
+
+def _pairs(index: np.ndarray, seed: int) -> np.ndarray:
+    """All pairs i < j of ``index`` (row-major), or a seeded sample of MAX_PAIRS of them."""
+    n = len(index)
+    total = n * (n - 1) // 2
+    if total <= MAX_PAIRS:
+        i, j = np.triu_indices(n, k=1)
+    else:
+        rng = np.random.default_rng([seed, n])
+        i = rng.integers(0, n, MAX_PAIRS * 2)
+        j = rng.integers(0, n, MAX_PAIRS * 2)
+        keep = i != j
+        i, j = np.minimum(i, j)[keep][:MAX_PAIRS], np.maximum(i, j)[keep][:MAX_PAIRS]
+    return np.stack([index[i], index[j]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def _pair_distances(bits: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    packed = np.packbits(bits, axis=1)
+    out = np.empty(len(pairs), np.int32)
+    step = 1 << 16  # pairs per chunk: bounded temporary memory
+    for start in range(0, len(pairs), step):
+        p = pairs[start:start + step]
+        out[start:start + step] = np.bitwise_count(packed[p[:, 0]] ^ packed[p[:, 1]]).sum(axis=1)
+    return out
