@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
@@ -23,3 +25,26 @@ def real_dir() -> Path:
     if not REAL_NET.is_file() or not REAL_SHAPE.is_file():
         pytest.skip(f"Apple's NeuralHash structure files are not present in {REAL_DIR}")
     return REAL_DIR
+
+
+@pytest.fixture(scope="module")
+def module_env(tmp_path_factory):
+    """A demo-model cache of the module's own (the model is built once per module), no system model path."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NEURALHASH_CACHE", str(tmp_path_factory.mktemp("nh-cache")))
+    mp.delenv("NEURALHASH_MODEL_PATH", raising=False)
+    yield
+    mp.undo()
+
+
+def draw_image(path: Path, seed: int, size=(80, 60)) -> Path:
+    """A small deterministic picture (gradients and noise), PNG or JPEG by the file's suffix."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * (seed + 1) * 3) % 256, (y * (seed + 2) * 5) % 256, ((x + y) * 7 + seed * 40) % 256], -1)
+    arr = np.clip(base + rng.integers(0, 60, (h, w, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    Image.fromarray(arr).save(path, format=fmt)
+    return path

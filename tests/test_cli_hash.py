@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from neuralhash.cli import output as cli_output
 from neuralhash.cli import main
+
+from conftest import draw_image
 
 WARNING = "neuralhash: warning: the demo model has synthetic weights; its hashes carry no perceptual meaning"
 
@@ -23,39 +24,16 @@ WARNING = "neuralhash: warning: the demo model has synthetic weights; its hashes
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def module_env(tmp_path_factory):
-    """One demo-model cache for the whole module (the model is built once), no system model path."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEURALHASH_CACHE", str(tmp_path_factory.mktemp("nh-cache")))
-    mp.delenv("NEURALHASH_MODEL_PATH", raising=False)
-    yield
-    mp.undo()
-
-
 @pytest.fixture(autouse=True)
 def _env(module_env):
     yield
-
-
-def _image(path: Path, seed: int, size=(80, 60)) -> Path:
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([(x * (seed + 1) * 3) % 256, (y * (seed + 2) * 5) % 256, ((x + y) * 7 + seed * 40) % 256], -1)
-    noise = rng.integers(0, 60, (h, w, 3))
-    arr = np.clip(base + noise, 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "PNG" if path.suffix.lower() not in (".jpg", ".jpeg") else "JPEG"
-    Image.fromarray(arr).save(path, format=fmt)
-    return path
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory, module_env):
     """Three images, as strings."""
     root = tmp_path_factory.mktemp("images")
-    return [str(_image(root / name, i)) for i, name in enumerate(["one.png", "two.jpg", "three.png"])]
+    return [str(draw_image(root / name, i)) for i, name in enumerate(["one.png", "two.jpg", "three.png"])]
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +76,14 @@ def test_hashes_match_the_demo_library(images, ref):
 
 def test_directory_recursion_filter_and_sorted_order(tmp_path, nh, capsys):
     root = tmp_path / "photos"
-    _image(root / "b.png", 1)
-    _image(root / "A.JPG", 2)
-    _image(root / "sub" / "c.jpeg", 3)
-    _image(root / "sub" / "deeper" / "d.png", 4)
-    _image(root / "c.png", 5)
+    draw_image(root / "b.png", 1)
+    draw_image(root / "A.JPG", 2)
+    draw_image(root / "sub" / "c.jpeg", 3)
+    draw_image(root / "sub" / "deeper" / "d.png", 4)
+    draw_image(root / "c.png", 5)
     (root / "notes.txt").write_text("not an image\n")
     (root / "sub" / "data.bin").write_bytes(b"\0" * 10)
-    _image(root / "picture.unknownext", 6)  # an image, but not named like one: skipped in directories
+    draw_image(root / "picture.unknownext", 6)  # an image, but not named like one: skipped in directories
     os.symlink("..", root / "sub" / "loop")  # a loop back to the top: not followed twice
     assert main(["hash", "--model", "demo", str(root)]) == 0
     out = capsys.readouterr().out
@@ -119,14 +97,14 @@ def test_directory_recursion_filter_and_sorted_order(tmp_path, nh, capsys):
 
 
 def test_named_file_is_hashed_whatever_its_extension(tmp_path, nh, capsys):
-    odd = _image(tmp_path / "picture.unknownext", 6)
+    odd = draw_image(tmp_path / "picture.unknownext", 6)
     assert main(["hash", "--model", "demo", str(odd)]) == 0
     assert _lines(capsys.readouterr().out) == [f"{nh.hash(str(odd)).hex}  {odd}"]
 
 
 def test_paths_from_stdin(images, ref, tmp_path, monkeypatch, capsys):
     folder = tmp_path / "dir"
-    inside = _image(folder / "x.png", 9)
+    inside = draw_image(folder / "x.png", 9)
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{images[1]}\n\n   \n{images[0]}\n{folder}\n"))
     assert main(["hash", "--model", "demo", images[2], "-"]) == 0
     paths = [line.split("  ", 1)[1] for line in _lines(capsys.readouterr().out)]
@@ -160,7 +138,7 @@ def test_csv(images, ref, capsys):
 
 
 def test_csv_with_margins_and_quoting(tmp_path, nh, capsys):
-    odd = _image(tmp_path / 'a, "quoted" name.png', 3)
+    odd = draw_image(tmp_path / 'a, "quoted" name.png', 3)
     assert main(["hash", "--model", "demo", "--csv", "--margins", str(odd)]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows[0] == ["path", "hash", "error", "unstable_bits", "margins"]
@@ -336,7 +314,7 @@ def test_compare_two_hashes_loads_no_model(monkeypatch, capsys):
     assert err == ""
 
 
-def test_compare_a_file_named_like_a_hash_is_an_image(images, ref, tmp_path, monkeypatch, capsys):
+def test_compare_a_file_named_like_a_hash_is_andraw_image(images, ref, tmp_path, monkeypatch, capsys):
     name = "abcdefabcdefabcdefabcdef"
     Path(tmp_path / name).write_bytes(Path(images[1]).read_bytes())
     monkeypatch.chdir(tmp_path)
@@ -351,7 +329,7 @@ def test_compare_not_a_hash_and_not_a_file(bad, images, capsys):
     assert err.startswith("neuralhash: error: ") and bad in err and len(_lines(err)) == 1
 
 
-def test_compare_unreadable_image(tmp_path, capsys):
+def test_compare_unreadabledraw_image(tmp_path, capsys):
     text = tmp_path / "text.png"
     text.write_text("not an image")
     assert main(["compare", str(text), "0" * 24, "--model", "demo"]) == 1

@@ -22,16 +22,7 @@ EDIT_LABELS = ["downscale 0.5x", "jpeg q35", "hflip", "noise std 20"]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NEURALHASH_CACHE", str(tmp_path_factory.mktemp("nh-cache")))
-    mp.delenv("NEURALHASH_MODEL_PATH", raising=False)
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def nh(env):
+def nh(module_env):
     from neuralhash.hashing import NeuralHash
 
     return NeuralHash.demo()
@@ -52,7 +43,7 @@ def _photo(path: Path, seed: int, size=(96, 72)) -> str:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory, env):
+def photos(tmp_path_factory, module_env):
     root = tmp_path_factory.mktemp("photos")
     return [_photo(root / f"p{i}.png", i) for i in range(4)]
 

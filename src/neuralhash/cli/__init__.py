@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "or 'local' for a LocalCluster on this machine")
     cluster.add_argument("--parquet", metavar="DIR",
                          help="with --scheduler: also write the results (path, hash, margins, error) as Parquet")
+    cluster.add_argument("--paths-per-task", type=int_at_least(1), default=None, metavar="N",
+                         help="with --scheduler: paths per Dask task (default: up to 64, fewer for small inputs)")
     p.set_defaults(subparser=p)
 
     p = add("compare", cmd_compare, "the Hamming distance between two images or hashes")

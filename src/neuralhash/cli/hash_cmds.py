@@ -9,7 +9,7 @@ import sys
 
 from ..errors import NeuralHashError
 from .common import is_hex_hash, load_hasher, out
-from .output import Failures, Progress, Writer, pass_file_names_through, sigterm_unwinds
+from .output import emit, hash_output, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
 
@@ -22,10 +22,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
         return cmd_hash_on_cluster(args)
     nh = load_hasher(args)
     pass_file_names_through()
-    fmt = "jsonl" if args.jsonl else "csv" if args.csv else "text"
-    progress = Progress()
-    failures = Failures(progress)
-    writer = Writer(fmt, args.margins, progress)
+    progress, failures, writer = hash_output(args)
     results = nh.hash_many(
         iter_paths(args.paths, IMAGE_EXTENSIONS, failures),
         batch_size=args.batch_size,
@@ -35,11 +32,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
     )
     with sigterm_unwinds():
         try:
-            for result in results:
-                writer.write(result)
-                if not result.ok:
-                    failures.report(result.path, writer.reason(result))
-                progress.update(result.ok)
+            emit(results, writer, failures, progress)
         finally:
             close = getattr(results, "close", None)
             if close is not None:

@@ -152,6 +152,22 @@ class Writer:
         self._emit(lambda: self.csv.writerow(row))
 
 
+def hash_output(args) -> tuple[Progress, Failures, Writer]:
+    """The progress line, failure reporter and result writer of a hash command's options."""
+    fmt = "jsonl" if args.jsonl else "csv" if args.csv else "text"
+    progress = Progress()
+    return progress, Failures(progress), Writer(fmt, args.margins, progress)
+
+
+def emit(results, writer: Writer, failures: Failures, progress: Progress) -> None:
+    """Write every result, report each failure on standard error, count both."""
+    for result in results:
+        writer.write(result)
+        if not result.ok:
+            failures.report(result.path, writer.reason(result))
+        progress.update(result.ok)
+
+
 class Terminated(BaseException):
     """SIGTERM, turned into an exception so that hash_many's worker processes are shut down.
 

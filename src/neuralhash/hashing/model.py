@@ -129,8 +129,10 @@ class NeuralHash:
         providers: Sequence[str] | None = None,
         description: str | None = None,
         is_synthetic: bool = False,
+        threads: int | None = None,
     ):
-        """Prefer the ``from_*`` constructors. ``onnx_path`` or ``onnx_bytes`` is the model to run."""
+        """Prefer the ``from_*`` constructors. ``onnx_path`` or ``onnx_bytes`` is the model to run;
+        ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core)."""
         if onnx_path is None and onnx_bytes is None:
             raise NeuralHashError("NeuralHash needs an ONNX model (a path or bytes)")
         self._onnx_path = Path(onnx_path) if onnx_path is not None else None
@@ -144,7 +146,7 @@ class NeuralHash:
         # A file is given to ONNX Runtime by path (external weights beside it then load too).
         # No idle spinning: inference alternates with image decoding on the same cores.
         self._session = make_session(self._onnx_path if self._onnx_path is not None else onnx_bytes, providers,
-                                     spinning=False)
+                                     threads=threads, spinning=False)
         self._seed, seed_label = _seed_matrix(seed)
         self._seed.flags.writeable = False
         self._is_synthetic = bool(is_synthetic)
