@@ -96,6 +96,17 @@ def test_same_numbers_in_any_order_and_with_any_number_of_workers(measured, phot
     assert measured.sizes == [(96, 72)] * 4
 
 
+def test_max_side_shrinks_the_originals_before_editing(photos, nh, edits):
+    result = measure(photos[:2], nh, edits=edits, seed=3, workers=0, max_side=48)
+    assert result.max_side == 48 and result.sizes[0] == (96, 72)  # the size of the file as read
+    for i, path in enumerate(photos[:2]):
+        original = Image.open(path).convert("RGB").resize((48, 36), Image.LANCZOS)
+        key = image_key(original)
+        for j, edit in enumerate(edits):
+            copy = apply_edit(edit, original, seed=3, image_key=key)
+            assert result.distances["NeuralHash"][i, j] == nh.hash(original).hamming(nh.hash(copy))
+
+
 def test_unreadable_images_are_reported_and_left_out_of_the_baseline(photos, nh, edits, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -153,7 +164,7 @@ def test_threshold_without_baseline_or_with_equal_hashes():
 def test_the_command_writes_a_report(photos, tmp_path, capsys):
     out = tmp_path / "report"
     code = main(["robustness", "--model", "demo", *photos[:3], "--out", str(out), "--edits", "hflip,jpeg",
-                 "--workers", "0"])
+                 "--workers", "0", "--max-side", "64"])
     assert code == 0
     captured = capsys.readouterr()
     assert WARNING in captured.err
@@ -166,6 +177,7 @@ def test_the_command_writes_a_report(photos, tmp_path, capsys):
     jpeg = [e for e in default_edits() if e.family in ("hflip", "jpeg")]
     assert len(rows) == 3 * len(jpeg) * 4
     assert "NeuralHash" in captured.out
+    assert "shrunk to at most 64 px" in (out / "summary.md").read_text()
 
 
 def test_the_command_explains_bad_choices(photos, tmp_path, capsys):

@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hashes", metavar="NAME,...", help="only these hashes: NeuralHash, pHash, dHash, PDQ")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="processes that edit and decode (default: one per CPU; 0: this process)")
+    p.add_argument("--max-side", type=int_at_least(1), default=None, metavar="PX",
+                   help="shrink originals to this longer side before editing (e.g. 1024: camera photos "
+                        "run ~13x faster; default: as they are)")
     p.add_argument("--list-edits", action="store_true", help="print the catalogue of edits and exit")
     p.set_defaults(subparser=p)
     return parser

@@ -72,6 +72,7 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     with sigterm_unwinds():
         try:
             result = measure(images, nh, edits=edits, seed=args.random_seed, hashers=hashes, workers=args.workers,
+                             max_side=args.max_side,
                              progress=lambda done, total: progress.update(True))
         finally:
             progress.clear()

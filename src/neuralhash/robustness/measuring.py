@@ -54,8 +54,17 @@ def image_key(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """``image`` scaled (LANCZOS) so that its longer side is at most ``max_side`` pixels."""
+    longest = max(image.size)
+    if longest <= max_side:
+        return image
+    scale = max_side / longest
+    return image.resize(tuple(max(1, round(side * scale)) for side in image.size), Image.LANCZOS)
+
+
 def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Sequence[str],
-                  max_pixels: int | None = None) -> ImageWork:
+                  max_pixels: int | None = None, max_side: int | None = None) -> ImageWork:
     """Open ``path``, apply the edits, hash the classic way and prepare NeuralHash's inputs. Never raises."""
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever the start method
@@ -70,6 +79,8 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
         work.error = f"{name}: cannot decode image ({type(exc).__name__}: {exc})"
         return work
     work.size = original.size
+    if max_side is not None:
+        original = shrink(original, max_side)
     key = image_key(original)
     rows = 1 + len(edits)
     hashers = [classic_by_name(n) for n in classic]
@@ -110,6 +121,7 @@ def measure(
     seed: int = 0,
     hashers: Sequence[str] = HASHER_NAMES,
     workers: int | None = None,
+    max_side: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RobustnessResult:
     """Apply every edit to every image and measure every hash's distance to the original's.
@@ -118,7 +130,11 @@ def measure(
     :func:`~neuralhash.robustness.edits.default_edits`. ``hashers``: names among
     ``NeuralHash``, ``pHash``, ``dHash``, ``PDQ``; a classic hash whose package
     is missing is left out with a note. ``workers``: processes that edit and
-    decode (None: one per CPU; 0: this process). ``progress(done, total)`` is
+    decode (None: one per CPU; 0: this process). ``max_side``: shrink each
+    original so that its longer side is at most this many pixels before
+    editing (a 12 MP photo at 1024: ~13x less work; NeuralHash sees 360 x 360
+    anyway, but the originals' hashes are then those of the shrunk images).
+    ``progress(done, total)`` is
     called after each image. The same images, edits and ``seed`` give the same
     result, in any order and with any number of workers.
     """
@@ -139,9 +155,12 @@ def measure(
         workers = os.cpu_count() or 1
 
     # Edits are module-level functions (or partials of them): they pickle to the workers.
+    if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+        raise NeuralHashError(f"max_side must be a positive integer, got {max_side!r}")
     task = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
-                             max_pixels=Image.MAX_IMAGE_PIXELS)
-    local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic])
+                             max_pixels=Image.MAX_IMAGE_PIXELS, max_side=max_side)
+    local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
+                              max_side=max_side)
 
     def crashed(item: Any) -> ImageWork:
         return ImageWork(error=f"{os.fsdecode(item)}: a worker process died on this image (decoder crash or out of memory)")
@@ -184,7 +203,7 @@ def measure(
         model=model.description if model is not None else "none", model_id=getattr(model, "model_id", ""),
         synthetic=bool(getattr(model, "is_synthetic", False)),
         seed=seed, images=labels, sizes=sizes, edits=edits, hashers=infos, distances=distances,
-        distinct=distinct, pairs=pairs, failures=failures, notes=notes,
+        distinct=distinct, pairs=pairs, failures=failures, notes=notes, max_side=max_side,
     )
 
 

@@ -463,7 +463,8 @@ def facts(result: RobustnessResult) -> list[tuple[str, str]]:
         ("Images", str(len(result.images))),
         ("Edits", f"{len(result.edits)} in {len(families(result))} families"),
         ("Seed", str(result.seed)),
-    ]
+    ] + ([("Originals", f"shrunk to at most {result.max_side} px on the longer side before editing "
+                        "(--max-side); their hashes are of the shrunk image")] if result.max_side else [])
 
 
 THRESHOLD_HEADER = ("Hash", "Bits", "Distinct min", "Distinct median", "Distinct max", "Threshold",

@@ -62,6 +62,7 @@ class RobustnessResult:
     pairs: np.ndarray               # int [pairs, 2]
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a hash left out because its package is missing
+    max_side: int | None = None     # originals shrunk to this longer side before editing (None: as read)
 
     # -- lookups ----------------------------------------------------------------------------
 
