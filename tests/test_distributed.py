@@ -170,6 +170,17 @@ def test_glob_directory_and_file_urls(client, nh, folder, ref, tmp_path):
     assert list(frame["path"]) == [odd] and frame["hash"][0] == nh.hash(odd).hex
 
 
+def test_relative_paths_are_read_from_the_callers_directory(client, nh, folder, monkeypatch):
+    # The workers started elsewhere (their working directory is not the caller's).
+    monkeypatch.chdir(folder.parent)
+    names = [f"{folder.name}/img01.png", f"{folder.name}/img03.jpg", f"{folder.name}/missing.png"]
+    frame = client.compute(nhd.hash_paths(names, model=nh, client=client)).result()
+    assert list(frame["path"]) == names
+    assert list(frame["hash"][:2]) == [nh.hash(n).hex for n in names[:2]]
+    assert frame["error"][2] == f"{names[2]}: no such file"  # named as given, like the plain command
+    assert all(cwd != str(folder.parent) for cwd in client.run(os.getcwd).values())
+
+
 def test_iter_batches_streams_in_order(client, nh, paths, ref):
     frames = list(nhd.iter_batches(paths, model=nh, client=client, paths_per_task=2, window=3))
     assert [len(f) for f in frames] == [2] * (len(paths) // 2) + [1] * (len(paths) % 2)

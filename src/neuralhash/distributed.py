@@ -276,7 +276,7 @@ def hash_paths(
         _hash_task, starts, [paths[s:s + step] for s in starts], args=[model_ref],
         meta=meta, divisions=(*starts, len(paths) - 1), label="neuralhash", enforce_metadata=False,
         batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
-        storage_options=dict(storage_options or {}),
+        storage_options=dict(storage_options or {}), cwd=os.getcwd(),
     )
 
 
@@ -314,7 +314,7 @@ def iter_batches(
     if window is None:  # 2 per thread left workers idle between tasks (measured: 25% slower)
         window = 4 * max(1, sum(client.nthreads().values())) + 4
     options = dict(batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
-                   storage_options=dict(storage_options or {}))
+                   storage_options=dict(storage_options or {}), cwd=os.getcwd())
     return _stream(client, model_ref, paths, step, window, options)
 
 
@@ -507,8 +507,13 @@ def _ort_threads() -> int:
 
 
 def _hash_task(start: int, paths: list[str], model: Mapping[str, Any], *, batch_size: int,
-               exif_transpose: bool, fast: bool, storage_options: Mapping[str, Any]) -> "pandas.DataFrame":
-    """One task: ``paths`` hashed on a worker, as a result frame indexed from ``start``."""
+               exif_transpose: bool, fast: bool, storage_options: Mapping[str, Any],
+               cwd: str = "") -> "pandas.DataFrame":
+    """One task: ``paths`` hashed on a worker, as a result frame indexed from ``start``.
+
+    Relative local paths are read from the client's working directory ``cwd``
+    (a worker's own is anywhere), and reported as given.
+    """
     nh = _worker_model(model)
     hexes: list[str | None] = [None] * len(paths)
     margins = np.zeros((len(paths), HASH_BITS), np.float32)
@@ -517,7 +522,7 @@ def _hash_task(start: int, paths: list[str], model: Mapping[str, Any], *, batch_
     # on async filesystems) and never more than a group's bytes are held.
     for lo in range(0, len(paths), batch_size):
         group = range(lo, min(lo + batch_size, len(paths)))
-        items: dict[int, Any] = {i: paths[i] for i in group}
+        items: dict[int, Any] = {i: os.path.join(cwd, paths[i]) for i in group}
         remote = [i for i in group if is_url(paths[i])]
         if remote:
             for i, data in zip(remote, _fetch([paths[i] for i in remote], storage_options)):
