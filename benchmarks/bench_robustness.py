@@ -34,6 +34,7 @@ import bench_hash_images  # noqa: E402  (the benchmarks' shared photo sets)
 from neuralhash.hashing import NeuralHash  # noqa: E402
 from neuralhash.robustness import default_edits, measure, write_report  # noqa: E402
 from neuralhash.robustness.hashers import CLASSIC_HASHERS  # noqa: E402
+from neuralhash.robustness.report import summarise  # noqa: E402
 from neuralhash.robustness.measuring import image_key, shrink  # noqa: E402
 from neuralhash.robustness.edits import apply_edit  # noqa: E402
 from neuralhash.hashing.image import decode  # noqa: E402
@@ -120,8 +121,8 @@ def figures_table(result) -> None:
         line += f"{f'{d.min()}-{d.max()}':>14}"
     print(line + f"{'41-53':>14}")
     print(f"{'threshold':<22}" + "".join(f"{result.threshold(n):>14}" for n in names))
-    print(f"{'copies matched':<22}" + "".join(
-        f"{np.nanmean(result.match_rates(n)):>14.0%}" for n in names))
+    # The share of all measured copies (not the mean of per-edit rates, which weighs edits with missing copies up).
+    print(f"{'copies matched':<22}" + "".join(f"{h.match_rate:>14.0%}" for h in summarise(result)))
     labels = result.edit_labels
     for label, published in PUBLISHED:
         if label not in labels:

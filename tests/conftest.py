@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
@@ -48,3 +48,17 @@ def draw_image(path: Path, seed: int, size=(80, 60)) -> Path:
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     Image.fromarray(arr).save(path, format=fmt)
     return path
+
+
+def draw_shapes(w: int, h: int, seed: int = 0, count: int = 12, rectangles: bool = True) -> Image.Image:
+    """Random filled ellipses (and rectangles) on a random background: a picture with edges and flat areas."""
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(count):
+        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
+        y0, y1 = sorted(rng.integers(0, h, 2).tolist())
+        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = draw.rectangle if rectangles and rng.random() >= 0.5 else draw.ellipse
+        shape([x0, y0, x1, y1], fill=fill)
+    return img

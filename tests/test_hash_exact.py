@@ -21,6 +21,8 @@ from PIL import Image, ImageDraw, ImageOps, features
 from neuralhash.hashing import NeuralHash
 from neuralhash.hashing.seed import default_seed_matrix
 
+from conftest import draw_shapes
+
 skimage_data = pytest.importorskip("skimage.data")
 
 
@@ -75,15 +77,7 @@ def gradient(w: int, h: int, phase: float = 0.0) -> Image.Image:
 
 
 def shapes(w: int, h: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(12):
-        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
-        y0, y1 = sorted(rng.integers(0, h, 2).tolist())
-        fill = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([x0, y0, x1, y1], fill=fill)
-    return img
+    return draw_shapes(w, h, seed)
 
 
 def noise(w: int, h: int, seed: int = 1) -> Image.Image:

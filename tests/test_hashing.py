@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFile, features
+from PIL import Image, ImageFile, features
 
 from neuralhash.errors import ImageError, ModelNotFoundError, NeuralHashError
 from neuralhash.hashing import DEFAULT_MARGIN, IMAGE_EXTENSIONS, Hash, HashResult, NeuralHash, find_system_model
@@ -21,6 +21,8 @@ from neuralhash.hashing import image as image_module
 from neuralhash.hashing import model as model_module
 from neuralhash.hashing import pipeline
 from neuralhash.hashing.seed import FILE_SIZE, HEADER_SIZE, default_seed_matrix
+
+from conftest import draw_shapes
 
 # -- Hash ------------------------------------------------------------------------------------------
 
@@ -142,14 +144,7 @@ def demo_dir(nh, cache) -> Path:
 
 
 def picture(w: int = 320, h: int = 240, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(0, 256, 3)))
-    draw = ImageDraw.Draw(img)
-    for _ in range(10):
-        x0, x1 = sorted(rng.integers(0, w, 2).tolist())
-        y0, y1 = sorted(rng.integers(0, h, 2).tolist())
-        draw.ellipse([x0, y0, x1, y1], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
-    return img
+    return draw_shapes(w, h, seed, count=10, rectangles=False)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,7 @@ import sys
 import threading
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -174,7 +175,7 @@ def share_model(client: "Client", model: Any = None, *, seed: Any = None,
     accepts (None: Apple's model on this machine). It is loaded here once
     (converted once, if Espresso) and its ONNX bytes and seed sent once.
     """
-    from .hashing.model import NeuralHash
+    from .hashing.model import NeuralHash, model_id_of
 
     nh = model if isinstance(model, NeuralHash) else NeuralHash.from_source(model, seed=seed, providers=providers)
     if nh.onnx_path is None:
@@ -192,7 +193,7 @@ def share_model(client: "Client", model: Any = None, *, seed: Any = None,
         "description": f"{nh.description.rsplit('; ', 1)[0]}, on a Dask worker",
         "is_synthetic": nh.is_synthetic,
     }
-    if _model_id(payload) != nh.model_id:
+    if model_id_of(data, payload["seed"]) != nh.model_id:
         raise NeuralHashError(f"{nh.onnx_path}: the file changed after the model was loaded")
     import dask
 
@@ -202,25 +203,44 @@ def share_model(client: "Client", model: Any = None, *, seed: Any = None,
         return client.submit(_identity, payload, key=f"neuralhash-model-{nh.model_id}", pure=True)
 
 
-def _model_id(payload: Mapping[str, Any]) -> str:
-    import hashlib
-
-    return hashlib.sha256(payload["onnx"] + payload["seed"].astype("<f4").tobytes()).hexdigest()
-
-
 def _identity(x: Any) -> Any:
     return x
 
 
-def _paths_per_task(n: int, client: "Client", paths_per_task: int | None) -> int:
+def _paths_per_task(n: int, threads: int, paths_per_task: int | None) -> int:
     if paths_per_task is not None:
         if not isinstance(paths_per_task, int) or paths_per_task < 1:
             raise NeuralHashError(f"paths_per_task must be a positive integer, got {paths_per_task!r}")
         return paths_per_task
     # A few tasks per worker thread for small inputs (every worker gets work), at most
     # MAX_PATHS_PER_TASK: Dask's ~ms per task is then well under 1% of the hashing time.
-    threads = max(1, sum(client.nthreads().values()))
     return max(1, min(MAX_PATHS_PER_TASK, -(-n // (4 * threads))))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What hash_paths and iter_batches share: the client, the paths, the model's key, the task size."""
+
+    client: "Client"
+    paths: list[str]
+    model_ref: "Future | None"  # None when there is nothing to hash
+    threads: int                # worker threads in the cluster
+    step: int                   # paths per task
+    options: dict[str, Any]     # _hash_task's keyword arguments
+
+
+def _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose, fast,
+          storage_options) -> _Plan:
+    _check_batch_size(batch_size)
+    client = current_client(client)
+    paths = expand_paths(paths_or_glob, storage_options)
+    options = dict(batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
+                   storage_options=dict(storage_options or {}), cwd=os.getcwd())
+    if not paths:
+        return _Plan(client, paths, None, 1, 1, options)
+    model_ref = share_model(client, model, seed=seed, providers=providers)
+    threads = max(1, sum(client.nthreads().values()))
+    return _Plan(client, paths, model_ref, threads, _paths_per_task(len(paths), threads, paths_per_task), options)
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -263,20 +283,17 @@ def hash_paths(
     require_dask()
     import dask.dataframe as dd
 
-    _check_batch_size(batch_size)
-    client = current_client(client)
-    paths = expand_paths(paths_or_glob, storage_options)
+    plan = _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose,
+                 fast, storage_options)
     meta = _frame(0, [], [], np.empty((0, HASH_BITS), np.float32), [])
-    if not paths:
+    if not plan.paths:
         return dd.from_pandas(meta, npartitions=1)
-    model_ref = share_model(client, model, seed=seed, providers=providers)
-    step = _paths_per_task(len(paths), client, paths_per_task)
+    paths, step = plan.paths, plan.step
     starts = list(range(0, len(paths), step))
     return dd.from_map(
-        _hash_task, starts, [paths[s:s + step] for s in starts], args=[model_ref],
+        _hash_task, starts, [paths[s:s + step] for s in starts], args=[plan.model_ref],
         meta=meta, divisions=(*starts, len(paths) - 1), label="neuralhash", enforce_metadata=False,
-        batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
-        storage_options=dict(storage_options or {}), cwd=os.getcwd(),
+        **plan.options,
     )
 
 
@@ -304,18 +321,13 @@ def iter_batches(
     row. Closing the iterator cancels the tasks in flight.
     """
     require_dask()
-    _check_batch_size(batch_size)
-    client = current_client(client)
-    paths = expand_paths(paths_or_glob, storage_options)
-    if not paths:
+    plan = _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose,
+                 fast, storage_options)
+    if not plan.paths:
         return (frame for frame in ())  # a generator all the same (it has close())
-    model_ref = share_model(client, model, seed=seed, providers=providers)
-    step = _paths_per_task(len(paths), client, paths_per_task)
     if window is None:  # 2 per thread left workers idle between tasks (measured: 25% slower)
-        window = 4 * max(1, sum(client.nthreads().values())) + 4
-    options = dict(batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
-                   storage_options=dict(storage_options or {}), cwd=os.getcwd())
-    return _stream(client, model_ref, paths, step, window, options)
+        window = 4 * plan.threads + 4
+    return _stream(plan.client, plan.model_ref, plan.paths, plan.step, window, plan.options)
 
 
 def _stream(client: "Client", model_ref: "Future", paths: list[str], step: int, window: int,

@@ -112,6 +112,11 @@ def _cache_key(digests: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def model_id_of(onnx_bytes: bytes, seed: np.ndarray) -> str:
+    """The ``model_id`` of a model: sha256 (hex) of its ONNX bytes followed by the float32 seed matrix."""
+    return hashlib.sha256(onnx_bytes + np.asarray(seed).astype("<f4").tobytes()).hexdigest()
+
+
 class NeuralHash:
     """A NeuralHash model ready to hash images. Build it with one of the ``from_*`` methods.
 
@@ -162,7 +167,7 @@ class NeuralHash:
         self._max_batch = static[0] if static[0] and static[0] > 0 else None  # a fixed batch size (often 1)
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
-        self._model_id = hashlib.sha256(onnx_bytes + self._seed.astype("<f4").tobytes()).hexdigest()
+        self._model_id = model_id_of(onnx_bytes, self._seed)
         self._description = f"{description or where}; {seed_label}"
 
     # -- constructors -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from PIL import Image
 from ..errors import NeuralHashError
 from ..hashing.image import decode, load_image
 from ..hashing.pipeline import ordered_map
+from ..hashing.seed import HASH_BITS
 from .edits import Edit, apply_edit, default_edits
 from .hashers import HASHER_NAMES, NEURALHASH, available_classic, classic_by_name, neuralhash_info
 from .results import MISSING, Failure, RobustnessResult
@@ -154,13 +155,12 @@ def measure(
     if workers is None:
         workers = os.cpu_count() or 1
 
-    # Edits are module-level functions (or partials of them): they pickle to the workers.
     if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
         raise NeuralHashError(f"max_side must be a positive integer, got {max_side!r}")
-    task = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
-                             max_pixels=Image.MAX_IMAGE_PIXELS, max_side=max_side)
+    # Edits are module-level functions (or partials of them): they pickle to the workers.
     local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
                               max_side=max_side)
+    task = functools.partial(local, max_pixels=Image.MAX_IMAGE_PIXELS)
 
     def crashed(item: Any) -> ImageWork:
         return ImageWork(error=f"{os.fsdecode(item)}: a worker process died on this image (decoder crash or out of memory)")
@@ -191,12 +191,11 @@ def measure(
             if progress is not None:
                 progress(i + 1, n)
     finally:
-        close = getattr(results, "close", None)
-        if close is not None:
-            close()
+        results.close()  # stops the workers when the loop ends early (Ctrl-C)
 
-    pairs = _pairs(np.flatnonzero(hashed), seed)
-    if len(pairs) and len(pairs) < np.count_nonzero(hashed) * (np.count_nonzero(hashed) - 1) // 2:
+    joined = np.flatnonzero(hashed)
+    pairs = _pairs(joined, seed)
+    if len(pairs) < len(joined) * (len(joined) - 1) // 2:
         notes.append(f"the distinct-pair baseline is a seeded sample of {len(pairs):,} pairs")
     distinct = {name: _pair_distances(originals[name], pairs) for name in names}
     return RobustnessResult(
@@ -212,7 +211,7 @@ def _bits_of(work: ImageWork, model, names: Sequence[str]) -> dict[str, tuple[np
     out = {}
     if NEURALHASH in names:
         ok = work.pixels_ok
-        rows = np.zeros((len(ok), 96), bool)
+        rows = np.zeros((len(ok), HASH_BITS), bool)
         index = np.flatnonzero(ok)
         for start in range(0, len(index), BATCH):
             chunk = index[start:start + BATCH]

@@ -498,6 +498,13 @@ def catalogue_rows(result: RobustnessResult) -> list[tuple[str, str, str, str, s
     return [(e.label, e.family, fmt_strength(e.strength), e.unit, e.description) for e in result.edits]
 
 
+FAILURE_HEADER = ("Image", "Edit", "Reason")
+
+
+def failure_rows(result: RobustnessResult) -> list[tuple[str, str, str]]:
+    return [(f.image, f.edit if f.edit is not None else "(the original)", f.reason) for f in result.failures]
+
+
 def image_rows(result: RobustnessResult) -> list[tuple[str, str]]:
     rows = []
     for name, (w, h) in zip(result.images, result.sizes):
@@ -659,8 +666,7 @@ def html_images(result: RobustnessResult) -> str:
 def html_failures(result: RobustnessResult) -> str:
     if not result.failures:
         return "<h2>Failures</h2>\n<p>None: every image and edited copy was measured.</p>"
-    rows = [(f.image, f.edit if f.edit is not None else "(the original)", f.reason) for f in result.failures]
-    return "<h2>Failures</h2>\n" + html_table(("Image", "Edit", "Reason"), rows)
+    return "<h2>Failures</h2>\n" + html_table(FAILURE_HEADER, failure_rows(result))
 
 
 def html_catalogue(result: RobustnessResult) -> str:
@@ -766,8 +772,7 @@ def md_images(result: RobustnessResult) -> str:
 def md_failures(result: RobustnessResult) -> str:
     if not result.failures:
         return "## Failures\n\nNone: every image and edited copy was measured."
-    rows = [(f.image, f.edit if f.edit is not None else "(the original)", f.reason) for f in result.failures]
-    return "## Failures\n\n" + md_table(("Image", "Edit", "Reason"), rows)
+    return "## Failures\n\n" + md_table(FAILURE_HEADER, failure_rows(result))
 
 
 def md_catalogue(result: RobustnessResult) -> str:
