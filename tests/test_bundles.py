@@ -218,3 +218,13 @@ def test_inspect_json_on_real_bundles(wild, name, capsys):
     info = json.loads(capsys.readouterr().out, parse_constant=_reject_constant)
     assert info["coreml"]["inputs"][0]["kind"] == "image"
     assert info["problems"] == [] and info["parameters"] > 0
+
+
+def test_pipeline_stage_without_an_espresso_model(pipeline, tmp_path, capsys):
+    (pipeline / "model2").mkdir()
+    (pipeline / "model2" / "coremldata.bin").write_bytes(b"")  # a non-neural stage (a classifier's labels...)
+    with pytest.raises(PipelineError, match=r"model2 \(no Espresso model\)"):
+        load_model(pipeline)
+    assert main(["convert", str(pipeline), "-o", str(tmp_path / "p.onnx")]) == 1
+    assert "stage 2 (model2) has no Espresso model" in capsys.readouterr().err
+    assert not list(tmp_path.glob("p*.onnx"))

@@ -16,8 +16,8 @@
 On Linux the temporary file is created unnamed (``O_TMPFILE``) and only
 given a name for the final rename, so even ``kill -9`` leaves nothing behind;
 elsewhere it has a hidden name (``.NAME.PID.RANDOM.tmp``). Either way any
-exception, Ctrl-C, SIGTERM or SIGHUP removes it; the two signals are then
-re-delivered, so the process ends as it would have.
+exception, Ctrl-C, SIGTERM, SIGHUP or another signal that would end the process
+removes it; the signal is then re-delivered, so the process ends as it would have.
 
 Every OSError becomes one :class:`NeuralHashError` line naming the path.
 """
@@ -37,7 +37,10 @@ from typing import Iterable, Iterator
 from .errors import NeuralHashError
 
 STDOUT = "-"
-_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+# Signals whose default action ends the process (SIGINT already raises KeyboardInterrupt; SIGKILL cannot
+# be caught, which is why the temporary file has no name until the very end).
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2")
+                 if hasattr(signal, name))
 
 
 class _Signalled(BaseException):

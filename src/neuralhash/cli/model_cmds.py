@@ -209,8 +209,10 @@ def _convert_pipeline(args: argparse.Namespace, stages) -> int:
                               f"({stages[-1].path}) to add it")
     for stage in stages:
         if stage.kind != "espresso":
-            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) has no Espresso model "
-                                  f"({stage.kind}); the pipeline cannot be converted stage by stage")
+            what = {"pipeline": "is itself a pipeline (convert it on its own)",
+                    "ml program": "is an ML Program (model.mil)"}.get(stage.kind, "has no Espresso model")
+            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}; "
+                                  "the pipeline cannot be converted stage by stage")
     converted = []
     for stage in stages:
         try:
