@@ -287,7 +287,9 @@ layer_edit = st.one_of(
     st.tuples(st.just("delete"), st.integers(0, 10**6), st.integers(0, 10**6)),
     st.tuples(st.just("set"), st.integers(0, 10**6), st.integers(0, 10**6), json_value),
     st.tuples(st.just("add"), st.integers(0, 10**6), st.sampled_from(
-        ["blob_weights_f16", "w_f16_t", "b_f32", "stride_x", "n_groups", "attributes", "dilation_x", "nd_axis"]),
+        ["blob_weights_f16", "w_f16_t", "b_f32", "stride_x", "n_groups", "attributes", "dilation_x", "nd_axis",
+         "W_U8", "per_ch_qscale", "per_ch_qbias", "quantization_lut_weights_blob", "quantization_ranges_blob",
+         "weights"]),
         json_value),
     st.tuples(st.just("retype"), st.integers(0, 10**6), st.sampled_from(
         ["convolution", "batchnorm", "elementwise", "activation", "pool", "inner_product", "input", "softmax",
@@ -367,6 +369,98 @@ def test_edited_shape_entries(shape_edits, blob):
     doc = json.loads(json.dumps(_SHAPE_DOC))
     doc["layer_shapes"][blob].update(shape_edits)
     only_neuralhash_errors(EspressoModel.from_documents, _graph_doc("float32"), doc)
+
+
+# -- real compiled bundles (coreml-wild) and their coremldata.bin --------------------------------------
+
+WILD = ROOT.parent / "shared" / "fixtures" / "coreml-wild"
+WILD_FILES = ("model.espresso.net", "model.espresso.shape", "model.espresso.weights", "coremldata.bin")
+# What loading a 3 MB model may allocate (Python and numpy, as tracemalloc sees them), whatever the files claim.
+MEMORY_BOUND = 64 * 1024 * 1024
+
+
+@pytest.fixture(scope="module", params=["FindFour", "SSDOcr"])
+def wild_bundle(request, tmp_path_factory):
+    source = WILD / f"{request.param}.mlmodelc"
+    if not all((source / name).is_file() for name in WILD_FILES):
+        pytest.skip(f"the real compiled models are not present in {WILD}")
+    return tmp_path_factory.mktemp(request.param), {name: (source / name).read_bytes() for name in WILD_FILES}
+
+
+def _bounded(fn, *args, **kwargs):
+    """Call fn under tracemalloc; only NeuralHashErrors may escape, and the peak stays under MEMORY_BOUND."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        return only_neuralhash_errors(fn, *args, **kwargs)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < MEMORY_BOUND, f"{peak} bytes allocated"
+
+
+@FUZZ
+@given(target=st.sampled_from(WILD_FILES), mutations=st.lists(mutation, min_size=1, max_size=3))
+def test_mutated_wild_bundles_load_inspect_and_describe(wild_bundle, target, mutations):
+    import contextlib
+    import io
+
+    from neuralhash.cli import main
+
+    folder, files = wild_bundle
+    for name, data in files.items():
+        (folder / name).write_bytes(mutate(data, mutations) if name == target else data)
+    model = _bounded(load_model, folder)
+    if model is not None:
+        for layer in model.layers:
+            for role in layer.blob_refs():
+                assert np.isfinite(model.tensor(layer, role)).all()
+    lenient = _bounded(load_model, folder, strict=False)
+    if lenient is not None and lenient.bundle_info is not None and lenient.bundle_info.readable:
+        json.dumps(lenient.bundle_info.to_json(), allow_nan=False)
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["inspect", "--json", str(folder)])
+    if rc == 0:  # valid JSON, without bare NaN / Infinity
+        json.loads(text.getvalue(), parse_constant=lambda name: pytest.fail(f"bare {name}"))
+
+
+_u64 = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 7, 500, 2**32, 2**63, 2**64 - 1]))
+coremldata_mutation = st.one_of(
+    mutation,
+    # the length fields this reader trusts least: the model kind's, the description's, the tail's count
+    st.tuples(st.just("u64at"), st.sampled_from([4, 12, 20, 28, 43, 67, 75]), _u64),
+)
+
+
+@FUZZ
+@given(base=st.sampled_from(["FindFour", "UxModel", "SSDOcr"]), mutations=st.lists(coremldata_mutation, max_size=4),
+       tail=st.binary(max_size=64))
+def test_mutated_coremldata_gives_only_our_error(base, mutations, tail):
+    from neuralhash.espresso.coremldata import parse_coremldata
+
+    path = WILD / f"{base}.mlmodelc" / "coremldata.bin"
+    if not path.is_file():
+        pytest.skip(f"the real compiled models are not present in {WILD}")
+    buf = bytearray(path.read_bytes())
+    plain = [m for m in mutations if m[0] != "u64at"]
+    for m in mutations:
+        if m[0] == "u64at" and len(buf) >= m[1] + 8:
+            buf[m[1]:m[1] + 8] = struct.pack("<Q", m[2])
+    data = mutate(bytes(buf), plain) + tail
+    info = _bounded(parse_coremldata, data)
+    if info is not None:
+        json.dumps(info.to_json(), allow_nan=False)
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048))
+def test_random_bytes_as_coremldata(data):
+    from neuralhash.espresso.coremldata import parse_coremldata
+
+    _bounded(parse_coremldata, b"\xf4\x01\x00\x00" + data)
+    _bounded(parse_coremldata, data)
 
 
 # -- regressions found by fuzzing ---------------------------------------------------------------------

@@ -28,6 +28,27 @@ class GraphError(EspressoError):
     """The graph JSON is malformed: a missing field, a dangling ``bottom``..."""
 
 
+class BundleError(EspressoError):
+    """A compiled Core ML bundle that is not one Espresso model, or whose description cannot be read."""
+
+
+class MLProgramError(BundleError):
+    """The folder is an ML Program bundle (``model.mil``), not an Espresso model."""
+
+
+class PipelineError(BundleError):
+    """The folder is a pipeline bundle: one model per stage (``.stages``), addressed stage by stage."""
+
+    def __init__(self, message: str, path=None, stages: tuple = ()):
+        super().__init__(message)
+        self.path = path
+        self.stages = stages
+
+
+class CoreMLDataError(BundleError):
+    """A ``coremldata.bin`` that the reader cannot interpret."""
+
+
 class ConversionError(NeuralHashError):
     """The model cannot be converted to ONNX."""
 

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("convert", cmd_convert, "convert an Espresso model to ONNX")
     p.add_argument("src", help=SRC_HELP)
-    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="the .onnx file to write, or - for standard output (a pipeline writes OUT.stageN.onnx)")
     p.add_argument("--no-optimize", action="store_true", help="a literal layer-by-layer graph, no tidying")
     p.add_argument("--hash-head", nargs="?", const="", default=None, metavar="SEED.dat",
                    help="append the NeuralHash projection; without a file the seed is rebuilt exactly")

@@ -20,7 +20,7 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
-def load_espresso(args: argparse.Namespace, *, require_weights: bool = True):
+def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, strict: bool = True):
     """The model named by SRC, with --shape / --weights overriding the files found beside it."""
     from dataclasses import replace
 
@@ -30,7 +30,8 @@ def load_espresso(args: argparse.Namespace, *, require_weights: bool = True):
     sources = locate(args.src)
     explicit = sources_from_paths(sources.net, shape=args.shape, weights=args.weights)
     sources = replace(sources, **{k: getattr(explicit, k) for k in ("shape", "weights") if getattr(explicit, k)})
-    return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size)
+    return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size,
+                      strict=strict)
 
 
 SYNTHETIC_WARNING = "neuralhash: warning: the demo model has synthetic weights; its hashes carry no perceptual meaning"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,11 +23,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise NeuralHashError(f"{path}: cannot read ({exc.strerror or exc})") from None
     text = decode_json_bytes(data, source=str(path), max_decoded_size=args.max_decoded_size)
-    if args.output == "-":
-        sys.stdout.buffer.write(text)
-        sys.stdout.flush()
-    else:
-        atomic_write(args.output, text)
+    atomic_write(args.output, text)  # "-" is standard output
+    if args.output != "-":
         print(f"wrote {args.output} ({len(text)} bytes of JSON)", file=sys.stderr)
     return 0
 
@@ -36,43 +34,119 @@ def shape_list(model, blob: str):
     return list(shape.nkhw) if shape else None
 
 
+def json_safe(value):
+    """``value`` with every non-finite float replaced by the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
+
+    ``inspect --json`` prints it with ``allow_nan=False``: always valid JSON, whatever the model holds.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _number(value, spec: str = "g") -> str:
+    """A parameter for a text line: numbers formatted, anything else (text, huge integers) shown as it is."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    try:
+        return format(float(value), spec)
+    except OverflowError:
+        return str(value)
+
+
+def _bundle_json(model):
+    info = model.bundle_info
+    if info is None:
+        return None
+    return info.to_json() if info.readable else {"error": info.error}
+
+
+def _inspect_pipeline(args: argparse.Namespace, exc) -> int:
+    stages = [{"stage": s.index, "path": str(s.path), "kind": s.kind} for s in exc.stages]
+    if args.json:
+        out(json.dumps({"pipeline": str(exc.path), "stages": stages}, indent=2, sort_keys=True))
+        return 0
+    out(f"pipeline     {exc.path} ({len(stages)} stages; inspect or convert one as {exc.stages[0].path})")
+    for s in exc.stages:
+        out(f"  stage {s.index:<3} {s.path.name:<10} {s.kind}")
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    model = load_espresso(args, require_weights=False)
+    from ..errors import PipelineError
+
+    try:
+        model = load_espresso(args, require_weights=False, strict=False)
+    except PipelineError as exc:
+        return _inspect_pipeline(args, exc)
     info = {
         "layers": len(model.layers),
         "layer_types": model.layer_types(),
         "inputs": {b: shape_list(model, b) for b in model.inputs},
         "outputs": {b: shape_list(model, b) for b in model.outputs},
-        "parameters": model.parameter_count(),
+        "parameters": None if model.problems else model.parameter_count(),
         "transform_params": model.transform_params,
+        "problems": model.problems,
+        "coreml": _bundle_json(model),
         "files": {
             role: str(getattr(model.sources, role)) if getattr(model.sources, role) else None
-            for role in ("net", "shape", "weights", "seed")
+            for role in ("net", "shape", "weights", "seed", "coremldata")
         },
     }
     if args.json:
-        out(json.dumps(info, indent=2, sort_keys=True))
+        out(json.dumps(json_safe(info), indent=2, sort_keys=True, allow_nan=False))
         return 0
     out(f"graph        {model.sources.net}")
     out(f"layers       {info['layers']}")
-    width = max(len(t) for t in info["layer_types"])
+    width = max((len(t) for t in info["layer_types"]), default=0)
     for type_name, count in info["layer_types"].items():
         out(f"  {type_name:<{width}}  {count:>4}")
     for label in ("inputs", "outputs"):
         for blob, shape in info[label].items():
             out(f"{label[:-1]:<12} {blob}  {shape if shape else '(no shape file)'}")
-    image = model.transform_params.get("image")
-    if isinstance(image, dict):
-        order = "BGR" if image.get("is_network_bgr") else "RGB"
-        biases = " ".join(f"{image.get(k, 0):g}" for k in ("bias_r", "bias_g", "bias_b"))
-        out(f"transform    pixel * {image.get('scale', 1):.10g} + ({biases}), {order}")
-    elif model.transform_params:
-        out(f"transform    {json.dumps(model.transform_params, sort_keys=True)}")
+    for name, params in _image_transforms(model.transform_params):
+        order = "BGR" if params.get("is_network_bgr") else "RGB"
+        biases = " ".join(_number(params.get(k, 0)) for k in ("bias_r", "bias_g", "bias_b"))
+        prefix = f"{name}: " if name else ""
+        out(f"transform    {prefix}pixel * {_number(params.get('scale', 1), '.10g')} + ({biases}), {order}")
+    if model.transform_params and not _image_transforms(model.transform_params):
+        out(f"transform    {json.dumps(json_safe(model.transform_params), sort_keys=True, allow_nan=False)}")
     if info["parameters"] is None:
-        out("parameters   unknown (no weights file)")
+        out("parameters   unknown (" + ("no weights file" if model.weights is None else "see the problems below") + ")")
     else:
         out(f"parameters   {info['parameters']:,}")
+    bundle = model.bundle_info
+    if bundle is not None:
+        if not bundle.readable:
+            out(f"coreml       coremldata.bin not readable: {bundle.error}")
+        else:
+            for f in bundle.inputs + bundle.outputs:
+                role = "input" if f in bundle.inputs else "output"
+                if f.kind == "image":
+                    detail = f"image {f.width}x{f.height} {f.color_space}"
+                elif f.kind == "multiArray":
+                    detail = f"array {list(f.shape) if f.shape else '(flexible shape)'} {f.data_type}"
+                else:
+                    detail = f.kind
+                out(f"coreml       {role} {f.name!r}: {detail}")
+            if bundle.class_labels:
+                out(f"coreml       {len(bundle.class_labels)} class labels")
+            for key, value in bundle.metadata.items():
+                out(f"coreml       {key}: {value}")
+    for problem in model.problems:
+        out(f"problem      {problem}")
     return 0
+
+
+def _image_transforms(transform: dict) -> list[tuple[str, dict]]:
+    """Per-input image preprocessing: ``{"image": {...}}`` (NeuralHash) or keyed by input blob (Xcode models)."""
+    if isinstance(transform.get("image"), dict) and "scale" in transform["image"]:
+        return [("", transform["image"])]
+    return [(k, v) for k, v in transform.items() if isinstance(v, dict) and "scale" in v]
 
 
 def seed_matrix(value: str | None):
@@ -84,21 +158,69 @@ def seed_matrix(value: str | None):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..convert import convert, save_model
+    from ..espresso import pipeline_stages
+
+    stages = () if (args.shape or args.weights) else pipeline_stages(args.src)
+    if stages:
+        return _convert_pipeline(args, stages)
+    _write_onnx(args, _convert_one(args, args.src), args.output)
+    return 0
+
+
+def _convert_one(args: argparse.Namespace, src):
+    """(proto, parameters, seconds) for one Espresso model."""
+    from ..convert import convert
 
     start = time.perf_counter()
-    model = load_espresso(args)
+    model = load_espresso(argparse.Namespace(**{**vars(args), "src": src}))
     parameters = model.parameter_count()
     proto = convert(model, optimize=not args.no_optimize, hash_head=seed_matrix(args.hash_head))
-    del model  # the proto has its own copy of the weights: drop the file's before serialising
-    save_model(proto, args.output)
-    seconds = time.perf_counter() - start
-    size = Path(args.output).stat().st_size
+    return proto, parameters, time.perf_counter() - start
+
+
+def _write_onnx(args: argparse.Namespace, converted, output: str) -> None:
+    from ..convert import save_model
+
+    proto, parameters, seconds = converted
+    save_model(proto, output)  # "-" is standard output; see fileio.atomic_write for other paths
     outputs = ", ".join(o.name for o in proto.graph.output)
-    out(
-        f"wrote {args.output}: {len(proto.graph.node)} nodes, {parameters:,} parameters, "
-        f"{size / 1e6:.1f} MB, outputs {outputs} ({seconds:.2f} s)"
-    )
+    line = (f"wrote {output}: {len(proto.graph.node)} nodes, {parameters:,} parameters, "
+            f"{proto.ByteSize() / 1e6:.1f} MB, outputs {outputs} ({seconds:.2f} s)")
+    if output == "-":
+        print(f"neuralhash: {line}", file=sys.stderr, flush=True)  # standard output holds the model
+    else:
+        out(line)
+
+
+def stage_output(output: str, index: int) -> str:
+    """``OUT.onnx`` -> ``OUT.stage0.onnx`` (any other name gets ``.stage0.onnx`` appended)."""
+    stem = output[: -len(".onnx")] if output.endswith(".onnx") else output
+    return f"{stem}.stage{index}.onnx"
+
+
+def _convert_pipeline(args: argparse.Namespace, stages) -> int:
+    """Every stage converted in memory first, then one ONNX file per stage: none is written if one fails."""
+    where = stages[0].path.parent
+    if args.output == "-":
+        raise NeuralHashError(f"{where}: a pipeline of {len(stages)} stages converts to one ONNX file per "
+                              "stage; -o - cannot hold them (give -o OUT.onnx for OUT.stage0.onnx...)")
+    if args.hash_head is not None:
+        raise NeuralHashError(f"{where}: --hash-head applies to one model; convert the last stage alone "
+                              f"({stages[-1].path}) to add it")
+    for stage in stages:
+        if stage.kind != "espresso":
+            what = {"pipeline": "is itself a pipeline (convert it on its own)",
+                    "ml program": "is an ML Program (model.mil)"}.get(stage.kind, "has no Espresso model")
+            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}; "
+                                  "the pipeline cannot be converted stage by stage")
+    converted = []
+    for stage in stages:
+        try:
+            converted.append(_convert_one(args, stage.path))
+        except NeuralHashError as exc:
+            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) fails: {exc}") from None
+    for stage, result in zip(stages, converted):
+        _write_onnx(args, result, stage_output(args.output, stage.index))
     return 0
 
 

@@ -104,14 +104,15 @@ def convert(
     initializers.reverse()
     while initializers:
         graph.initializer.append(initializers.pop())
-    helper.set_model_props(
-        proto,
-        {
-            "neuralhash.transform_params": json.dumps(model.transform_params, sort_keys=True),
-            "neuralhash.source_sha256": json.dumps(model.sources.sha256(), sort_keys=True),
-            "neuralhash.converter_version": __version__,
-        },
-    )
+    props = {
+        "neuralhash.transform_params": json.dumps(model.transform_params, sort_keys=True),
+        "neuralhash.source_sha256": json.dumps(model.sources.sha256(), sort_keys=True),
+        "neuralhash.converter_version": __version__,
+    }
+    bundle = getattr(model, "bundle_info", None)
+    if bundle is not None and bundle.readable:  # the .mlmodelc's coremldata.bin (espresso/coremldata.py)
+        props["neuralhash.coreml_description"] = json.dumps(bundle.to_json(), sort_keys=True)
+    helper.set_model_props(proto, props)
     skeleton = _skeleton(proto)
     if check_shapes:
         _check_shapes(model, ctx, skeleton)

@@ -121,6 +121,18 @@ class _Fields:
         return None
 
 
+def _quantized(f: _Fields, shape: tuple[int, ...]):
+    """uint8 weights with their dequantisation blobs (``quantization.py``), or None."""
+    from .quantization import find_quantized  # it subclasses BlobRef, defined above
+
+    found = find_quantized(f.raw, f.where, shape)
+    if found is not None:
+        plain = [k for k in ("blob_weights", "blob_weights_f16", "w_f16_t") if k in f.raw]
+        if plain:
+            raise GraphError(f"{f.where}: both {plain[0]!r} and the quantized {found.field!r} give the weights")
+    return found
+
+
 def _pads(f: _Fields) -> tuple[int, int, int, int]:
     """Explicit padding (top, bottom, left, right), each >= 0."""
     pads = tuple(f.int(k, 0) for k in ("pad_t", "pad_b", "pad_l", "pad_r"))
@@ -184,7 +196,8 @@ class Convolution(Layer):
             fused_tanh=f.flag("fused_tanh"),
             has_batch_norm=f.flag("has_batch_norm"),
             n_parallel=f.int("n_parallel", 1),
-            weights=f.blob((("blob_weights_f16", "float16"), ("blob_weights", "float32")), shape, "kernel"),
+            weights=_quantized(f, shape)
+            or f.blob((("blob_weights_f16", "float16"), ("blob_weights", "float32")), shape, "kernel"),
             biases=f.blob((("blob_biases", "float32"), ("b_f32", "float32")), (c,), "biases") if has_biases else None,
         )
 
@@ -315,6 +328,8 @@ class InnerProduct(Layer):
         has_biases = f.flag("has_biases")
         if "w_f16_t" in f.raw:
             weights = BlobRef(f.int("w_f16_t"), "float16", (n_in, n_out), "w_f16_t")
+        elif (quantized := _quantized(f, (n_out, n_in))) is not None:
+            weights = quantized
         else:
             weights = f.blob(
                 (("blob_weights_f16", "float16"), ("blob_weights", "float32")), (n_out, n_in), "weights"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import EspressoError, GraphError, WeightsError
+from .bundle import check_folder
 from .container import DEFAULT_MAX_DECODED_SIZE, decode_container, is_container
+from .coremldata import FILENAME as COREMLDATA_FILENAME
+from .coremldata import BundleInfo, read_coremldata
 from .layers import BlobRef, Input, Layer, parse_layer
+from .quantization import QuantizedRef, check_quantized, dequantize
 from .weights import WeightsFile
 
 NET_SUFFIX = ".espresso.net"
@@ -28,7 +33,8 @@ SHAPE_SUFFIX = ".espresso.shape"
 WEIGHTS_SUFFIX = ".espresso.weights"
 SEED_FILENAME = "neuralhash_128x96_seed1.dat"
 
-_ITEMSIZE = {"float32": 4, "float16": 2}
+_ITEMSIZE = {"float32": 4, "float16": 2, "uint8": 1}
+_VIEW = {"float32": "<f4", "float16": "<f2", "uint8": "u1"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class ModelSources:
     shape: Path | None = None
     weights: Path | None = None
     seed: Path | None = None
+    coremldata: Path | None = None  # a compiled bundle's description (coremldata.py)
 
     def sha256(self) -> dict[str, str]:
         """sha256 of each source file that exists, keyed by role."""
@@ -77,13 +84,29 @@ class EspressoModel:
     weights: WeightsFile | None = None
     sources: ModelSources = field(default_factory=ModelSources)
     graph_info: dict[str, Any] = field(default_factory=dict)  # storage, format_version, properties, analyses
+    # What a lenient load (strict=False, for inspect) found wrong instead of raising, in file order.
+    problems: list[str] = field(default_factory=list)
+    strict: bool = True
+    bundle_info: BundleInfo | None = None  # the .mlmodelc's coremldata.bin, when read
     inputs: list[str] = field(init=False)
     outputs: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.inputs, self.outputs = _check_graph(self.layers)
+        if self.strict:
+            self.inputs, self.outputs = _check_graph(self.layers)
+            if self.weights is not None:
+                self.check_weights()
+            return
+        try:
+            self.inputs, self.outputs = _check_graph(self.layers)
+        except GraphError as exc:
+            self.problems.append(str(exc))
+            self.inputs, self.outputs = [], []
         if self.weights is not None:
-            self.check_weights()
+            try:
+                self.check_weights()
+            except EspressoError as exc:
+                self.problems.append(str(exc))
 
     # -- construction -------------------------------------------------------------
 
@@ -94,24 +117,49 @@ class EspressoModel:
         shape_doc: Any | None = None,
         weights: WeightsFile | None = None,
         sources: ModelSources | None = None,
+        *,
+        strict: bool = True,
     ) -> "EspressoModel":
-        """Build from already-parsed JSON documents (the graph and the shape file)."""
+        """Build from already-parsed JSON documents (the graph and the shape file).
+
+        Any non-finite number in a layer's fields or in ``transform_params``
+        is refused, naming the layer and field. ``strict=False`` (for
+        ``inspect``) records what is wrong with a layer, the graph or the
+        weights in ``problems`` instead of raising, keeping an unparsable
+        layer as a plain :class:`Layer`.
+        """
         where = str(sources.net) if sources and sources.net else "graph"
         if not isinstance(graph, dict):
             raise GraphError(f"{where}: the graph JSON should be an object, got {type(graph).__name__}")
         raw_layers = graph.get("layers")
         if not isinstance(raw_layers, list):
             raise GraphError(f"{where}: missing 'layers' list")
-        try:
-            layers = [parse_layer(raw, i) for i, raw in enumerate(raw_layers)]
-        except GraphError as exc:
-            raise GraphError(f"{where}: {exc}") from None
+        problems: list[str] = []
+        layers = []
+        for i, raw in enumerate(raw_layers):
+            try:
+                if isinstance(raw, dict):
+                    _check_finite_fields(raw, _layer_where(raw, i))
+                layers.append(parse_layer(raw, i))
+            except GraphError as exc:
+                if strict:
+                    raise GraphError(f"{where}: {exc}") from None
+                problems.append(str(exc))
+                plain = _plain_layer(raw)
+                if plain is not None:
+                    layers.append(plain)
         transform = graph.get("transform_params", {})
         if not isinstance(transform, dict):
             raise GraphError(f"{where}: 'transform_params' should be an object")
+        try:
+            _check_finite_fields(transform, "transform_params")
+        except GraphError as exc:
+            if strict:
+                raise GraphError(f"{where}: {exc}") from None
+            problems.append(str(exc))
         info = {k: v for k, v in graph.items() if k not in ("layers", "transform_params")}
         shapes = _parse_shapes(shape_doc, str(sources.shape) if sources and sources.shape else "shape") if shape_doc is not None else {}
-        return cls(layers, shapes, transform, weights, sources or ModelSources(), info)
+        return cls(layers, shapes, transform, weights, sources or ModelSources(), info, problems, strict)
 
     @classmethod
     def from_layers(
@@ -163,13 +211,17 @@ class EspressoModel:
         Convolution ``weights`` [C, K/groups, kh, kw]; ``biases`` [C];
         batchnorm ``params`` [C, 4]; inner_product ``weights`` [nC, nB]
         (``w_f16_t`` is transposed back); load_constant ``constant`` [k, h, w].
-        float16 payloads are upcast, which is exact.
+        float16 payloads are upcast, which is exact; uint8 payloads are
+        dequantised (``quantization.py``, *unverified* schemes).
         """
         if self.weights is None:
             raise WeightsError(f"layer {layer.name!r}: no weights file was loaded")
         ref = layer.blob_refs()[role]
         raw = self._payload(layer, ref)
-        array = raw.view("<f4" if ref.dtype == "float32" else "<f2").reshape(ref.shape)
+        if isinstance(ref, QuantizedRef):
+            companions = {r: self._payload(layer, c).view("<f4") for r, c in ref.companions.items()}
+            return dequantize(ref, raw.reshape(ref.shape), companions, self._where(layer))
+        array = raw.view(_VIEW[ref.dtype]).reshape(ref.shape)
         if array.dtype != np.float32:
             array = array.astype(np.float32)
         if getattr(layer, "transposed", False) and role == "weights":
@@ -177,27 +229,95 @@ class EspressoModel:
         return array
 
     def check_weights(self) -> None:
-        """Every referenced blob exists and has the element count its layer implies."""
+        """Every referenced blob exists, holds the element count its layer implies, and only finite values.
+
+        Each distinct blob is scanned for NaN / infinity once, vectorised.
+        """
+        scanned: set[tuple[int, str]] = set()
         for layer in self.layers:
             for ref in layer.blob_refs().values():
-                self._payload(layer, ref)
+                refs = [ref, *ref.companions.values()] if isinstance(ref, QuantizedRef) else [ref]
+                for one in refs:
+                    raw = self._payload(layer, one)
+                    if one.dtype != "uint8" and (one.id, one.dtype) not in scanned:
+                        scanned.add((one.id, one.dtype))
+                        self._check_finite(layer, one, raw.view(_VIEW[one.dtype]))
+                if isinstance(ref, QuantizedRef):
+                    companions = {r: self._payload(layer, c).view("<f4") for r, c in ref.companions.items()}
+                    check_quantized(ref, companions, self._where(layer))
+
+    def _where(self, layer: Layer) -> str:
+        source = self.weights.source if self.weights is not None else "<memory>"
+        return f"{source}: layer {layer.name!r} ({layer.type})"
+
+    def _check_finite(self, layer: Layer, ref: BlobRef, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        if not finite.all():
+            index = int(np.argmin(finite))
+            raise WeightsError(
+                f"{self._where(layer)}: {ref.field} {ref.id} holds a non-finite value "
+                f"({values[index]!r} at element {index}): refused, it would make every output NaN or zero"
+            )
 
     def _payload(self, layer: Layer, ref: BlobRef) -> np.ndarray:
+        """The bytes of ``ref``, exactly ``count * itemsize`` of them.
+
+        An entry holding more bytes than the layer needs is accepted when the
+        extra bytes are all zero (compiled models pad some blobs); otherwise,
+        and when it is short, the error names the layer and both counts.
+        """
         assert self.weights is not None
-        where = f"{self.weights.source}: layer {layer.name!r} ({layer.type})"
+        where = self._where(layer)
         if ref.id not in self.weights:
             raise WeightsError(f"{where}: {ref.field} {ref.id} names a blob that is not in the weights file")
         raw = self.weights.blob(ref.id)
         size = _ITEMSIZE[ref.dtype]
-        expected = ref.count
-        if raw.size != expected * size:
-            held = raw.size / size
-            held_txt = str(int(held)) if held.is_integer() else f"{held:.1f}"
-            raise WeightsError(
-                f"{where}: {ref.field} {ref.id} holds {raw.size} bytes = {held_txt} {ref.dtype} values, "
-                f"the layer expects {expected} {list(ref.shape)}"
-            )
-        return raw
+        need = ref.count * size
+        if raw.size == need:
+            return raw
+        held = raw.size / size
+        held_txt = str(int(held)) if held.is_integer() else f"{held:.1f}"
+        counts = (f"{ref.field} {ref.id} holds {raw.size} bytes = {held_txt} {ref.dtype} values, "
+                  f"the layer expects {ref.count} {list(ref.shape)}")
+        if raw.size < need:
+            raise WeightsError(f"{where}: {counts}")
+        if raw[need:].any():
+            raise WeightsError(f"{where}: {counts}, and the {raw.size - need} extra bytes are not all zero")
+        return raw[:need]
+
+
+def _layer_where(raw: Mapping[str, Any], index: int) -> str:
+    name, type_name = raw.get("name"), raw.get("type")
+    if isinstance(name, str) and isinstance(type_name, str):
+        return f"layer {name!r} ({type_name})"
+    return f"layer #{index}"
+
+
+def _check_finite_fields(doc: Any, where: str, path: str = "", depth: int = 0) -> None:
+    """Refuse NaN / infinity anywhere in a JSON object (Python's json reads NaN, Infinity, 1e999)."""
+    if depth > 32:  # json.loads itself stops far deeper documents; parameters are flat
+        return
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        name = f"{path}.{key}" if path else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise GraphError(f"{where}: field {name!r} is {value!r}: non-finite parameters are refused")
+        if isinstance(value, (dict, list)):
+            _check_finite_fields(value, where, name, depth + 1)
+
+
+def _plain_layer(raw: Any) -> Layer | None:
+    """An unparsable layer kept as a plain Layer for inspection (None when it has no name/type/top)."""
+    if not isinstance(raw, dict):
+        return None
+    name, type_name, top = raw.get("name"), raw.get("type"), raw.get("top")
+    if not all(isinstance(v, str) and v for v in (name, type_name, top)):
+        return None
+    bottom = raw.get("bottom")
+    bottoms = tuple(b for b in bottom.split(",") if b) if isinstance(bottom, str) else ()
+    attributes = raw.get("attributes")
+    is_output = bool(isinstance(attributes, dict) and attributes.get("is_output"))
+    return Layer(name=name, type=type_name, bottoms=bottoms, top=top, is_output=is_output, params=raw)
 
 
 def _parse_shapes(doc: Any, where: str) -> dict[str, BlobShape]:
@@ -299,11 +419,14 @@ def decode_json_bytes(data: bytes, *, source: str, max_decoded_size: int = DEFAU
 
 
 def locate(src: str | os.PathLike) -> ModelSources:
-    """Find the .net / .shape / .weights (and seed) files for ``src``.
+    """Find the .net / .shape / .weights (and seed, coremldata.bin) files for ``src``.
 
-    ``src`` is a folder holding one model (any prefix; Vision.framework's
+    ``src`` is a folder holding one model (any prefix, any folder name: a
+    compiled ``.mlmodelc`` is recognised by its contents; Vision.framework's
     folder is narrowed to its NeuralHash model) or the path of any of the
-    three files.
+    three files. A pipeline bundle raises :class:`PipelineError` listing its
+    stages (each is a folder ``locate`` accepts); an ML Program bundle
+    raises :class:`MLProgramError`.
     """
     path = Path(src)
     if path.is_dir():
@@ -312,7 +435,7 @@ def locate(src: str | os.PathLike) -> ModelSources:
             neural = [p for p in nets if p.name.startswith("NeuralHash")]
             nets = neural or nets
         if not nets:
-            raise EspressoError(f"{path}: no *{NET_SUFFIX} file in this folder")
+            check_folder(path)  # an ML Program, a pipeline, or nothing: each has its own message
         if len(nets) > 1:
             listed = ", ".join(p.name for p in nets)
             raise EspressoError(f"{path}: several models here ({listed}); pass the .espresso.net path of one")
@@ -339,6 +462,7 @@ def locate(src: str | os.PathLike) -> ModelSources:
         shape=optional(folder / (prefix + SHAPE_SUFFIX)),
         weights=optional(folder / (prefix + WEIGHTS_SUFFIX)),
         seed=optional(folder / SEED_FILENAME),
+        coremldata=optional(folder / COREMLDATA_FILENAME),
     )
 
 
@@ -347,8 +471,15 @@ def load_model(
     *,
     require_weights: bool = True,
     max_decoded_size: int = DEFAULT_MAX_DECODED_SIZE,
+    strict: bool = True,
 ) -> EspressoModel:
-    """Read and validate a model. ``require_weights=False`` allows a graph without weights."""
+    """Read and validate a model. ``require_weights=False`` allows a graph without weights.
+
+    ``strict=False`` (what ``inspect`` uses) keeps going past bad layers and
+    weights, listing them in ``model.problems``. A bundle's
+    ``coremldata.bin`` is read into ``model.bundle_info`` (with ``error``
+    set when it cannot be interpreted; that never stops the load).
+    """
     sources = src if isinstance(src, ModelSources) else locate(src)
     if sources.net is None:
         raise EspressoError("no graph (.espresso.net) file given")
@@ -357,7 +488,10 @@ def load_model(
     if sources.weights is None and require_weights:
         raise WeightsError(f"{sources.net}: no weights file beside it ({sources.net.name[: -len(NET_SUFFIX)]}{WEIGHTS_SUFFIX})")
     weights = WeightsFile.read(sources.weights) if sources.weights else None
-    return EspressoModel.from_documents(graph, shape_doc, weights, sources)
+    model = EspressoModel.from_documents(graph, shape_doc, weights, sources, strict=strict)
+    if sources.coremldata is not None:
+        model.bundle_info = read_coremldata(sources.coremldata)
+    return model
 
 
 def sources_from_paths(net: str | os.PathLike, shape: str | os.PathLike | None = None,
