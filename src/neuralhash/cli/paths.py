@@ -15,7 +15,8 @@ def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None)
 
     def expand(path: str) -> Iterator[str]:
         if os.path.isdir(path):
-            yield from walk_images(path, extensions, failures.report)
+            # An unreadable folder never reaches the hasher: it is an error record of its own.
+            yield from walk_images(path, extensions, failures.unlisted)
         else:
             yield path  # a named file whatever its extension; a missing one fails per item
 
