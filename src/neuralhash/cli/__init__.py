@@ -24,7 +24,7 @@ from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from ..pathnames import display
-from .output import StandardOutputError, Terminated, pass_file_names_through, write_out
+from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
 from .robustness_cmds import cmd_robustness
 
 
@@ -195,9 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash" and args.parquet and not args.scheduler:
         args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
     pass_file_names_through()  # undecodable bytes of a file name in a message print as themselves
+    stdout = sys.stdout = CheckedStdout(sys.stdout)
     try:
         code = args.func(args)
         write_out(b"")  # a full disk shows here, not in the interpreter's own last flush
+        if stdout.failure is not None:  # a write failed and something caught the error
+            raise stdout.failure
         return code
     except StandardOutputError as exc:
         print(f"neuralhash: {exc}", file=sys.stderr)
@@ -217,21 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (e.g. `| head`): stop quietly, as other command-line tools do.
         _discard_stdout()
         return 141
-    except OSError as exc:
-        if exc.filename is not None or not _stdout_failed(exc):
-            raise
-        print(f"neuralhash: standard output: {exc.strerror or exc}", file=sys.stderr)
-        _discard_stdout()
-        return 1
-
-
-def _stdout_failed(exc: OSError) -> bool:
-    """Whether ``exc`` (no file named) came from standard output (a print() outside write_out): it still fails."""
-    try:
-        sys.stdout.flush()
-    except OSError as again:
-        return again.errno == exc.errno
-    return False
+    finally:
+        if sys.stdout is stdout:
+            sys.stdout = stdout.stream
 
 
 def _discard_stdout() -> None:

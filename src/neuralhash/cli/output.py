@@ -28,26 +28,52 @@ class StandardOutputError(NeuralHashError):
     """Standard output cannot be written (a full disk, an I/O error); a closed pipe stays BrokenPipeError."""
 
 
-def write_out(data: bytes) -> None:
-    """``data`` written to standard output as they are, and flushed.
+class CheckedStdout:
+    """Standard output for the time of a command: a failed write or flush raises :class:`StandardOutputError`.
 
-    A closed pipe raises BrokenPipeError (the command stops quietly); any other
-    failure :class:`StandardOutputError` ("standard output: No space left on device").
+    Every command's ``print()`` goes through it, so a full disk is one line
+    whichever command writes. The first failure is kept (:attr:`failure`): a
+    caller that swallowed it cannot turn a lost output into success. A closed
+    pipe stays BrokenPipeError (the command stops quietly).
     """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.failure: StandardOutputError | None = None
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failure = self.failure or StandardOutputError(f"standard output: {exc.strerror or exc}")
+            raise self.failure from None
+
+    def write(self, text: str) -> int:
+        return self._checked(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self.stream.flush)
+
+    def write_bytes(self, data: bytes) -> None:
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is None:  # a text-only stream (an embedding program's): the bytes as surrogate escapes
+            self.write(data.decode("utf-8", "surrogateescape"))
+            self.flush()
+            return
+        self.flush()  # whatever print() left in the text layer goes first
+        self._checked(buffer.write, data)
+        self._checked(buffer.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def write_out(data: bytes) -> None:
+    """``data`` written to standard output as they are, and flushed (see :class:`CheckedStdout`)."""
     stream = sys.stdout
-    buffer = getattr(stream, "buffer", None)
-    try:
-        if buffer is None:  # a text-only stream (an embedding program's): the locale's bytes back
-            stream.write(data.decode("utf-8", "surrogateescape"))
-            stream.flush()
-        else:
-            stream.flush()  # whatever print() left in the text layer goes first
-            buffer.write(data)
-            buffer.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:
-        raise StandardOutputError(f"standard output: {exc.strerror or exc}") from None
+    (stream if isinstance(stream, CheckedStdout) else CheckedStdout(stream)).write_bytes(data)
 
 
 def one_line(text: str) -> str:
