@@ -207,7 +207,7 @@ def _unreadable(monkeypatch, folder: str) -> None:
     real = os.scandir
 
     def scandir(path="."):
-        if os.fsdecode(path) == folder:
+        if not isinstance(path, int) and os.fsdecode(path) == folder:
             raise PermissionError(13, "Permission denied", path)
         return real(path)
 
