@@ -4,7 +4,7 @@
     from neuralhash.distributed import hash_paths, to_parquet
 
     client = Client("tcp://scheduler:8786")         # or Client(LocalCluster()) on one machine
-    df = hash_paths("s3://bucket/images/**/*.jpg", model="~/nh")   # columns path, hash, margins, error
+    df = hash_paths("s3://bucket/images/**/*.jpg", model="~/nh")   # path, path_bytes, hash, margins, error
     to_parquet(df, "s3://bucket/hashes/")          # written partition by partition, by the workers
     frame = df.compute()                           # or all of it here, in input order
 

@@ -210,7 +210,9 @@ class Writer:
         return error_reason(result.path, result.error or "failed")
 
     def write(self, result) -> None:
-        self._emit(self.encode(result))
+        data = self.encode(result)
+        if data:
+            self._emit(data)
 
     def encode(self, result) -> bytes:
         """The bytes of ``result``'s record (empty for a failure in text)."""
