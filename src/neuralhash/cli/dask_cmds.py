@@ -45,10 +45,7 @@ def cmd_hash_on_cluster(args: argparse.Namespace) -> int:
         failures.records = deque()  # Parquet lists every failure, whatever the output format
     paths = list(_expand_url_globs(iter_paths(args.paths, IMAGE_EXTENSIONS, failures)))
     if sink is not None and failures.records:
-        unlisted = list(failures.records)
-        sink.write(nhd._frame(0, [r.path for r in unlisted], [None] * len(unlisted),
-                              nhd.np.zeros((len(unlisted), nhd.HASH_BITS), nhd.np.float32),
-                              [r.error for r in unlisted]))
+        sink.write(_failed_frame(list(failures.records)))
     write_unlisted(writer, failures)  # folders that could not be listed, before the first result
     if paths:  # nothing to hash: no cluster to start
         with sigterm_unwinds(), connect(args.scheduler, args.workers) as client:
@@ -75,6 +72,17 @@ def _hash_on(client, nh, paths: list[str], args: argparse.Namespace, writer: Wri
     finally:
         batches.close()  # cancel the tasks in flight when the loop ends early (Ctrl-C, SIGTERM, closed pipe)
         progress.clear()
+
+
+def _failed_frame(results: list) -> "pandas.DataFrame":
+    """Error results (folders that could not be listed) as rows of a result frame, for the Parquet files."""
+    import numpy as np
+
+    from .. import distributed as nhd
+    from ..hashing.seed import HASH_BITS
+
+    return nhd._frame(0, [r.path for r in results], [None] * len(results),
+                      np.zeros((len(results), HASH_BITS), np.float32), [r.error for r in results])
 
 
 def _expand_url_globs(paths: Iterator[str]) -> Iterator[str]:
