@@ -343,3 +343,85 @@ def test_other_commands_never_import_dask(paths, ref):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stderr.splitlines()[-1] == "0 []", proc.stderr
+
+
+# -- hostile file names (issue 10) ------------------------------------------------------------
+
+HOSTILE = [b"bad \xff\xfe.png", b"new\nline.png", b"cr\rx.png", b"back\\slash.png", "sep\u2028.png".encode(),
+           b"  lead.png"]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, module_env) -> list[str]:
+    """Real images under names that are not UTF-8 or hold line breaks, as os.fsdecode's strings."""
+    root = os.fsencode(tmp_path_factory.mktemp("hostile"))
+    out = []
+    for i, name in enumerate(HOSTILE):
+        tmp = _image(Path(os.fsdecode(root)) / f"t{i}.png", 20 + i)
+        path = os.path.join(root, name)
+        os.rename(os.fsencode(tmp), path)
+        out.append(os.fsdecode(path))
+    return out + [os.fsdecode(os.path.join(root, b"missing \xff\n.png"))]
+
+
+def test_names_that_are_not_utf8_survive_the_cluster(client, nh, hostile, tmp_path):
+    """One such name used to abort the whole run (pyarrow refuses lone surrogates); now every name comes back."""
+    ref = {r.path: r for r in nh.hash_many(hostile, workers=0)}
+    frame = client.compute(nhd.hash_paths(hostile, model=nh, client=client, paths_per_task=3)).result()
+    results = list(nhd.to_results(frame))
+    assert [os.fsencode(r.path) for r in results] == [os.fsencode(p) for p in hostile]
+    for r in results:
+        want = ref[r.path]
+        assert (r.hash.hex if r.ok else r.error) == (want.hash.hex if want.ok else want.error)
+    # path_bytes is set exactly for the names that are not UTF-8; path then shows them readably.
+    assert [not _null(b) for b in frame["path_bytes"]] == [not _utf8(os.fsencode(p)) for p in hostile]
+    assert nhd.to_parquet(frame_to_dask(frame), tmp_path / "pq", client=client) == len(hostile)
+    back = pd.read_parquet(tmp_path / "pq")
+    names = [p.encode("utf-8") if _null(b) else bytes(b) for p, b in zip(back["path"], back["path_bytes"])]
+    assert names == [os.fsencode(p) for p in hostile]
+
+
+def frame_to_dask(frame: pd.DataFrame):
+    return dd.from_pandas(frame, npartitions=2)
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("fmt", [[], ["--jsonl", "--margins"], ["--csv"]], ids=["text", "jsonl", "csv"])
+def test_cli_hostile_names_byte_for_byte(cluster, hostile, fmt, capsysbinary):
+    plain = (main(["hash", "--model", "demo", "--workers", "0", *fmt, *hostile]), *capsysbinary.readouterr())
+    on_cluster = (main(["hash", "--model", "demo", *fmt, "--scheduler", cluster.scheduler_address, *hostile]),
+                  *capsysbinary.readouterr())
+    assert on_cluster == plain
+    assert plain[0] == 1 and plain[2].count(b"\n") == 2  # the warning, and the missing file on one line
+    assert os.fsencode(hostile[0]) in plain[1] or fmt  # text: the name's own bytes
+
+
+def test_cli_unreadable_folder_is_a_row_of_the_parquet(folder, tmp_path, monkeypatch, capsysbinary):
+    locked = str(folder)
+    real = os.scandir
+
+    def scandir(path="."):
+        if not isinstance(path, int) and os.fsdecode(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # as without read permission (root reads everything)
+    image = _image(tmp_path / "one.png", 3)
+    code = main(["hash", "--model", "demo", "--jsonl", "--scheduler", "local", "--workers", "1",
+                 "--parquet", str(tmp_path / "pq"), locked, image])
+    out, err = capsysbinary.readouterr()
+    assert code == 1
+    rows = [json.loads(line) for line in out.decode().splitlines()]
+    assert rows[0] == {"path": locked, "error": "cannot read directory (Permission denied)"}
+    assert rows[1]["path"] == image and "hash" in rows[1]
+    assert f"neuralhash: {locked}: cannot read directory (Permission denied)".encode() in err
+    back = pd.read_parquet(tmp_path / "pq")
+    assert list(back["path"]) == [locked, image]
+    assert back["error"][0] == f"{locked}: cannot read directory (Permission denied)" and _null(back["error"][1])

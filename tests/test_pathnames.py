@@ -121,3 +121,12 @@ def test_every_byte_name_survives_every_format(name):
     obj = json.loads(json.dumps(pathnames.json_fields(name), ensure_ascii=False))
     assert pathnames.to_bytes(pathnames.name_from_json(obj)) == want
     assert pathnames.to_bytes(pathnames.from_sql(pathnames.sql_value(name))) == want
+
+
+def test_json_fields_under_another_key():
+    # compare's "a" / "b" carry names under their own keys, read back by name_from_json(obj, key).
+    name = os.fsdecode(b"a\xffb.png")
+    obj = json.loads(json.dumps(pathnames.json_fields(name, "a"), ensure_ascii=False))
+    assert set(obj) == {"a", "a_b64"}
+    assert pathnames.to_bytes(pathnames.name_from_json(obj, "a")) == b"a\xffb.png"
+    assert pathnames.json_fields("plain.png", "b") == {"b": "plain.png"}

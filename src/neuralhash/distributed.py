@@ -4,7 +4,7 @@
     from neuralhash.distributed import hash_paths, to_parquet
 
     client = Client("tcp://scheduler:8786")         # or Client(LocalCluster()) on one machine
-    df = hash_paths("s3://bucket/images/**/*.jpg", model="~/nh")   # columns path, hash, margins, error
+    df = hash_paths("s3://bucket/images/**/*.jpg", model="~/nh")   # path, path_bytes, hash, margins, error
     to_parquet(df, "s3://bucket/hashes/")          # written partition by partition, by the workers
     frame = df.compute()                           # or all of it here, in input order
 
@@ -55,6 +55,7 @@ import numpy as np
 
 from .errors import NeuralHashError
 from .hashing.hash import Hash, HashResult
+from .pathnames import from_bytes, is_utf8, to_bytes
 from .hashing.seed import HASH_BITS
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import Dask
@@ -64,9 +65,13 @@ if TYPE_CHECKING:  # only for annotations: importing this module must not import
 
     from .hashing.model import NeuralHash
 
-#: The columns of every result frame: path (str), hash (24 hex digits, null on
+#: The columns of every result frame: path (str), path_bytes (the name's exact
+#: bytes when it is not valid UTF-8, else null), hash (24 hex digits, null on
 #: error), margins (96 float32 ``|v|``, null on error), error (null on success).
-COLUMNS = ("path", "hash", "margins", "error")
+#: File names follow :mod:`neuralhash.pathnames`' JSON rule with bytes for base64:
+#: ``path`` is the name when it is UTF-8, else a readable form (undecodable bytes
+#: as U+FFFD) beside ``path_bytes``; a reader takes ``path_bytes`` when it is set.
+COLUMNS = ("path", "path_bytes", "hash", "margins", "error")
 
 #: Paths per task unless told otherwise (fewer for small inputs, so that every worker gets some).
 MAX_PATHS_PER_TASK = 64
@@ -271,7 +276,8 @@ def hash_paths(
     paths per Dask task and per partition (None: up to :data:`MAX_PATHS_PER_TASK`,
     fewer when the input is small). ``storage_options`` go to fsspec for URLs.
 
-    Columns: :data:`COLUMNS` (``margins`` a pyarrow ``list<float32>``). The
+    Columns: :data:`COLUMNS` (``margins`` a pyarrow ``list<float32>``,
+    ``path_bytes`` a pyarrow ``binary``, set for names that are not UTF-8). The
     index is the position in the input (known divisions), so ``.compute()``
     returns the input order. The hashes, margins and error messages equal
     ``NeuralHash.hash_many``'s. The graph holds a future of ``client``: compute
@@ -386,8 +392,8 @@ def arrow_schema():
     cannot read back, which is why :func:`to_parquet` exists beside ``df.to_parquet``."""
     import pyarrow as pa
 
-    return pa.schema([("path", pa.string()), ("hash", pa.string()), ("margins", pa.list_(pa.float32())),
-                      ("error", pa.string())])
+    return pa.schema([("path", pa.string()), ("path_bytes", pa.binary()), ("hash", pa.string()),
+                      ("margins", pa.list_(pa.float32())), ("error", pa.string())])
 
 
 def to_table(frame: "pandas.DataFrame"):
@@ -442,13 +448,19 @@ def to_results(frame: "pandas.DataFrame") -> Iterator[HashResult]:
 
     Bit ``i`` is 1 exactly when ``v[i] >= 0``, so ``v = ±margin`` by the bit:
     margins and unstable bits are those of single-process hashing, exactly.
+    A name that is not UTF-8 comes back as its exact bytes (``path_bytes``),
+    surrogate-escaped like :func:`os.fsdecode`, and so does an error's leading ``PATH: ``.
     """
-    for path, hex_, margins, error in zip(frame["path"], frame["hash"], frame["margins"], frame["error"]):
+    for shown, raw, hex_, margins, error in zip(frame["path"], frame["path_bytes"], frame["hash"],
+                                                frame["margins"], frame["error"]):
+        path = from_bytes(bytes(raw)) if isinstance(raw, (bytes, bytearray, memoryview)) else shown
         if isinstance(hex_, str):
             bits = Hash.from_hex(hex_).bits
             m = np.asarray(margins, dtype=np.float32)
             yield HashResult(path, Hash(bits, np.where(bits == 1, m, -m)), None)
         else:
+            if path != shown and isinstance(error, str) and error.startswith(f"{shown}: "):
+                error = f"{path}{error[len(shown):]}"
             yield HashResult(path, None, error)
 
 
@@ -597,9 +609,20 @@ def _fetch(urls: list[str], storage_options: Mapping[str, Any]) -> list[bytes | 
     return out
 
 
+def _utf8(text: str | None) -> str | None:
+    """``text`` storable as an Arrow string: a file name's undecodable bytes (lone surrogates) as U+FFFD."""
+    if text is None or is_utf8(text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _frame(start: int, paths: list[str], hexes: list[str | None], margins: np.ndarray,
            errors: list[str | None]) -> "pandas.DataFrame":
-    """The result frame (the same dtypes for every task and for the meta)."""
+    """The result frame (the same dtypes for every task and for the meta).
+
+    Arrow strings are UTF-8: a name that is not (os.fsdecode's lone surrogates,
+    which pyarrow refuses) is carried by ``path_bytes``, and ``path`` shows it.
+    """
     import pandas as pd
     import pyarrow as pa
 
@@ -609,12 +632,14 @@ def _frame(start: int, paths: list[str], hexes: list[str | None], margins: np.nd
     lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(margins[ok].reshape(-1), pa.float32()),
                                      mask=pa.array(~ok))
     string = pd.StringDtype("pyarrow")
+    exact = [None if is_utf8(p) else to_bytes(p) for p in paths]
     return pd.DataFrame(
         {
-            "path": pd.array(paths, dtype=string),
+            "path": pd.array([_utf8(p) for p in paths], dtype=string),
+            "path_bytes": pd.arrays.ArrowExtensionArray(pa.array(exact, pa.binary())),
             "hash": pd.array(hexes, dtype=string),
             "margins": pd.arrays.ArrowExtensionArray(lists),
-            "error": pd.array(errors, dtype=string),
+            "error": pd.array([_utf8(e) for e in errors], dtype=string),
         },
         index=pd.RangeIndex(start, start + len(paths)),
     )

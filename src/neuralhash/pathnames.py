@@ -122,12 +122,12 @@ def split_text_line(line: str) -> tuple[str, str | None]:
 # -- JSON Lines -------------------------------------------------------------------------
 
 
-def json_fields(name: str) -> dict[str, str]:
-    """The JSON fields that carry ``name``: ``{"path": ...}`` plus ``"path_b64"`` when it is not UTF-8."""
+def json_fields(name: str, key: str = "path") -> dict[str, str]:
+    """The JSON fields that carry ``name``: ``{key: ...}`` plus ``key + "_b64"`` when it is not UTF-8."""
     if is_utf8(name):
-        return {"path": name}
+        return {key: name}
     raw = to_bytes(name)
-    return {"path": raw.decode("utf-8", "replace"), "path_b64": base64.b64encode(raw).decode("ascii")}
+    return {key: raw.decode("utf-8", "replace"), f"{key}_b64": base64.b64encode(raw).decode("ascii")}
 
 
 def name_from_json(obj: Mapping[str, Any], key: str = "path") -> str | None:

@@ -23,7 +23,8 @@ from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_a
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
-from .output import Terminated
+from ..pathnames import display
+from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
 from .robustness_cmds import cmd_robustness
 
 
@@ -194,10 +195,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.error("--out DIR is required")
     if args.command == "hash" and args.parquet and not args.scheduler:
         args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
+    pass_file_names_through()  # undecodable bytes of a file name in a message print as themselves
+    stdout = sys.stdout = CheckedStdout(sys.stdout)
     try:
-        return args.func(args)
+        code = args.func(args)
+        write_out(b"")  # a full disk shows here, not in the interpreter's own last flush
+        if stdout.failure is not None:  # a write failed and something caught the error
+            raise stdout.failure
+        return code
+    except StandardOutputError as exc:
+        print(f"neuralhash: {exc}", file=sys.stderr)
+        _discard_stdout()
+        return 1
     except NeuralHashError as exc:
-        print(f"neuralhash: error: {exc}", file=sys.stderr)
+        # Messages quote file names: control characters escaped, so the error stays one line.
+        print(f"neuralhash: error: {display(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("neuralhash: interrupted", file=sys.stderr)
@@ -207,7 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as other command-line tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return 141
+    finally:
+        if sys.stdout is stdout:
+            sys.stdout = stdout.stream
 
 
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null: what is still buffered for it cannot be written anyway, and
+    the interpreter's last flush must not print a traceback of its own."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a file descriptor (captured output)
+        pass

@@ -16,12 +16,14 @@ import contextlib
 import logging
 import os
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import NeuralHashError
 from .common import load_hasher
-from .output import Failures, Progress, Writer, emit, hash_output, pass_file_names_through, sigterm_unwinds
+from .output import (Failures, Progress, Writer, emit, hash_output, pass_file_names_through, sigterm_unwinds,
+                     write_unlisted)
 from .paths import iter_paths
 
 #: Seconds to wait for a scheduler before giving up (an unreachable address must not hang).
@@ -38,8 +40,13 @@ def cmd_hash_on_cluster(args: argparse.Namespace) -> int:
     nh = load_hasher(args)
     pass_file_names_through()
     progress, failures, writer = hash_output(args)
-    paths = list(_expand_url_globs(iter_paths(args.paths, IMAGE_EXTENSIONS, failures)))
     sink = ParquetSink(Path(args.parquet)) if args.parquet else None
+    if sink is not None and failures.records is None:
+        failures.records = deque()  # Parquet lists every failure, whatever the output format
+    paths = list(_expand_url_globs(iter_paths(args.paths, IMAGE_EXTENSIONS, failures)))
+    if sink is not None and failures.records:
+        sink.write(_failed_frame(list(failures.records)))
+    write_unlisted(writer, failures)  # folders that could not be listed, before the first result
     if paths:  # nothing to hash: no cluster to start
         with sigterm_unwinds(), connect(args.scheduler, args.workers) as client:
             _hash_on(client, nh, paths, args, writer, failures, progress, sink)
@@ -65,6 +72,17 @@ def _hash_on(client, nh, paths: list[str], args: argparse.Namespace, writer: Wri
     finally:
         batches.close()  # cancel the tasks in flight when the loop ends early (Ctrl-C, SIGTERM, closed pipe)
         progress.clear()
+
+
+def _failed_frame(results: list) -> "pandas.DataFrame":
+    """Error results (folders that could not be listed) as rows of a result frame, for the Parquet files."""
+    import numpy as np
+
+    from .. import distributed as nhd
+    from ..hashing.seed import HASH_BITS
+
+    return nhd._frame(0, [r.path for r in results], [None] * len(results),
+                      np.zeros((len(results), HASH_BITS), np.float32), [r.error for r in results])
 
 
 def _expand_url_globs(paths: Iterator[str]) -> Iterator[str]:

@@ -8,8 +8,9 @@ import os
 import sys
 
 from ..errors import NeuralHashError
-from .common import is_hex_hash, load_hasher, out
-from .output import emit, hash_output, pass_file_names_through, sigterm_unwinds
+from ..pathnames import json_fields, text_line
+from .common import is_hex_hash, load_hasher
+from .output import emit, hash_output, pass_file_names_through, sigterm_unwinds, write_out
 from .paths import iter_paths
 
 
@@ -60,12 +61,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             hashes.append(nh.hash(x, exif_transpose=args.exif_transpose))
     distance = hashes[0].hamming(hashes[1])
+    # Operands are carried like hash's file names (neuralhash.pathnames): "a" / "a_b64", escaped text lines.
     if args.jsonl:
-        out(json.dumps({"a": args.a, "b": args.b, "hash_a": hashes[0].hex, "hash_b": hashes[1].hex,
-                         "distance": distance}, ensure_ascii=False))
+        obj = {**json_fields(args.a, "a"), **json_fields(args.b, "b"), "hash_a": hashes[0].hex,
+               "hash_b": hashes[1].hex, "distance": distance}
+        write_out((json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
     else:
-        out(f"{hashes[0].hex}  {args.a}")
-        out(f"{hashes[1].hex}  {args.b}")
-        out(f"distance {distance}")
+        text = text_line(hashes[0].hex, args.a) + text_line(hashes[1].hex, args.b) + f"distance {distance}\n"
+        write_out(os.fsencode(text))
     return 0
 

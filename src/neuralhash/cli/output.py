@@ -1,15 +1,84 @@
-"""Writing results: one line per item as it arrives, a progress line, failures on stderr."""
+"""Writing results: one line per item as it arrives, a progress line, failures on stderr.
+
+File names are carried by the rule of :mod:`neuralhash.pathnames`: records are
+written to standard output as bytes (a text line holds the name's own bytes,
+JSON is UTF-8 with ``path_b64`` for names that are not, CSV is UTF-8 with the
+name's undecodable bytes as they are), and every message on standard error
+shows a name through :func:`~neuralhash.pathnames.display`, so it stays one line.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 
+from ..errors import NeuralHashError
+from ..hashing.hash import HashResult
+from ..pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason
+
+
+class StandardOutputError(NeuralHashError):
+    """Standard output cannot be written (a full disk, an I/O error); a closed pipe stays BrokenPipeError."""
+
+
+class CheckedStdout:
+    """Standard output for the time of a command: a failed write or flush raises :class:`StandardOutputError`.
+
+    Every command's ``print()`` goes through it, so a full disk is one line
+    whichever command writes. The first failure is kept (:attr:`failure`): a
+    caller that swallowed it cannot turn a lost output into success. A closed
+    pipe stays BrokenPipeError (the command stops quietly).
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.failure: StandardOutputError | None = None
+
+    def _checked(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failure = self.failure or StandardOutputError(f"standard output: {exc.strerror or exc}")
+            raise self.failure from None
+
+    def write(self, text: str) -> int:
+        return self._checked(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._checked(self.stream.flush)
+
+    def write_bytes(self, data: bytes) -> None:
+        buffer = getattr(self.stream, "buffer", None)
+        if buffer is None:  # a text-only stream (an embedding program's): the bytes as surrogate escapes
+            self.write(data.decode("utf-8", "surrogateescape"))
+            self.flush()
+            return
+        self.flush()  # whatever print() left in the text layer goes first
+        self._checked(buffer.write, data)
+        self._checked(buffer.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def write_out(data: bytes) -> None:
+    """``data`` written to standard output as they are, and flushed (see :class:`CheckedStdout`)."""
+    stream = sys.stdout
+    (stream if isinstance(stream, CheckedStdout) else CheckedStdout(stream)).write_bytes(data)
+
+
+def one_line(text: str) -> str:
+    """A message (it may quote a file name) as valid UTF-8 on one line, for a JSON or CSV record."""
+    return display(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class Progress:
@@ -77,17 +146,29 @@ class Progress:
 
 
 class Failures:
-    """Failures reported on standard error as ``neuralhash: PATH: reason``, and counted."""
+    """Failures reported on standard error as ``neuralhash: PATH: reason``, and counted.
 
-    def __init__(self, progress: Progress) -> None:
+    With ``records`` (a command whose output lists failures, ``--jsonl`` or
+    ``--csv``), a path that never reaches the hasher (an unreadable folder) is
+    also kept there as an error result, for the output to write in its turn.
+    """
+
+    def __init__(self, progress: Progress, records: "deque[HashResult] | None" = None) -> None:
         self.progress = progress
         self.count = 0
+        self.records = records
 
     def report(self, path: str, reason: str) -> None:
         with self.progress.lock:
             self.count += 1
             self.progress.clear()
-            print(f"neuralhash: {path}: {reason}", file=sys.stderr, flush=True)
+            print(f"neuralhash: {display(path)}: {display(reason)}", file=sys.stderr, flush=True)
+
+    def unlisted(self, path: str, reason: str) -> None:
+        """A path the walk could not list (a folder): reported, and an error record when the output has them."""
+        self.report(path, reason)
+        if self.records is not None:
+            self.records.append(HashResult(path, None, f"{path}: {reason}"))
 
 
 def round6(x: float) -> float:
@@ -102,45 +183,52 @@ def margins_of(h):
 
 
 class Writer:
-    """One output line per result, flushed at once: text, JSON Lines or CSV."""
+    """One output record per result, written to standard output at once: text, JSON Lines or CSV.
+
+    Text has a line per hashed image (failures are on standard error only);
+    JSON Lines and CSV have a record for every failure too.
+    """
 
     def __init__(self, fmt: str, with_margins: bool, progress: Progress) -> None:
         self.fmt = fmt
         self.with_margins = with_margins
         self.progress = progress
-        self.csv = None
         if fmt == "csv":
-            import csv
-
-            self.csv = csv.writer(sys.stdout, lineterminator="\n")
             header = ["path", "hash", "error"] + (["unstable_bits", "margins"] if with_margins else [])
-            self._emit(lambda: self.csv.writerow(header))
+            self._emit(csv_row(header).encode("ascii"))
 
-    def _emit(self, write) -> None:
+    @property
+    def lists_failures(self) -> bool:
+        return self.fmt != "text"
+
+    def _emit(self, data: bytes) -> None:
         self.progress.before_stdout()
-        write()
-        sys.stdout.flush()
+        write_out(data)
 
     @staticmethod
     def reason(result) -> str:
         return error_reason(result.path, result.error or "failed")
 
     def write(self, result) -> None:
+        data = self.encode(result)
+        if data:
+            self._emit(data)
+
+    def encode(self, result) -> bytes:
+        """The bytes of ``result``'s record (empty for a failure in text)."""
         path = result.path
         if self.fmt == "text":
-            if result.ok:
-                self._emit(lambda: sys.stdout.write(f"{result.hash.hex}  {path}\n"))
-            return
+            # The name's own bytes, escaped like sha256sum's when it holds \\, \n or \r.
+            return os.fsencode(text_line(result.hash.hex, path)) if result.ok else b""
         if self.fmt == "jsonl":
+            obj = json_fields(path)
             if result.ok:
-                obj = {"path": path, "hash": result.hash.hex}
+                obj["hash"] = result.hash.hex
                 if self.with_margins:
                     obj["margins"], obj["unstable_bits"] = margins_of(result.hash)
             else:
-                obj = {"path": path, "error": self.reason(result)}
-            line = json.dumps(obj, ensure_ascii=False)
-            self._emit(lambda: sys.stdout.write(line + "\n"))
-            return
+                obj["error"] = one_line(self.reason(result))
+            return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
         if result.ok:
             row = [path, result.hash.hex, ""]
             if self.with_margins:
@@ -148,24 +236,39 @@ class Writer:
                 row += ["" if unstable is None else unstable,
                         "" if margins is None else " ".join(f"{m:.6g}" for m in margins)]
         else:
-            row = [path, "", self.reason(result)] + (["", ""] if self.with_margins else [])
-        self._emit(lambda: self.csv.writerow(row))
+            row = [path, "", one_line(self.reason(result))] + (["", ""] if self.with_margins else [])
+        # UTF-8, the name's undecodable bytes as they are (pathnames' CSV rule).
+        return csv_row(row).encode("utf-8", "surrogateescape")
 
 
 def hash_output(args) -> tuple[Progress, Failures, Writer]:
     """The progress line, failure reporter and result writer of a hash command's options."""
     fmt = "jsonl" if args.jsonl else "csv" if args.csv else "text"
     progress = Progress()
-    return progress, Failures(progress), Writer(fmt, args.margins, progress)
+    writer = Writer(fmt, args.margins, progress)
+    return progress, Failures(progress, deque() if writer.lists_failures else None), writer
+
+
+def write_unlisted(writer: Writer, failures: Failures) -> None:
+    """The error records of the folders that could not be listed so far (already reported on stderr)."""
+    records = failures.records
+    while records:
+        writer.write(records.popleft())
 
 
 def emit(results, writer: Writer, failures: Failures, progress: Progress) -> None:
-    """Write every result, report each failure on standard error, count both."""
+    """Write every result, report each failure on standard error, count both.
+
+    Folders the walk could not list get their error record just before the next
+    result (the walk runs ahead of the hashing), or at the end.
+    """
     for result in results:
+        write_unlisted(writer, failures)
         writer.write(result)
         if not result.ok:
             failures.report(result.path, writer.reason(result))
         progress.update(result.ok)
+    write_unlisted(writer, failures)
 
 
 class Terminated(BaseException):

@@ -15,7 +15,8 @@ def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None)
 
     def expand(path: str) -> Iterator[str]:
         if os.path.isdir(path):
-            yield from walk_images(path, extensions, failures.report)
+            # An unreadable folder never reaches the hasher: it is an error record of its own.
+            yield from walk_images(path, extensions, failures.unlisted)
         else:
             yield path  # a named file whatever its extension; a missing one fails per item
 
@@ -24,7 +25,11 @@ def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None)
             source = stdin or sys.stdin
             # Bytes decoded as the OS decodes file names, so no file name is undecodable.
             for line in getattr(source, "buffer", None) or source:
-                line = (os.fsdecode(line) if isinstance(line, bytes) else line).rstrip("\r\n")
+                line = os.fsdecode(line) if isinstance(line, bytes) else line
+                # One name a line: its \n, and one \r before it (a list written on Windows), go; the
+                # rest is the name, spaces included (neuralhash.pathnames' text rule).
+                line = line[:-1] if line.endswith("\n") else line
+                line = line[:-1] if line.endswith("\r") else line
                 if line.strip():
                     yield from expand(line)
         else:
