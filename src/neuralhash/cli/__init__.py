@@ -175,6 +175,8 @@ def add_index_commands(add) -> None:
                    help="search the stored hashes of this model (default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
+    p.add_argument("--dihedral", action="store_true",
+                   help="also match the 7 rotations/flips of each query image; reports the orientation that matched")
     _add_output_format(p)
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
