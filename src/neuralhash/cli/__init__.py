@@ -19,6 +19,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import NeuralHashError
+from .audit_cmds import add_audit_command
 from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the EXIF orientation first (the reference pipeline does not)")
 
     add_index_commands(add)
+    add_audit_command(add)
 
     p = add("robustness", cmd_robustness,
             "how hashes move under everyday edits: NeuralHash beside pHash, dHash and PDQ, as an HTML report")
