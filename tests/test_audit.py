@@ -201,3 +201,16 @@ def test_cli_bad_reference_is_one_line(tmp_path, planted, capsys):
     assert main(["audit", str(path), "--reference", str(ref)]) == 1
     err = capsys.readouterr().err
     assert "reference line 1" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_hostile_list_of_near_blank_hashes_stays_cheap():
+    # 4,656 distinct hashes of at most 2 set bits: all within 4 bits of one another (10.8 million
+    # pairs). They are degenerate, flagged as such, and kept out of the near-duplicate join.
+    blank = "0" * 24
+    hexes = [_flip(blank, [a, b]) for a in range(96) for b in range(a + 1, 96)] + \
+            [_flip(blank, [a]) for a in range(96)]
+    hexes += _random_hex(np.random.default_rng(9), 1000)
+    rep = audit(hash_list_from_hex(hexes), hash_list_from_hex(hexes[:10]).packed, max_distance=4, limit=5)
+    assert rep.degenerate_count == 96 * 95 // 2 + 96
+    assert rep.near_groups_count == 0 and rep.broad_count == 0
+    assert len(rep.degenerate) == 5

@@ -24,7 +24,7 @@ What is checked, per list of N entries:
   exactly with a self-join; identical hashes are counted once); an entry's count is
   then about Poisson(``R * p``), and it is flagged at ``broad_limit``, the count whose
   Poisson upper tail is below 1e-9, and never below 3 (an image may have a copy or
-  two in the reference);
+  two in the reference). Degenerate entries are not counted again here;
 - the **expected false matches per million images** at ``max_distance``:
   ``1e6 * (1 - (1 - p) ** N)``, i.e. the chance that an unrelated image lies within
   ``max_distance`` of some entry, if entries are like reference images; with its
@@ -36,8 +36,8 @@ Reports list at most ``limit`` items of each kind (the counts are always complet
 
 The list is read with the project's hash-list parser (``HEX  PATH`` lines, CSV with
 a ``hash`` column, JSONL) through :func:`_parse`; entries are kept as packed arrays
-(12 bytes and a line number each) and the labels of reported entries are read in a
-second pass, so memory is about 20 bytes an entry beyond the parser's text.
+(12 bytes, a line number and a label offset each, labels in one UTF-8 blob), about
+28 bytes an entry plus its label, beyond the parser's own copy of the text.
 """
 
 from __future__ import annotations
@@ -85,28 +85,26 @@ def _parse(text: str, name: str) -> Iterator[tuple[int, tuple[str, bytes] | str]
 
 @dataclass(frozen=True, eq=False)
 class HashList:
-    """A hash list as packed arrays: ``packed`` uint8 [N, 12] and ``lines`` int64 [N]
-    (the line of each entry), plus the rejected lines as (line number, reason)."""
+    """A hash list as packed arrays: ``packed`` uint8 [N, 12], ``lines`` int64 [N] (the line
+    of each entry), the rejected lines as (line number, reason), and the entries' labels
+    (paths or names) as one UTF-8 blob cut at ``label_ends`` (int64 [N])."""
 
     name: str
     packed: np.ndarray
     lines: np.ndarray
     malformed: list[tuple[int, str]] = field(default_factory=list)
-    path: Path | None = None
+    label_blob: bytes = b""
+    label_ends: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.packed.shape[0])
 
-    def labels(self, lines) -> dict[int, str]:
-        """The label (path or name) of each of ``lines``, read again from the file."""
-        wanted = set(int(x) for x in lines)
-        if not wanted or self.path is None:
-            return {}
-        out: dict[int, str] = {}
-        for lineno, entry in _parse(_read_text(self.path), self.path.name):
-            if lineno in wanted and not isinstance(entry, str):
-                out[lineno] = entry[0]
-        return out
+    def label(self, i: int) -> str | None:
+        """The label of entry ``i`` (None when the list has none)."""
+        if self.label_ends is None:
+            return None
+        start = int(self.label_ends[i - 1]) if i else 0
+        return self.label_blob[start:int(self.label_ends[i])].decode("utf-8", "surrogatepass")
 
 
 def _read_text(path: Path) -> str:
@@ -118,24 +116,29 @@ def _read_text(path: Path) -> str:
 
 def read_hash_list(path: str | os.PathLike) -> HashList:
     """Read a hash list file (see :func:`_parse` for the formats)."""
+    from array import array
+
     source = Path(os.fsdecode(path))
     if source.is_dir():
         raise AuditError(f"{source}: is a directory, not a hash list")
-    digests = bytearray()
-    lines: list[int] = []
+    digests, labels = bytearray(), bytearray()
+    lines, ends = array("q"), array("q")
     malformed: list[tuple[int, str]] = []
     for lineno, entry in _parse(_read_text(source), source.name):
         if isinstance(entry, str):
             malformed.append((lineno, entry))
         else:
             digests += entry[1]
+            labels += entry[0].encode("utf-8", "surrogatepass")  # compact: ~20 bytes an entry, not a str object
             lines.append(lineno)
+            ends.append(len(labels))
     packed = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, HASH_BYTES)
-    return HashList(source.name, packed, np.asarray(lines, dtype=np.int64), malformed, source)
+    return HashList(source.name, packed, np.frombuffer(lines, dtype=np.int64).copy(), malformed,
+                    bytes(labels), np.frombuffer(ends, dtype=np.int64).copy())
 
 
 def hash_list_from_hex(hexes, name: str = "<hashes>") -> HashList:
-    """A :class:`HashList` from hex strings in memory (line numbers 1..N)."""
+    """A :class:`HashList` from hex strings in memory (line numbers 1..N, no labels)."""
     from .matching import pack_hex
 
     packed = pack_hex(list(hexes))
@@ -262,19 +265,22 @@ def _ones(packed: np.ndarray) -> np.ndarray:
 
 
 def _unique(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct hashes in sorted order, first entry of each, entry -> distinct position)."""
+    """(distinct hashes in sorted order, entries sorted by hash, entries per distinct hash)."""
     from .matching import to_words
 
     hi, lo = to_words(packed)
-    order = np.lexsort((lo, hi))
+    order = np.argsort(hi)  # one 64-bit key: several times faster than lexsort on two
+    hs = hi[order]
+    tied = np.flatnonzero(hs[1:] == hs[:-1])
+    if tied.size:  # equal first 64 bits (duplicates, mostly): order those runs by the last 32 too
+        idx = np.unique(np.concatenate([tied, tied + 1]))
+        sub = order[idx]
+        order[idx] = sub[np.lexsort((lo[sub], hi[sub]))]
     hs, ls = hi[order], lo[order]
     new = np.ones(len(order), bool)
     new[1:] = (hs[1:] != hs[:-1]) | (ls[1:] != ls[:-1])
-    group = np.cumsum(new) - 1
-    inverse = np.empty(len(order), np.int64)
-    inverse[order] = group
-    first = order[new]
-    return packed[first], first, inverse
+    counts = np.diff(np.append(np.flatnonzero(new), len(order)))
+    return packed[order[new]], order, counts
 
 
 def _poisson_sf_limit(lam: float, tail: float) -> int:
@@ -306,14 +312,8 @@ def _poisson_upper95(k: int) -> float:
     return hi
 
 
-def _entry(hl: HashList, i: int, labels: dict[int, str]) -> Entry:
-    line = int(hl.lines[i])
-    return Entry(line, bytes(hl.packed[i]).hex(), labels.get(line))
-
-
-def _groups_of(members: list[np.ndarray], inverse_order: np.ndarray, inverse_starts: np.ndarray) -> list[np.ndarray]:
-    """Entry positions for groups of distinct-hash positions."""
-    return [np.concatenate([inverse_order[inverse_starts[u]:inverse_starts[u + 1]] for u in m]) for m in members]
+def _entry(hl: HashList, i: int) -> Entry:
+    return Entry(int(hl.lines[i]), bytes(hl.packed[i]).hex(), hl.label(i))
 
 
 def audit(hash_list: HashList, reference: np.ndarray | None = None, *, max_distance: int = DEFAULT_MAX_DISTANCE,
@@ -324,70 +324,58 @@ def audit(hash_list: HashList, reference: np.ndarray | None = None, *, max_dista
         raise AuditError(f"limit must be a non-negative integer, got {limit!r}")
     hl = hash_list
     n = len(hl)
-    uniq, first, inverse = _unique(hl.packed) if n else (hl.packed, np.zeros(0, np.int64), np.zeros(0, np.int64))
+    uniq, order, counts = _unique(hl.packed)
+    # Entries of distinct hash u: order[starts[u]:starts[u + 1]].
+    starts = np.concatenate([[0], np.cumsum(counts)])
+
+    def members(us) -> np.ndarray:
+        return np.sort(np.concatenate([order[starts[u]:starts[u + 1]] for u in us]))
+
     rep = AuditReport(hl.name, n, len(uniq), r, limit)
     rep.malformed_count = len(hl.malformed)
     rep.malformed = list(hl.malformed[:limit])
 
-    # Entries of each distinct hash, in line order: inverse_order[starts[u]:starts[u+1]].
-    inverse_order = np.argsort(inverse, kind="stable")
-    counts = np.bincount(inverse, minlength=len(uniq))
-    starts = np.concatenate([[0], np.cumsum(counts)])
-
     ones = _ones(hl.packed)
     degenerate = np.flatnonzero(np.minimum(ones, HASH_BITS - ones) <= imbalance)
     rep.degenerate_count = int(len(degenerate))
+    rep.degenerate = [Degenerate(_entry(hl, int(i)), int(ones[i])) for i in degenerate[:limit]]
 
-    dup_u = np.flatnonzero(counts > 1)
-    rep.exact_groups_count = int(len(dup_u))
-    rep.exact_duplicate_entries = int(counts[dup_u].sum())
-    dup_u = dup_u[np.argsort(-counts[dup_u], kind="stable")][:limit]
-    exact = _groups_of([[u] for u in dup_u], inverse_order, starts)
+    dup = np.flatnonzero(counts > 1)
+    rep.exact_groups_count = int(len(dup))
+    rep.exact_duplicate_entries = int(counts[dup].sum())
+    for u in dup[np.argsort(-counts[dup], kind="stable")][:limit]:
+        rep.exact_duplicates.append(Group([_entry(hl, int(i)) for i in members([u])], 0))
 
-    # Near duplicates among distinct, non-degenerate hashes.
+    # Near duplicates among distinct, non-degenerate hashes; the same index serves the reference.
     u_ones = _ones(uniq)
     keep = np.flatnonzero(np.minimum(u_ones, HASH_BITS - u_ones) > imbalance)
-    near: list[np.ndarray] = []
-    near_d: list[int] = []
+    index = HashIndex(uniq[keep])
     if r > 0 and len(keep) > 1:
-        pairs = HashIndex(uniq[keep]).self_join(r)
+        pairs = index.self_join(r)
         if len(pairs):
-            labels_cc = connected_components(pairs, len(keep))
-            groups = component_groups(labels_cc)
+            groups = [keep[g] for g in component_groups(connected_components(pairs, len(keep)))]
+            sizes = np.array([int(counts[g].sum()) for g in groups])
             rep.near_groups_count = len(groups)
-            members_u = [keep[g] for g in groups]
-            rep.near_duplicate_entries = int(sum(counts[m].sum() for m in members_u))
-            members_u.sort(key=lambda m: -int(counts[m].sum()))
-            members_u = members_u[:limit]
-            dmax = np.zeros(len(keep), np.int64)
-            np.maximum.at(dmax, pairs.i, pairs.distance.astype(np.int64))
-            np.maximum.at(dmax, pairs.j, pairs.distance.astype(np.int64))
-            pos = np.full(len(uniq), -1, np.int64)
-            pos[keep] = np.arange(len(keep))
-            near = _groups_of(members_u, inverse_order, starts)
-            near_d = [int(dmax[pos[m]].max()) for m in members_u]
+            rep.near_duplicate_entries = int(sizes.sum())
+            dmax = np.zeros(len(uniq), np.int64)
+            np.maximum.at(dmax, keep[pairs.i], pairs.distance.astype(np.int64))
+            np.maximum.at(dmax, keep[pairs.j], pairs.distance.astype(np.int64))
+            for k in np.argsort(-sizes, kind="stable")[:limit]:
+                g = groups[k]
+                rep.near_duplicates.append(Group([_entry(hl, int(i)) for i in members(g)], int(dmax[g].max())))
 
-    broad_rows: list[tuple[int, int]] = []
     if reference is not None:
-        broad_rows = _reference_checks(rep, uniq, counts, np.asarray(reference, dtype=np.uint8), r)
-
-    # Labels of everything reported, in one second pass over the file.
-    shown_degenerate = degenerate[:limit]
-    shown_broad = [(int(inverse_order[starts[u]]), m) for u, m in broad_rows[:limit]]
-    wanted = [hl.lines[i] for i in shown_degenerate] + [hl.lines[i] for g in exact + near for i in g] + \
-             [hl.lines[i] for i, _ in shown_broad]
-    labels = hl.labels(wanted)
-    rep.degenerate = [Degenerate(_entry(hl, int(i), labels), int(ones[i])) for i in shown_degenerate]
-    rep.exact_duplicates = [Group([_entry(hl, int(i), labels) for i in np.sort(g)], 0) for g in exact]
-    rep.near_duplicates = [Group([_entry(hl, int(i), labels) for i in np.sort(g)], d) for g, d in zip(near, near_d)]
-    rep.broad = [Broad(_entry(hl, i, labels), m, m / max(rep.reference_size or 1, 1)) for i, m in shown_broad]
+        broad = _reference_checks(rep, index, keep, counts, np.asarray(reference, dtype=np.uint8), r, len(uniq))
+        rep.broad = [Broad(_entry(hl, int(order[starts[u]])), m, m / max(rep.reference_size or 1, 1))
+                     for u, m in broad[:limit]]
     return rep
 
 
-def _reference_checks(rep: AuditReport, uniq: np.ndarray, counts: np.ndarray, reference: np.ndarray,
-                      r: int) -> list[tuple[int, int]]:
-    """Fill the reference part of ``rep``; return (distinct list hash, reference matches) of broad
-    entries, most matches first."""
+def _reference_checks(rep: AuditReport, index: HashIndex, keep: np.ndarray, counts: np.ndarray,
+                      reference: np.ndarray, r: int, n_distinct: int) -> list[tuple[int, int]]:
+    """Fill the reference part of ``rep``; return (distinct list hash, reference matches) of the
+    broad entries, most matches first. ``index`` holds the list's non-degenerate distinct
+    hashes (``keep``); degenerate ones are flagged already and not counted here."""
     from .matching.packing import check_packed
 
     reference = check_packed(reference, "reference hashes")
@@ -399,43 +387,41 @@ def _reference_checks(rep: AuditReport, uniq: np.ndarray, counts: np.ndarray, re
     m = len(ref_uniq)
     total = m * (m - 1) // 2
     within = len(HashIndex(ref_uniq).self_join(r)) if m > 1 else 0
+    lam = 0.0
     if total:
         p = within / total
         p_up = min(1.0, _poisson_upper95(within) / total)
-        n_distinct = len(uniq)
         rep.false_matches = FalseMatchEstimate(
             m, total, within, p, p_up,
             1e6 * -math.expm1(n_distinct * math.log1p(-p)) if p < 1 else 1e6,
             1e6 * -math.expm1(n_distinct * math.log1p(-p_up)) if p_up < 1 else 1e6,
         )
         lam = R * p
-    else:
-        lam = 0.0
     rep.broad_expected = lam
     rep.broad_limit = max(BROAD_MIN, _poisson_sf_limit(lam, BROAD_TAIL))
 
-    # Reference matches of each distinct list hash; the smaller side queries the larger.
-    per_uniq = np.zeros(len(uniq), np.int64)
+    # Reference matches of each kept list hash; the smaller side queries the larger.
+    per_keep = np.zeros(len(keep), np.int64)
     matched_ref = np.zeros(R, bool)
-    if len(uniq) and R:
-        if len(uniq) <= R:
-            index, queries, q_is_list = HashIndex(reference), uniq, True
+    if len(keep) and R:
+        if len(keep) <= R:
+            search, queries, q_is_list = HashIndex(reference), index.packed(), True
         else:
-            index, queries, q_is_list = HashIndex(uniq), reference, False
+            search, queries, q_is_list = index, reference, False
         for start in range(0, len(queries), _CHUNK):
-            found = index.query_many(queries[start:start + _CHUNK], r)
+            found = search.query_many(queries[start:start + _CHUNK], r)
             q = found.query + start
             if q_is_list:
-                per_uniq += np.bincount(q, minlength=len(uniq))
+                per_keep += np.bincount(q, minlength=len(keep))
                 matched_ref[found.index] = True
             else:
-                per_uniq += np.bincount(found.index, minlength=len(uniq))
+                per_keep += np.bincount(found.index, minlength=len(keep))
                 matched_ref[q] = True
     rep.reference_matched = int(matched_ref.sum())
-    broad_u = np.flatnonzero(per_uniq >= rep.broad_limit)
-    rep.broad_count = int(counts[broad_u].sum())
-    broad_u = broad_u[np.argsort(-per_uniq[broad_u], kind="stable")]
-    return [(int(u), int(per_uniq[u])) for u in broad_u]
+    hit = np.flatnonzero(per_keep >= rep.broad_limit)
+    rep.broad_count = int(counts[keep[hit]].sum())
+    hit = hit[np.argsort(-per_keep[hit], kind="stable")]
+    return [(int(keep[k]), int(per_keep[k])) for k in hit]
 
 
 # --------------------------------------------------------------------------- text
