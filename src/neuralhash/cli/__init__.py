@@ -2,7 +2,7 @@
 
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
 verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
-``index_cmds`` (index, match, dupes), ``robustness_cmds`` (robustness);
+``index_cmds`` (index, match, dupes), ``audit_cmds`` (audit), ``robustness_cmds`` (robustness);
 ``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
