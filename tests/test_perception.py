@@ -50,6 +50,17 @@ def test_result_recall_per_edit_and_overall():
     # Pooled: own 0, 1, 2, 4, 6; other 5, 7, 9, 5, 3. t = 2: 3 true, 0 false; t = 4: 4 true, 1 false.
     assert overall == RecallAtPrecision(2, 0.6, 1.0, 5)
 
+    # The report shows the same numbers (at its 99.99%, which these cases share with 99%).
+    from neuralhash.robustness.report import html_precision, md_precision
+
+    text = md_precision(result)
+    assert "| H | 60.0% | 2 | 100.0% | 5 |" in text
+    assert f"| {edits[0].label} | 100.0% (≤ 2) |" in text and f"| {edits[1].label} | 0.0% |" in text
+    assert "pHash 82.0%" in text and "PDQ 77.2%" in text
+    assert "60.0%" in html_precision(result)
+    result.nearest_other.clear()  # a result measured before this metric existed: no section
+    assert md_precision(result) == "" and html_precision(result) == ""
+
 
 perception = pytest.importorskip("perception")
 

@@ -723,7 +723,7 @@ def precision_rows(result: RobustnessResult) -> tuple[list[tuple[str, ...]], lis
                         _pct(total.precision),
                         str(total.copies)))
         for row, r in zip(per_edit, edits):
-            row.append(_pct(r.recall) + ("" if r.threshold is None else f" (<= {r.threshold})"))
+            row.append(_pct(r.recall) + ("" if r.threshold is None else f" (≤ {r.threshold})"))
     return overall, names, per_edit if names else []
 
 
