@@ -2,7 +2,7 @@
 
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
 verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
-``index_cmds`` (index, match, dupes), ``robustness_cmds`` (robustness);
+``index_cmds`` (index, match, dupes), ``audit_cmds`` (audit), ``robustness_cmds`` (robustness);
 ``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
@@ -19,6 +19,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import NeuralHashError
+from .audit_cmds import add_audit_command
 from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the EXIF orientation first (the reference pipeline does not)")
 
     add_index_commands(add)
+    add_audit_command(add)
 
     p = add("robustness", cmd_robustness,
             "how hashes move under everyday edits: NeuralHash beside pHash, dHash and PDQ, as an HTML report")
@@ -177,6 +179,8 @@ def add_index_commands(add) -> None:
                    help="search the stored hashes of this model (default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
+    p.add_argument("--dihedral", action="store_true",
+                   help="also match the 7 rotations/flips of each query image; reports the orientation that matched")
     _add_output_format(p)
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")

@@ -104,6 +104,7 @@ def cmd_index_info(args) -> int:
 
 
 def cmd_match(args) -> int:
+    from ..hashing.dihedral import dihedral_hashes
     from ..store import search
 
     pass_file_names_through()
@@ -135,10 +136,15 @@ def cmd_match(args) -> int:
                 queries.append((q, bytes.fromhex(q)))
                 continue
             try:
-                queries.append((q, nh.hash(q, exif_transpose=args.exif_transpose).bytes))
+                if getattr(args, "dihedral", False):
+                    queries.append((q, [h.bytes for h in dihedral_hashes(nh, q, exif_transpose=args.exif_transpose)]))
+                else:
+                    queries.append((q, nh.hash(q, exif_transpose=args.exif_transpose).bytes))
             except NeuralHashError as exc:
                 failed += 1
                 print(f"neuralhash: {q}: {error_reason(q, str(exc))}", file=sys.stderr)
+        if getattr(args, "dihedral", False):
+            return _match_dihedral(args, store, model, queries, failed)
         matches = search(store, model, [h for _, h in queries], args.max_distance)
     write = _rows_writer(_format(args), ["query", "query_hash", "distance", "hash", "path"])
     for m in matches:
@@ -148,6 +154,28 @@ def cmd_match(args) -> int:
             out(f"{label}  {m.distance}  {m.hex}  {m.path}")
         else:
             write(record)
+    return 1 if failed else 0
+
+
+def _match_dihedral(args, store, model, queries: list, failed: int) -> int:
+    """match --dihedral: 8 oriented hashes per image (a hex query stands for itself, as 'original')."""
+    from ..hashing.dihedral import ORIENTATIONS, best_orientation
+    from ..store import search
+
+    n = len(ORIENTATIONS)
+    expanded = [(label, h if isinstance(h, list) else [h] * n) for label, h in queries]
+    matches = search(store, model, [h for _, hs in expanded for h in hs], args.max_distance)
+    rows, ks = best_orientation([m.query for m in matches], [m.row for m in matches],
+                                [m.distance for m in matches], n)
+    write = _rows_writer(_format(args), ["query", "query_hash", "orientation", "distance", "hash", "path"])
+    for r, k in zip(rows.tolist(), ks.tolist()):
+        m = matches[r]
+        label, hashes = expanded[m.query // n]
+        if write is None:
+            out(f"{label}  {ORIENTATIONS[k]}  {m.distance}  {m.hex}  {m.path}")
+        else:
+            write({"query": label, "query_hash": hashes[0].hex(), "orientation": ORIENTATIONS[k],
+                   "distance": m.distance, "hash": m.hex, "path": m.path})
     return 1 if failed else 0
 
 

@@ -168,6 +168,8 @@ def measure(
     n = len(images)
     distances = {name: np.full((n, len(edits)), MISSING, np.int32) for name in names}
     originals = {i.name: np.zeros((n, i.bits), bool) for i in infos}
+    # Edited copies, packed, for their distance to the nearest *other* original (recall at a precision).
+    copies = {i.name: np.zeros((n, len(edits), (i.bits + 7) // 8), np.uint8) for i in infos}
     hashed = np.zeros(n, bool)  # every hash of the original succeeded: the image joins the baseline
     failures: list[Failure] = []
     sizes: list[tuple[int, int]] = [(0, 0)] * n
@@ -187,6 +189,7 @@ def measure(
                         originals[name][i] = rows[0]
                         d = np.count_nonzero(rows[1:] != rows[0], axis=1)
                         distances[name][i] = np.where(ok[1:], d, MISSING)
+                        copies[name][i] = np.packbits(rows[1:], axis=1)
                 hashed[i] = all(ok[0] for _, ok in bits.values())
             if progress is not None:
                 progress(i + 1, n)
@@ -198,11 +201,13 @@ def measure(
     if len(pairs) < len(joined) * (len(joined) - 1) // 2:
         notes.append(f"the distinct-pair baseline is a seeded sample of {len(pairs):,} pairs")
     distinct = {name: _pair_distances(originals[name], pairs) for name in names}
+    nearest_other = {name: _nearest_other(copies[name], distances[name], originals[name], joined) for name in names}
     return RobustnessResult(
         model=model.description if model is not None else "none", model_id=getattr(model, "model_id", ""),
         synthetic=bool(getattr(model, "is_synthetic", False)),
         seed=seed, images=labels, sizes=sizes, edits=edits, hashers=infos, distances=distances,
         distinct=distinct, pairs=pairs, failures=failures, notes=notes, max_side=max_side,
+        nearest_other=nearest_other,
     )
 
 
@@ -246,4 +251,26 @@ def _pair_distances(bits: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     for start in range(0, len(pairs), step):
         p = pairs[start:start + step]
         out[start:start + step] = np.bitwise_count(packed[p[:, 0]] ^ packed[p[:, 1]]).sum(axis=1)
+    return out
+
+
+def _nearest_other(copies: np.ndarray, distances: np.ndarray, originals: np.ndarray, joined: np.ndarray) -> np.ndarray:
+    """[images, edits]: each measured copy's distance to the nearest original other than its own
+    (among the originals in the baseline); MISSING where unmeasured or there is no other original."""
+    out = np.full(distances.shape, MISSING, np.int32)
+    if len(joined) < 2:
+        return out
+    packed = np.packbits(originals[joined], axis=1)
+    for i in range(len(copies)):
+        measured = distances[i] != MISSING
+        if not measured.any():
+            continue
+        mine = copies[i][measured]
+        other = packed[joined != i]
+        best = np.full(len(mine), np.iinfo(np.int32).max, np.int64)
+        for start in range(0, len(other), 4096):  # bounded temporaries for large runs
+            block = other[start:start + 4096]
+            d = np.bitwise_count(mine[:, None, :] ^ block[None, :, :]).sum(axis=2, dtype=np.int64)
+            np.minimum(best, d.min(axis=1), out=best)
+        out[i, measured] = best
     return out

@@ -681,6 +681,7 @@ def render_html(result: RobustnessResult, summaries: list[HashSummary], plots: d
         html_header(result),
         html_glance(result, glance_rows(result, summaries)),
         html_thresholds(summaries),
+        html_precision(result),
         html_plots(plots),
         html_edits(result, summaries),
         html_images(result),
@@ -692,6 +693,59 @@ def render_html(result: RobustnessResult, summaries: list[HashSummary], plots: d
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             "<title>NeuralHash robustness report</title>\n"
             f"<style>\n{CSS}\n</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+# -- recall at a fixed precision (perception's metric) ------------------------------------------
+
+#: The precision of perception's published table, and its overall recalls there (42,394 images).
+PRECISION = 0.9999
+PUBLISHED = "perception's benchmark (42,394 images, 99.99% precision): pHash 82.0% overall recall, PDQ 77.2%"
+PRECISION_HEADER = ("Hash", "Overall recall", "Threshold", "Precision", "Copies")
+PRECISION_INTRO = (
+    "Recall at {p} precision, as Thorn's perception benchmark computes it: a copy is a true match when it lies "
+    "within the threshold of its own original and a false one when it lies within it of another original; the "
+    "threshold is the largest at which precision stays at least {p}, chosen once over all edits (overall) and "
+    "separately per edit (below). For comparison, " + PUBLISHED + ". With few images, precision is coarse.")
+
+
+def _pct(x: float) -> str:
+    return DASH if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def precision_rows(result: RobustnessResult) -> tuple[list[tuple[str, ...]], list[str], list[list[str]]]:
+    """(overall rows, hash names, per-edit rows) of the recall-at-precision tables; empty
+    when the result has no nearest-other distances."""
+    names = [h.name for h in result.hashers if h.name in result.nearest_other]
+    overall, per_edit = [], [[e.label] for e in result.edits]
+    for name in names:
+        edits, total = result.recall_at_precision(name, PRECISION)
+        overall.append((name, _pct(total.recall), DASH if total.threshold is None else str(total.threshold),
+                        _pct(total.precision),
+                        str(total.copies)))
+        for row, r in zip(per_edit, edits):
+            row.append(_pct(r.recall) + ("" if r.threshold is None else f" (≤ {r.threshold})"))
+    return overall, names, per_edit if names else []
+
+
+def html_precision(result: RobustnessResult) -> str:
+    overall, names, per_edit = precision_rows(result)
+    if not names:
+        return ""
+    p = f"{100 * PRECISION:g}%"
+    return (f"<h2>Recall at {p} precision</h2>\n<p>{esc(PRECISION_INTRO.format(p=p))}</p>\n"
+            + html_table(PRECISION_HEADER, overall, numeric=(1, 2, 3, 4))
+            + f"\n<details><summary>Per edit (recall, threshold)</summary>\n"
+            + html_table(["Edit"] + names, per_edit, numeric=range(1, len(names) + 1)) + "\n</details>")
+
+
+def md_precision(result: RobustnessResult) -> str:
+    overall, names, per_edit = precision_rows(result)
+    if not names:
+        return ""
+    p = f"{100 * PRECISION:g}%"
+    return (f"## Recall at {p} precision\n\n{md(PRECISION_INTRO.format(p=p))}\n\n"
+            + md_table(PRECISION_HEADER, overall, numeric=(1, 2, 3, 4)) + "\n\nPer edit (recall, threshold):\n\n"
+            + md_table(["Edit"] + names, per_edit, numeric=range(1, len(names) + 1)))
 
 
 # -- Markdown ---------------------------------------------------------------------------------
@@ -785,6 +839,7 @@ def render_markdown(result: RobustnessResult, summaries: list[HashSummary], plot
         md_header(result),
         md_glance(result, glance_rows(result, summaries)),
         md_thresholds(summaries),
+        md_precision(result),
         md_plots(plots),
         md_edits(result, summaries),
         md_images(result),

@@ -5,7 +5,9 @@ distance between each original image and each of its edited copies, and the
 distances between every pair of distinct originals (the baseline). From the
 two it derives, per hash, the operating threshold: the largest distance at
 which no pair of distinct images matches, and the fraction of edited copies
-still matched at that threshold, per edit.
+still matched at that threshold, per edit. With each copy's distance to the
+nearest *other* original it also gives recall at a fixed precision, per edit and
+overall, as Thorn's perception benchmark does (:meth:`RobustnessResult.recall_at_precision`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,51 @@ class Failure:
     reason: str
 
 
+@dataclass(frozen=True)
+class RecallAtPrecision:
+    """Recall at a fixed precision, as perception's benchmark computes it.
+
+    ``threshold``: the largest distance counted as a match (None when even the
+    nearest copies cannot be matched at that precision); ``recall``: the share of
+    the ``copies`` within it of their own original; ``precision``: at that threshold,
+    copies matched to their own original over those plus copies within it of some
+    other original (NaN when nothing is matched).
+    """
+
+    threshold: int | None
+    recall: float
+    precision: float
+    copies: int
+
+
+def recall_at_precision(own, other, precision: float = 0.9999) -> RecallAtPrecision:
+    """perception's ``compute_threshold_precision_recall`` on distances, ties counted together.
+
+    ``own``: each copy's distance to its own original; ``other``: to the nearest other
+    original (MISSING: none). At a threshold ``t``, a copy is a true positive when
+    ``own <= t`` and a false positive when ``other <= t`` (it can be both). Thresholds
+    are tried in increasing order of the ``own`` values; the answer is the last one
+    before precision first falls below ``precision``.
+    """
+    own = np.asarray(own, dtype=np.int64).ravel()
+    other = np.asarray(other, dtype=np.int64).ravel()
+    keep = own != MISSING
+    own, other = own[keep], other[keep]
+    n = int(own.size)
+    if n == 0:
+        return RecallAtPrecision(None, float("nan"), float("nan"), 0)
+    other = np.where(other == MISSING, np.iinfo(np.int64).max, other)
+    candidates = np.unique(own)
+    tp = np.searchsorted(np.sort(own), candidates, side="right")
+    fp = np.searchsorted(np.sort(other), candidates, side="right")
+    prec = tp / (tp + fp)
+    bad = np.flatnonzero(prec < precision)
+    k = (bad[0] if bad.size else len(candidates)) - 1
+    if k < 0:
+        return RecallAtPrecision(None, 0.0, float("nan"), n)
+    return RecallAtPrecision(int(candidates[k]), float(tp[k] / n), float(prec[k]), n)
+
+
 @dataclass
 class RobustnessResult:
     """Distances measured by :func:`neuralhash.robustness.measure`.
@@ -63,6 +110,9 @@ class RobustnessResult:
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a hash left out because its package is missing
     max_side: int | None = None     # originals shrunk to this longer side before editing (None: as read)
+    # name -> int32 [images, edits]: each copy's distance to the nearest *other* original
+    # (MISSING where unmeasured or no other original); what recall at a precision needs.
+    nearest_other: dict[str, np.ndarray] = field(default_factory=dict)
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -134,3 +184,15 @@ class RobustnessResult:
             false = np.full(thresholds.shape, np.nan)
         return thresholds, copies, false
 
+
+    def recall_at_precision(self, name: str, precision: float = 0.9999
+                            ) -> tuple[list[RecallAtPrecision], RecallAtPrecision]:
+        """Per edit (each its own threshold) and over all edits pooled (one threshold), the
+        recall at ``precision`` (default 99.99%, the precision of perception's published
+        table), from each copy's distance to its original and to the nearest other one.
+
+        Raises KeyError when the result holds no nearest-other distances for ``name``
+        (a result built before they were measured)."""
+        own, other = self.distances[name], self.nearest_other[name]
+        per_edit = [recall_at_precision(own[:, j], other[:, j], precision) for j in range(own.shape[1])]
+        return per_edit, recall_at_precision(own, other, precision)

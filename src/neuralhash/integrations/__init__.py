@@ -1,0 +1,20 @@
+"""NeuralHash inside the tools trust-and-safety teams and researchers already run.
+
+- :mod:`neuralhash.integrations.threatexchange`: a ``threatexchange`` extension
+  (``TX_MANIFEST``): the ``neuralhash`` signal type for photos, for the
+  ``threatexchange`` CLI and Hasher-Matcher-Actioner
+  (``pip install 'neuralhash-toolkit[threatexchange]'``);
+- :mod:`neuralhash.integrations.perception`: ``NeuralHashHasher``, an image hasher
+  in Thorn's ``perception`` interface, so its benchmarking runs NeuralHash beside
+  pHash and PDQ (``pip install 'neuralhash-toolkit[perception]'``).
+
+Importing this package imports neither tool; each module needs its extra.
+"""
+
+from __future__ import annotations
+
+
+def missing_extra(tool: str, extra: str) -> ImportError:
+    """The error raised when an integration's tool is not installed (one line, with the fix)."""
+    return ImportError(f"neuralhash.integrations.{extra} needs the {tool} package: "
+                       f"pip install 'neuralhash-toolkit[{extra}]'")
