@@ -140,6 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         atol=args.atol,
         providers=args.provider,
         optimize=not args.no_optimize,
+        max_input_size=args.max_input_size,
     )
     print_report(report)
     return 0 if report.passed else 1
