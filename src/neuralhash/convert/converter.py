@@ -148,14 +148,14 @@ def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHas
     """Run every layer's handler; return the (layer, error) of those that failed."""
     failures: list[tuple[Any, NeuralHashError]] = []
     for index, layer in enumerate(model.layers):
-        if not all(ctx.has_value(b) for b in layer.bottoms):
-            continue  # an input failed and had no shape entry to stand in with: not checkable
         ctx.begin(index, layer)
         fusion = fusions.get(layer.name)
         if fusion is not None:
             if layer is fusion.layers[-1]:
                 fusion.emit(ctx)
             continue
+        if not all(ctx.has_value(b) for b in layer.bottoms):
+            continue  # an input failed and had no shape entry to stand in with: not checkable
         fn = HANDLERS.get(layer.type)
         try:
             if fn is None:

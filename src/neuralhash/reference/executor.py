@@ -21,15 +21,19 @@ def _internal(view) -> tuple[int, ...]:
 
 
 def _to_internal(model: Any, blob: str, x: np.ndarray) -> np.ndarray:
-    """A fed input in its real rank -> the executor's layout (from the shape file)."""
+    """A fed input in its real rank -> the executor's layout (from the shape file).
+
+    A 4-D feed is taken as it is (its layers check it); another rank must be
+    the input's real rank.
+    """
     shape = model.shapes.get(blob)
-    if shape is None:
+    if x.ndim == 4 and (shape is None or shape.seq == 1):
         return x
-    if x.shape[1:] == shape.onnx_dims or x.shape[1:] == _internal(shape.view):
+    if shape is not None and x.shape[1:] == shape.onnx_dims:
         return x.reshape((x.shape[0],) + _internal(shape.view))
-    raise NeuralHashError(
-        f"feed {blob!r} should be [N, {', '.join(map(str, shape.onnx_dims))}], got {list(x.shape)}"
-    )
+    want = f"[N, {', '.join(map(str, shape.onnx_dims))}]" if shape is not None else "[N, k, h, w]"
+    raise NeuralHashError(f"feed {blob!r} should be a real {want} array ([N, k, h, w] for images), "
+                          f"got shape {list(x.shape)}")
 
 
 def _to_boundary(model: Any, blob: str, y: np.ndarray) -> np.ndarray:
@@ -59,8 +63,6 @@ def _feeds(model: Any, feeds: Mapping[str, np.ndarray] | np.ndarray) -> dict[str
             raise NeuralHashError(
                 f"feed {name!r} should be a real [N, k, h, w] array, got {x.dtype} of shape {list(x.shape)}"
             )
-        if name not in model.shapes and x.ndim != 4:
-            raise NeuralHashError(f"feed {name!r} should be a real [N, k, h, w] array, got shape {list(x.shape)}")
         out[name] = _to_internal(model, name, x).astype(np.float64)
     return out
 

@@ -98,7 +98,7 @@ def _fused(layer: Any, y: np.ndarray, relu: bool, tanh: bool, relu_field: str, t
 # -- layers ----------------------------------------------------------------------------------
 
 
-@handler("input")
+@handler("input", sequences=True)
 def input_(layer, inputs, model):
     """The executor hands an ``input`` layer its feed as the single input."""
     expect_inputs(layer, inputs, 1)
