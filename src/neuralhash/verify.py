@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -110,9 +110,9 @@ def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int,
     return out
 
 
-def image_inputs(paths: Sequence[str | os.PathLike], model: EspressoModel | None = None,
+def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel | None = None,
                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
-    """Each image as a batch of one for the model's first input.
+    """Each image (a path, or a Pillow image) as a batch of one for the model's first input.
 
     A 3 x 360 x 360 input (or no model) gets NeuralHash's exact preprocessing.
     Any other input gets the image resized (bicubic) to its h x w, RGB (or grey
@@ -134,7 +134,8 @@ def image_inputs(paths: Sequence[str | os.PathLike], model: EspressoModel | None
     scale = float(params.get("scale", 1.0))
     bias = np.array([params.get(f"bias_{c}", 0.0) for c in "rgb"], np.float32)
     out = []
-    for p in paths:
+    for i, p in enumerate(paths):
+        label = os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"image {i}"
         img = load_image(p).resize((w, h))  # Pillow's default filter for RGB: bicubic
         pixels = np.asarray(img, np.float32) * np.float32(scale) + bias
         if params.get("is_network_bgr"):
@@ -143,7 +144,7 @@ def image_inputs(paths: Sequence[str | os.PathLike], model: EspressoModel | None
             grey = np.asarray(img.convert("L"), np.float32) * np.float32(scale) + bias[0]
             pixels = grey[..., None]
         x = np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
-        out.append((os.fspath(p), x.reshape(dims).astype(np.float32)))
+        out.append((label, x.reshape(dims).astype(np.float32)))
     return out
 
 

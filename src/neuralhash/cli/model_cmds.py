@@ -36,14 +36,35 @@ def shape_list(model, blob: str):
     return list(shape.nkhw) if shape else None
 
 
+def _converts(model) -> tuple[dict[str, str], dict[str, str]]:
+    """(unsupported layer name -> reason, layer type -> "yes" / "no" / "partly"); never fails."""
+    from ..convert import unsupported_layers
+
+    try:
+        unsupported = unsupported_layers(model)
+    except NeuralHashError as exc:  # the check itself could not run: say so for every type
+        return {"*": str(exc)}, {t: "unknown" for t in model.layer_types()}
+    failing: dict[str, int] = {}
+    for layer in model.layers:
+        if layer.name in unsupported:
+            failing[layer.type] = failing.get(layer.type, 0) + 1
+    verdict = {}
+    for type_name, count in model.layer_types().items():
+        bad = failing.get(type_name, 0)
+        verdict[type_name] = "yes" if bad == 0 else ("no" if bad == count else "partly")
+    return unsupported, verdict
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     model = load_espresso(args, require_weights=False)
+    unsupported, converts = _converts(model)
     info = {
         "layers": len(model.layers),
         "layer_types": model.layer_types(),
         "inputs": {b: shape_list(model, b) for b in model.inputs},
         "outputs": {b: shape_list(model, b) for b in model.outputs},
         "parameters": model.parameter_count(),
+        "unsupported": unsupported,
         "transform_params": model.transform_params,
         "files": {
             role: str(getattr(model.sources, role)) if getattr(model.sources, role) else None
@@ -56,8 +77,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out(f"graph        {model.sources.net}")
     out(f"layers       {info['layers']}")
     width = max(len(t) for t in info["layer_types"])
+    out(f"  {'type':<{width}}  {'count':>5}  converts")
     for type_name, count in info["layer_types"].items():
-        out(f"  {type_name:<{width}}  {count:>4}")
+        out(f"  {type_name:<{width}}  {count:>5}  {converts[type_name]}")
+    for name, reason in unsupported.items():
+        out(f"unsupported  {reason}")
     for label in ("inputs", "outputs"):
         for blob, shape in info[label].items():
             out(f"{label[:-1]:<12} {blob}  {shape if shape else '(no shape file)'}")
