@@ -423,6 +423,25 @@ def _():
     return n.model((3, 5, 6), shapes)
 
 
+@case("dense_rank2_output")
+def _():
+    """A newer file's dense layers: rank 2, features in w; the ONNX output is [batch, 7]."""
+    n = Net(84)
+    w1 = n.blob(n.rng.normal(0, 0.2, (7, 3 * 4 * 5)))
+    n.add("inner_product", "fc", "x", nB=60, nC=7, has_biases=0, blob_weights=w1)
+    n.add("softmax_nd", "prob", "fc", nd_axis=-1)
+    return n.model((3, 4, 5), {"fc": BlobShape(1, 1, 1, 7, rank=2), "prob": BlobShape(1, 1, 1, 7, rank=2)})
+
+
+@case("grey_rank3_input_with_input_layer")
+def _():
+    """An input entry without _rank and k 1 is rank 3: the ONNX input is [batch, h, w]."""
+    n = Net(85)
+    n.add("input", "in", "", top="x")
+    n.conv("c", "x", 1, 2, 3)
+    return n.model((1, 6, 5), {"x": BlobShape(1, 1, 6, 5, rank=3, rank_declared=False)})
+
+
 @case("neuralhash_block")
 def _():
     n = Net(100)
@@ -794,3 +813,15 @@ def test_unverified_modifiers_are_refused_by_both_paths(layer, needle):
         convert(model)
     with pytest.raises(UnsupportedLayerError, match=f"layer '{layer['name']}'.*{needle}"):
         run(model, np.zeros((1, 2, 5, 5), np.float32))
+
+
+def test_real_ranks_at_the_graph_boundary():
+    dense = CASES["dense_rank2_output"]()
+    proto = convert(dense)
+    assert [d.dim_value or d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", 7]
+    grey = CASES["grey_rank3_input_with_input_layer"]()
+    proto = convert(grey)
+    assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 6, 5]
+    x = inputs_for(grey, 2)
+    assert x.shape == (2, 6, 5)
+    np.testing.assert_allclose(run_onnx(proto, grey, x)["c"], reference_run(grey, x)["c"], rtol=1e-5, atol=ATOL)

@@ -138,8 +138,10 @@ def _reshaped(ctx: Context, value: str, view: View) -> str:
 
 @handler("input")
 def input_(ctx: Context, layer: Input) -> None:
-    """The graph input itself: no node."""
-    ctx.finish(ctx.value(layer.top), ctx.shape(ctx.value(layer.top)), batch1=False)
+    """The graph input itself: no node (an input of another rank is already reshaped to its view)."""
+    value = ctx.value(layer.top)
+    if value == layer.top:
+        ctx.finish(value, ctx.view(value), batch1=False)
 
 
 @handler("convolution")
@@ -425,8 +427,22 @@ def inner_product(ctx: Context, layer: InnerProduct) -> None:
         if layer.has_biases:
             y = ctx.node("Add", [y, ctx.weight("biases")])
     y = _fused(ctx, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
-    y = ctx.node("Reshape", [y, ctx.ints([0, layer.n_out, 1, 1], "shape")])
-    ctx.finish(y, (layer.n_out, 1, 1))
+    out = dense_view(ctx.model, layer)
+    y = ctx.node("Reshape", [y, ctx.ints([0, *out[1:]], "shape")])
+    ctx.finish(y, out)
+
+
+def dense_view(model: Any, layer: InnerProduct) -> View:
+    """(1, nC, 1, 1), or the features in w (or h) when the shape file puts them there.
+
+    A rank-2 dense output is ``{k 1, h 1, w nC}`` in newer files (ESPRESSO.md); the
+    values are one vector either way, so the shape file only names the axis.
+    """
+    want = model.shapes.get(layer.top)
+    n = layer.n_out
+    if want is not None and want.view in ((1, 1, 1, n), (1, 1, n, 1)):
+        return want.view
+    return (1, n, 1, 1)
 
 
 @handler("softmax")

@@ -361,6 +361,11 @@ def inner_product(layer, inputs, model):
     if layer.has_biases:
         y = y + _weights(model, layer, "biases")[None, :]
     y = _fused(layer, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    # The features sit in k, or in w (or h) where the shape file puts them (a rank-2 dense output
+    # is {k 1, h 1, w nC} in newer files): one vector either way.
+    want = model.shapes.get(layer.top)
+    if want is not None and want.view in ((1, 1, 1, layer.n_out), (1, 1, layer.n_out, 1)):
+        return y.reshape((n,) + want.view[1:])
     return y.reshape(n, layer.n_out, 1, 1)
 
 
