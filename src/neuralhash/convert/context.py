@@ -263,6 +263,11 @@ class Context:
         else:
             self._batch1.discard(target)
 
+    def rebind(self, blob: str, value: str, view: Sequence[int]) -> None:
+        """Make ``value`` (already emitted) the current value of ``blob``."""
+        self._values[blob] = value
+        self._views[value] = as_view(view)
+
     def placeholder(self, blob: str, view: Sequence[int]) -> None:
         """Stand in for a top that could not be converted, so later layers can still be checked."""
         name = self.unique(f"{blob}/unconverted")

@@ -3,8 +3,8 @@
 The graph is built layer by layer by the registered handlers (``handlers.py``);
 a layer that cannot be converted does not stop the others from being checked,
 and one error lists them all (``unsupported_layers`` gives the same list
-without converting). The graph is then optionally tidied (``fusion.py`` chains, Gemm, dead code), optionally
-extended with the NeuralHash hash head, checked against the shape file with
+without converting). The graph is then optionally tidied (``fusion.py``
+chains, Gemm, dead code), optionally extended with the NeuralHash hash head, checked against the shape file with
 ONNX's own strict shape inference, and validated with ``onnx.checker``.
 Nothing here depends on time, dict or set order: converting the same model
 twice gives byte-identical files.
@@ -24,7 +24,7 @@ from .. import __version__
 from ..errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError, layer_label
 from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
-from .context import Context, Shape, View
+from .context import Context, View
 from .fusion import plan_fusions
 from .registry import HANDLERS
 
@@ -49,7 +49,9 @@ def convert(
     (a [bits, features] matrix, NeuralHash's [96, 128] seed) appends
     ``hash_projection`` (float32 [batch, bits]) and ``hash_bits`` (uint8,
     1 where the projection is >= 0) outputs. ``check_shapes`` compares every
-    inferred blob shape with the model's shape file.
+    inferred blob shape with the model's shape file. Graph inputs and outputs
+    have their real rank (``BlobShape.onnx_dims``) after the symbolic batch.
+    Every layer that cannot be converted is named in the one error raised.
     """
     input_shapes = _input_views(model)
     if model.weights is None and any(layer.blob_refs() for layer in model.layers):
@@ -123,12 +125,9 @@ def unsupported_layers(model: Any) -> dict[str, str]:
     view, so the layers after it are still checked. A layer whose input could
     not be stood in for (no shape entry) is not checked, and not listed.
     The same layers make :func:`convert` fail, all named in one error.
+    Raises ConversionError when nothing can be checked (no shape for the input).
     """
-    try:
-        input_shapes = _input_views(model)
-    except ConversionError as exc:
-        return {blob: str(exc) for blob in model.inputs}
-    ctx = Context(model, optimize=False, input_shapes=input_shapes, dry=True)
+    ctx = Context(model, optimize=False, input_shapes=_input_views(model), dry=True)
     return {layer.name: str(exc) for layer, exc in _build(ctx, model, {})}
 
 
@@ -218,8 +217,7 @@ def _reshape_inputs(ctx: Context, model: Any) -> list[onnx.NodeProto]:
         target = ctx.unique(f"{blob}/espresso_view_shape")
         ctx.initializers.append(onnx.numpy_helper.from_array(np.array([0, *_internal_dims(view)], np.int64), target))
         nodes.append(helper.make_node("Reshape", [blob, target], [name], name=name))
-        ctx._values[blob] = name
-        ctx._views[name] = view
+        ctx.rebind(blob, name, view)
     return nodes
 
 
