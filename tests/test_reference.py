@@ -931,3 +931,20 @@ def test_recurrent_layer_is_refused_by_name():
     layer = {"type": "rnn_arch", "name": "lstm", "bottom": "x", "top": "y", "input_size": 4, "hidden_size": 8}
     with pytest.raises(UnsupportedLayerError, match=r"'lstm' \(rnn_arch\)"):
         run(model_of([layer], None, {"x": (1, 4, 1, 1)}), np.ones((1, 4, 1, 1), np.float32))
+
+
+@pytest.mark.parametrize(
+    "layer,pattern",
+    [({"type": "transpose"}, r"'l' \(transpose\): axis_\* None"),
+     ({"type": "reduce", "axis_mode": 4}, r"'l' \(reduce\): mode None"),
+     ({"type": "split_nd"}, r"'l' \(split_nd\): nd_axis None"),
+     ({"type": "slice", "start": 1}, r"'l' \(slice\): axis None")],
+    ids=["transpose", "reduce", "split_nd", "slice"],
+)
+def test_absent_fields_are_refused_not_guessed(layer, pattern):
+    model = model_of([dict(layer, name="l", bottom="x", top="y")], None, {"x": (1, 2, 3, 4)})
+    with pytest.raises(UnsupportedLayerError, match=pattern):
+        run(model, np.ones((1, 2, 3, 4), np.float32))
+    from neuralhash.convert import unsupported_layers
+
+    assert list(unsupported_layers(model)) == ["l"]

@@ -554,6 +554,8 @@ def _check_nd_rank(ctx: Context, layer: Reshape) -> None:
 
 def transpose_plan(layer: Transpose) -> tuple[list[str] | None, str]:
     """The source axis name of each destination axis (seq, n, k, h, w), or (None, why not)."""
+    if not layer.has_axes:
+        return None, "no axis_* field: the permutation is unknown"
     if sorted(layer.axes) != [0, 1, 2, 3, 4]:
         return None, f"axis_seq/n/k/h/w {list(layer.axes)} is not a permutation of 0..4"
     sources = [AXIS_NAMES[a] for a in layer.axes]

@@ -457,11 +457,13 @@ class Transpose(Layer):
     """
 
     axes: tuple[int, int, int, int, int] = (4, 3, 2, 1, 0)
+    has_axes: bool = True  # False: no axis_* field at all, which the handlers refuse rather than read as identity
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Transpose":
         axes = tuple(f.int(f"axis_{a}", AXIS_NUMBERS[a]) for a in ("seq", "n", "k", "h", "w"))
-        return cls(**common, axes=axes)  # type: ignore[arg-type]
+        has_axes = any(f"axis_{a}" in f.raw for a in AXIS_NUMBERS)
+        return cls(**common, axes=axes, has_axes=has_axes)  # type: ignore[arg-type]
 
 
 @register("slice")
@@ -485,12 +487,13 @@ class Slice(Layer):
 class Reduce(Layer):
     """``mode`` 0 sums; ``axis_mode`` 4 reduces k (SSDOcr's softmax). Nothing else is evidenced."""
 
-    mode: int = 0
-    axis_mode: int = 0
+    mode: int | None = None  # None: absent, which the handlers refuse
+    axis_mode: int | None = None
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Reduce":
-        return cls(**common, mode=f.int("mode", 0), axis_mode=f.int("axis_mode", 0))
+        return cls(**common, mode=f.int("mode") if "mode" in f.raw else None,
+                   axis_mode=f.int("axis_mode") if "axis_mode" in f.raw else None)
 
 
 @register("general_padding")
@@ -526,11 +529,11 @@ class Squeeze(Layer):
 class SplitND(Layer):
     """Splits along ``nd_axis`` (counted over the blob's rank) into its tops; sizes from the shape file."""
 
-    axis: int = 0
+    axis: int | None = None  # None: absent, which the handlers refuse
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "SplitND":
-        return cls(**common, axis=f.int("nd_axis", 0))
+        return cls(**common, axis=f.int("nd_axis") if "nd_axis" in f.raw else None)
 
 
 @register("upsample")
@@ -603,7 +606,7 @@ AXIS_NAMES = {number: name for name, number in AXIS_NUMBERS.items()}
 _FIVE = ("seq", "n", "k", "h", "w")
 
 
-def nd_axis_name(axis: int, rank: int) -> str | None:
+def nd_axis_name(axis: int | None, rank: int) -> str | None:
     """The 5-D axis (``seq``/``n``/``k``/``h``/``w``) that ``nd_axis`` names on a blob of ``rank``.
 
     A rank-r blob is the last r axes of ``[seq, n, k, h, w]`` (its features
@@ -611,6 +614,6 @@ def nd_axis_name(axis: int, rank: int) -> str | None:
     when negative. None when it is out of range. *Unverified* beyond the
     reading in ESPRESSO.md (a rank-3 ``[4, 25, 439]`` blob's nd_axis 2 is w).
     """
-    if not 1 <= rank <= 5 or not -rank <= axis < rank:
+    if axis is None or not 1 <= rank <= 5 or not -rank <= axis < rank:
         return None
     return _FIVE[5 - rank + axis] if axis >= 0 else _FIVE[5 + axis]

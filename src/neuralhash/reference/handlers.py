@@ -447,6 +447,8 @@ def reshape(layer, inputs, model):
 def transpose(layer, inputs, model):
     """Output axis X is the input axis numbered axis_X (0 w, 1 h, 2 k, 3 n, 4 seq)."""
     expect_inputs(layer, inputs, 1)
+    if not layer.has_axes:
+        raise unsupported(layer, "axis_*", None, "absent: the permutation is unknown")
     if sorted(layer.axes) != [0, 1, 2, 3, 4]:
         raise unsupported(layer, "axis_seq/n/k/h/w", layer.axes, "not a permutation of 0..4")
     source = {name: AXIS_NAMES[number] for name, number in zip(("seq", "n", "k", "h", "w"), layer.axes)}
