@@ -534,7 +534,10 @@ def reshape_target(layer: Reshape, view: View) -> tuple[View | None, str]:
 
 @handler("reshape")
 def reshape(ctx: Context, layer: Reshape) -> None:
-    """Each image's [seq, k, h, w] -> [dst_seq, dst_k, dst_h, dst_w] in C order; the batch is kept."""
+    """Each image's [seq, k, h, w] -> [dst_seq, dst_k, dst_h, dst_w] in C order; the batch is kept.
+
+    The sizes are SSDOcr's shape file's; the C order (w fastest, then h, k, seq) is *unverified*.
+    """
     ctx.expect_inputs(1)
     out, why = reshape_target(layer, ctx.in_view())
     if out is None:
@@ -584,7 +587,7 @@ def transpose(ctx: Context, layer: Transpose) -> None:
 
 @handler("sequence_concat")
 def sequence_concat(ctx: Context, layer: SequenceConcat) -> None:
-    """Along seq; the other axes must agree."""
+    """Along seq, in bottom order (*unverified*: the shape file shows only the sizes); other axes agree."""
     ctx.expect_inputs((1, None))
     if layer.simple_concat != 1:
         raise ctx.unsupported("simple_concat", layer.simple_concat)
@@ -636,7 +639,8 @@ REDUCE_AXES = {4: "k"}
 
 @handler("reduce")
 def reduce(ctx: Context, layer: Reduce) -> None:
-    """mode 0: sum over axis_mode 4 (k), kept as size 1. Other modes and axes are refused."""
+    """mode 0: sum over axis_mode 4 (k), kept as size 1 (*unverified*: SSDOcr's softmax, whose rows then
+    sum to 1, is the evidence). Other modes and axes are refused."""
     ctx.expect_inputs(1)
     if layer.mode != 0:
         raise ctx.unsupported("mode", layer.mode, "only 0 (sum) is known")
@@ -653,7 +657,7 @@ def reduce(ctx: Context, layer: Reduce) -> None:
 
 @handler("general_padding")
 def general_padding(ctx: Context, layer: GeneralPadding) -> None:
-    """Constant padding of h and w (pad_t, pad_b rows; pad_l, pad_r columns)."""
+    """Constant padding of h and w (pad_t, pad_b rows; pad_l, pad_r columns), *unverified*."""
     ctx.expect_inputs(1)
     if layer.fill_mode != 0:
         raise ctx.unsupported("pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
@@ -667,7 +671,7 @@ def general_padding(ctx: Context, layer: GeneralPadding) -> None:
 
 
 def _same_data(ctx: Context, layer) -> None:
-    """expand_dims / squeeze: the data do not move; the top's view comes from the shape file."""
+    """expand_dims / squeeze: the data do not move (*unverified*); the top's view comes from the shape file."""
     ctx.expect_inputs(1)
     want = _shape_entry(ctx, layer.top, "the axes it adds or removes").view
     view = ctx.in_view()
