@@ -825,3 +825,47 @@ def test_real_ranks_at_the_graph_boundary():
     x = inputs_for(grey, 2)
     assert x.shape == (2, 6, 5)
     np.testing.assert_allclose(run_onnx(proto, grey, x)["c"], reference_run(grey, x)["c"], rtol=1e-5, atol=ATOL)
+
+
+def test_random_fields_of_the_new_layers_convert_and_run_alike():
+    """Seeded random field values: converter and reference accept and refuse the same layers, and agree."""
+    import random
+
+    fields = {
+        "transpose": ["axis_seq", "axis_n", "axis_k", "axis_h", "axis_w"],
+        "reshape": ["dst_seq", "dst_n", "dst_k", "dst_h", "dst_w", "mode"],
+        "slice": ["axis", "start", "end"],
+        "reduce": ["mode", "axis_mode"],
+        "flatten": ["mode"],
+        "softmax_nd": ["nd_axis"],
+        "general_padding": ["pad_t", "pad_b", "pad_l", "pad_r", "pad_value"],
+        "elementwise": ["operation", "alpha"],
+        "activation": ["mode", "alpha"],
+        "pool": ["size_x", "size_y", "stride_x", "stride_y", "top_shape_style"],
+    }
+    values = [-3, -1, 0, 1, 2, 3, 4, 5, 7, 10, 25, 27, 119]
+    inputs = [(1, 2, 3, 4), (1, 3, 5, 5), BlobShape(1, 3, 1, 1, rank=5, seq=4, rank_declared=False),
+              BlobShape(1, 3, 2, 1, rank=5, seq=2, rank_declared=False)]
+    r = random.Random(11)
+    agreed = 0
+    for i in range(300):
+        kind = r.choice(sorted(fields))
+        layer = {"type": kind, "name": "l", "bottom": "x", "top": "y", "avg_or_max": r.choice([0, 1])}
+        layer.update({f: r.choice(values) for f in fields[kind] if r.random() < 0.85})
+        try:
+            model = EspressoModel.from_layers([layer], None, {"x": r.choice(inputs)})
+        except NeuralHashError:  # a malformed layer (negative padding): refused when read
+            continue
+        x = np.random.default_rng(i).normal(size=(3, *model.shapes["x"].onnx_dims)).astype(np.float32) + 0.01
+        outcomes = []
+        for attempt in (lambda: run_onnx(convert(model), model, x)["y"], lambda: reference_run(model, x)["y"]):
+            try:
+                outcomes.append(attempt())
+            except NeuralHashError:
+                outcomes.append(None)
+        got, want = outcomes
+        assert (got is None) == (want is None), layer
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(layer))
+            agreed += 1
+    assert agreed > 40  # the draw exercises real conversions, not only refusals
