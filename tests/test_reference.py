@@ -948,3 +948,15 @@ def test_absent_fields_are_refused_not_guessed(layer, pattern):
     from neuralhash.convert import unsupported_layers
 
     assert list(unsupported_layers(model)) == ["l"]
+
+
+def test_softmax_axis_field_and_reduce_version():
+    x = rng().standard_normal((1, 3, 2, 2)).astype(np.float32)
+    layer = {"type": "softmax", "name": "s", "bottom": "x", "top": "y", "C": 2}  # as FindFour and UxModel write it
+    got = one(model_of([layer], None, {"x": (1, 3, 2, 2)}), x)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(UnsupportedLayerError, match=r"'s' \(softmax\): C 1"):
+        run(model_of([dict(layer, C=1)], None, {"x": (1, 3, 2, 2)}), x)
+    reduce_ = {"type": "reduce", "name": "r", "bottom": "x", "top": "y", "axis_mode": 4, "mode": 0, "use_version": 2}
+    with pytest.raises(UnsupportedLayerError, match=r"'r' \(reduce\): use_version 2"):
+        run(model_of([reduce_], None, {"x": (1, 3, 2, 2)}), x)

@@ -445,10 +445,18 @@ def dense_view(model: Any, layer: InnerProduct) -> View:
     return (1, n, 1, 1)
 
 
+def _softmax_axis_field(ctx: Context, layer: Softmax) -> None:
+    """``C`` is 2 in every real softmax seen (over k of 3 channels): axis number 2, k, in the
+    numbering of transpose and slice (*unverified*). Any other value is refused."""
+    if layer.params.get("C", 2) != 2:
+        raise ctx.unsupported("C", layer.params.get("C"), "only 2 (k) is known")
+
+
 @handler("softmax")
 def softmax(ctx: Context, layer: Softmax) -> None:
     """Over k (each sequence item on its own)."""
     ctx.expect_inputs(1)
+    _softmax_axis_field(ctx, layer)
     view = ctx.in_view()
     ctx.finish(ctx.node("Softmax", [ctx.input()], axis=1 if view[0] == 1 else 2), view)
 
@@ -644,6 +652,8 @@ def reduce(ctx: Context, layer: Reduce) -> None:
     ctx.expect_inputs(1)
     if layer.mode != 0:
         raise ctx.unsupported("mode", layer.mode, "only 0 (sum) is known")
+    if layer.params.get("use_version", 1) != 1:
+        raise ctx.unsupported("use_version", layer.params.get("use_version"), "only 1 is known")
     name = REDUCE_AXES.get(layer.axis_mode)
     if name is None:
         raise ctx.unsupported("axis_mode", layer.axis_mode, "only 4 (k) is known")

@@ -376,8 +376,10 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 @handler("softmax", sequences=True)
 def softmax(layer, inputs, model):
-    """Over k, each sequence item on its own."""
+    """Over k, each sequence item on its own. ``C`` 2 (axis number 2, k, *unverified*) is the only value seen."""
     expect_inputs(layer, inputs, 1)
+    if layer.params.get("C", 2) != 2:
+        raise unsupported(layer, "C", layer.params.get("C"), "only 2 (k) is known")
     return _softmax(_five(inputs[0]), _AXIS5["k"])
 
 
@@ -496,6 +498,8 @@ def reduce_(layer, inputs, model):
         raise unsupported(layer, "mode", layer.mode, "only 0 (sum) is known")
     if layer.axis_mode != 4:
         raise unsupported(layer, "axis_mode", layer.axis_mode, "only 4 (k) is known")
+    if layer.params.get("use_version", 1) != 1:
+        raise unsupported(layer, "use_version", layer.params.get("use_version"), "only 1 is known")
     return _five(inputs[0]).sum(axis=_AXIS5["k"], keepdims=True)
 
 
