@@ -214,3 +214,39 @@ def test_inspect_shows_what_converts(tmp_path, capsys):
 def test_inspect_real_model(name, capsys):
     assert main(["inspect", str(_folder(name) / "model.espresso.net"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["unsupported"] == {}
+
+
+# -- readings the shape file forces ------------------------------------------------------------
+
+
+def _edited(name: str, layer_name: str, **fields) -> EspressoModel:
+    """The real model with one layer's fields changed (same weights)."""
+    from neuralhash.espresso import WeightsFile, read_json_file
+
+    folder = _folder(name)
+    graph = read_json_file(folder / "model.espresso.net")[0]
+    shape_doc = read_json_file(folder / "model.espresso.shape")[0]
+    for layer in graph["layers"]:
+        if layer["name"] == layer_name:
+            layer.update(fields)
+    return EspressoModel.from_documents(graph, shape_doc, WeightsFile.read(folder / "model.espresso.weights"))
+
+
+def test_transpose_direction_is_the_one_the_shape_file_allows():
+    # SSDOcr's "507": axis_h 0, axis_w 2, axis_k 1 (a 3-cycle). Read the other way round (the inverse
+    # permutation), {k 33, h 24, w 38} would become {k 38, h 33, w 24}, not the shape file's {k 24, h 38, w 33}.
+    from neuralhash.errors import ShapeMismatchError
+
+    inverse = _edited("SSDOcr", "507", axis_h=2, axis_w=1, axis_k=0)
+    with pytest.raises(ShapeMismatchError, match=r"'507' \(transpose\)"):
+        convert(inverse)
+
+
+def test_kernel_width_is_nx():
+    # FindFour's "resize5" is a 7 x 1 kernel without padding: w 57 -> 51 only if Nx is the width.
+    from neuralhash.errors import ShapeMismatchError
+
+    assert wild("FindFour").layer("resize5").kernel_w == 7
+    swapped = _edited("FindFour", "resize5", Nx=1, Ny=7)
+    with pytest.raises(ShapeMismatchError, match=r"'resize5' \(convolution\)"):
+        convert(swapped)
