@@ -3,7 +3,9 @@
 It keeps the ONNX graph in SSA form while Espresso blob names may be reused:
 every definition of a blob gets its own value name, the last one the blob's
 own name (so the graph's outputs are named after their blobs), earlier ones
-``<blob>__1``, ``<blob>__2``... The network input keeps its blob name.
+``<blob>__1``, ``<blob>__2``... The network input keeps its blob name. An
+output whose real rank differs from its in-graph layout leaves its name to
+the Reshape that gives it that rank.
 
 Besides the value name of each blob, the context tracks its static
 per-image Espresso view ``(seq, k, h, w)`` (the batch is symbolic), which
