@@ -8,6 +8,8 @@ Prints one table:
   each time: wall time, and peak RSS above a baseline taken after a warm-up
   conversion of a one-layer model (so that it counts data, not library code);
   goals: under 1 s, peak under 3x the weights file;
+- convert of the real compiled models in ../shared/fixtures/coreml-wild
+  (FindFour, UxModel, SSDOcr; skipped when absent), the same way;
 - inference: ONNX Runtime time per image, tidied graph against --no-optimize,
   interleaved in one run so machine noise hits both alike.
 """
@@ -47,7 +49,9 @@ proto = neuralhash.convert.convert(model, optimize=optimize)
 del model  # as the CLI does: the proto holds its own copy of the weights
 neuralhash.convert.save_model(proto, out)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not ru_maxrss: the latter survives exec and so starts at the parent's size.
+with open("/proc/self/status") as fh:
+    peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 print(json.dumps({"seconds": seconds, "peak_above_baseline": peak - base}))
 """
 
@@ -61,6 +65,27 @@ def measure_convert(src: Path, out: Path, optimize: bool, repeats: int) -> tuple
         times.append(row["seconds"])
         peaks.append(row["peak_above_baseline"])
     return statistics.median(times), max(peaks)
+
+
+WILD = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coreml-wild"
+WILD_MODELS = ("FindFour", "UxModel", "SSDOcr")
+
+
+def wild_rows(tmp: Path, repeats: int) -> list[tuple[str, str, str, str]]:
+    """Convert time and peak memory of each real model present, tidied and --no-optimize."""
+    rows = []
+    for name in WILD_MODELS:
+        net = WILD / f"{name}.mlmodelc" / "model.espresso.net"
+        weights = net.with_name("model.espresso.weights")
+        if not net.is_file() or not weights.is_file():
+            rows.append((f"convert {name}", "skipped", "", f"not in {WILD}"))
+            continue
+        size = weights.stat().st_size
+        for optimize in (True, False):
+            seconds, peak = measure_convert(net, tmp / f"{name}.onnx", optimize, repeats)
+            rows.append((f"convert {name} {'tidied' if optimize else '--no-optimize'}", f"{seconds * 1000:.0f} ms",
+                         f"{peak / 1e6:.1f} MB", f"{peak / size:.2f}x weights ({size / 1e6:.1f} MB)"))
+    return rows
 
 
 def measure_inference(paths: dict[str, Path], images: int) -> dict[str, float]:
@@ -105,6 +130,7 @@ def main() -> None:
                              f"{peak / weights_size:.2f}x weights ({weights_size / 1e6:.1f} MB)"))
                 if precision == "float32":
                     onnx_paths["tidied" if optimize else "--no-optimize"] = out
+        rows += wild_rows(tmp, args.repeats)
         per_image = measure_inference(onnx_paths, args.images)
     base = per_image["--no-optimize"]
     for name, seconds in per_image.items():

@@ -44,7 +44,7 @@ def test_inspect_json_keys(real_dir, capsys):
 def test_inspect_text(real_dir, capsys):
     assert main(["inspect", str(real_dir)]) == 0
     text = capsys.readouterr().out
-    assert "layers       225" in text and "image  [1, 3, 360, 360]" in text and "RGB" in text
+    assert "layers       225" in text and "image  n,k,h,w [1, 3, 360, 360]  seq 1  ONNX [batch, 3, 360, 360]" in text and "RGB" in text
 
 
 def test_decode_cap_is_an_option(tmp_path, capsys):

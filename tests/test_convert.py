@@ -13,7 +13,7 @@ import pytest
 import neuralhash
 from neuralhash.convert import HANDLERS, IR_VERSION, OPSET, convert, save_model
 from neuralhash.errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError
-from neuralhash.espresso import EspressoModel, WeightsFile, encode_weights, read_json_file
+from neuralhash.espresso import BlobShape, EspressoModel, WeightsFile, encode_weights, read_json_file
 from neuralhash.espresso.model import iter_blob_refs
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.reference import run as reference_run
@@ -81,7 +81,7 @@ class Net:
 
 def inputs_for(model: EspressoModel, batch: int, seed: int = 0) -> np.ndarray:
     s = model.shapes[model.inputs[0]]
-    return np.random.default_rng(seed).uniform(-1, 1, (batch, s.k, s.h, s.w)).astype(np.float32)
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, *s.onnx_dims)).astype(np.float32)
 
 
 def session(proto: onnx.ModelProto) -> ort.InferenceSession:
@@ -239,7 +239,7 @@ def _activation_case(mode, alpha=0.0, beta=0.0):
 
 
 for _mode, _alpha, _beta in [(0, 0, 0), (1, 0, 0), (2, 0.2, 0), (3, 0, 0), (5, 1.5, 0.7), (6, -0.5, 0.25),
-                             (7, 0.3, 0.45), (8, 0.8, 0), (9, 0.5, 0), (10, 0, 0), (12, 0, 0), (25, 0, 0),
+                             (7, 1.0, 0.0), (8, 0.8, 0), (9, 0.5, 0), (10, 0, 0), (12, 0, 0), (25, 0, 0),
                              (26, 0, 0)]:
     CASES[f"activation_mode_{_mode}"] = _activation_case(_mode, _alpha, _beta)
 
@@ -298,8 +298,9 @@ def _():
     n.add("concat", "cat", ["sm", "smw", "x", "smh"])
     n.add("flatten", "flat", "cat")
     n.add("reshape", "rs", "flat", dst_k=5, dst_h=-1, dst_w=3)
-    n.add("transpose", "tr", "rs", axis_n=0, axis_k=3, axis_h=1, axis_w=2)
-    n.add("transpose", "tr2", "cat", axis_n=0, axis_k=2, axis_h=3, axis_w=1)
+    # axis numbers: 0 w, 1 h, 2 k, 3 n, 4 seq; output axis X is the input axis numbered axis_X
+    n.add("transpose", "tr", "rs", axis_n=3, axis_k=0, axis_h=2, axis_w=1)
+    n.add("transpose", "tr2", "cat", axis_n=3, axis_k=1, axis_h=0, axis_w=2)
     return n.model((3, 6, 5), {"cat": (1, 15, 6, 5), "flat": (1, 450, 1, 1), "rs": (1, 5, 30, 3),
                                "tr": (1, 3, 5, 30), "tr2": (1, 6, 5, 15)})
 
@@ -336,6 +337,109 @@ def _():
     n.ew("again", "z", 3, 2.0, top="y")  # reuses y
     n.ew("out", ["y", "z"], 0)
     return n.model((2, 5, 4), {"y": (1, 3, 5, 4), "out": (1, 3, 5, 4)})
+
+
+def _seq(seq, k, h=1, w=1):
+    return BlobShape(1, k, h, w, rank=5, seq=seq, rank_declared=False)
+
+
+def _nd(k, h, w):  # a shape entry without _rank: its rank is inferred
+    return BlobShape(1, k, h, w, rank=__import__("neuralhash.espresso.model", fromlist=["infer_rank"]).infer_rank(1, k, h, w),
+                     rank_declared=False)
+
+
+@case("elementwise_real_model_ops_and_relu6_lowerings")
+def _():
+    n = Net(80)
+    a = n.ew("spread", "x", 3, 8.0)  # inputs in [-8, 8]
+    r = n.add("activation", "r", a, mode=0)
+    neg = n.add("activation", "neg", r, mode=6, alpha=-1.0, beta=0.0)
+    clip = n.ew("clip", neg, 25, -6.0)
+    n.add("activation", "relu6a", clip, mode=6, alpha=-1.0, beta=0.0)
+    s6 = n.add("activation", "s6", a, mode=6, alpha=float(np.float32(1 / 6)), beta=0.0)
+    c01 = n.add("activation", "c01", s6, mode=7, beta=0.0)
+    n.add("activation", "relu6b", c01, mode=6, alpha=6.0, beta=0.0)
+    e = n.ew("e", "x", 27, 1.0)
+    n.ew("inv", e, 10, 2.0)
+    return n.model((3, 5, 4))
+
+
+@case("ssd_head")
+def _():
+    """A miniature of SSDOcr's head: 5-axis transposes, reshapes onto seq, a lowered softmax, slices."""
+    n = Net(81)
+    feat = n.conv("cls", "x", 3, 6, 1, pad_mode=0)  # 2 anchors x 3 classes per location
+    t = n.add("transpose", "t", feat, axis_h=0, axis_w=2, axis_k=1, axis_n=3, axis_seq=4)  # {k h, h w, w 6}
+    seq = n.add("reshape", "toseq", t, dst_seq=-1, dst_n=0, dst_k=3, dst_h=1, dst_w=1, mode=0)
+    feat2 = n.conv("cls2", "x", 3, 3, 1, pad_mode=0)
+    seq2 = n.add("reshape", "toseq2", n.add("transpose", "t2", feat2, axis_h=0, axis_w=2, axis_k=1, axis_n=3,
+                                            axis_seq=4), dst_seq=-1, dst_k=3, dst_h=1, dst_w=1)
+    cat = n.add("sequence_concat", "cat", [seq, seq2], simple_concat=1)
+    e = n.ew("exp", cat, 27, 1.0)
+    total = n.add("reduce", "sum", e, axis_mode=4, mode=0, use_version=1)
+    flat = n.add("flatten", "flat", total, mode=0, nd_axis=0)
+    inv = n.ew("inverse", flat, 10, 1.0)
+    prob = n.ew("prob", [e, inv], 1, 1.0)
+    fg = n.add("slice", "fg", prob, axis=2, start=1, end=1000)
+    n.add("reduce", "fgsum", fg, axis_mode=4, mode=0)
+    n.add("reshape", "scores", fg, dst_seq=1, dst_k=1, dst_h=-1, dst_w=2)
+    box = n.conv("box", "x", 3, 8, 1, pad_mode=0)
+    bt = n.add("transpose", "bt", box, axis_h=0, axis_w=2, axis_k=1, axis_n=3, axis_seq=4)
+    b4 = n.add("reshape", "b4", bt, dst_seq=1, dst_k=1, dst_h=-1, dst_w=4)
+    n.add("transpose", "boxes", b4, axis_h=2, axis_w=0, axis_k=1, axis_n=3, axis_seq=4)
+    locs = 4 * 5
+    shapes = {"t": (1, 4, 5, 6), "toseq": _seq(2 * locs, 3), "cat": _seq(3 * locs, 3), "sum": _seq(3 * locs, 1),
+              "prob": _seq(3 * locs, 3), "fg": _seq(3 * locs, 2), "fgsum": _seq(3 * locs, 1),
+              "scores": _nd(1, 3 * locs, 2), "b4": _nd(1, 2 * locs, 4), "boxes": _nd(2 * locs, 1, 4)}
+    return n.model((3, 4, 5), shapes)
+
+
+@case("general_padding_and_pool_top_shape_style")
+def _():
+    n = Net(82)
+    p = n.add("general_padding", "pad", "x", pad_t=1, pad_b=2, pad_l=0, pad_r=1, pad_fill_mode=0, pad_value=0.25,
+              pad_pad_mode=0)
+    common = dict(size_x=2, size_y=2, stride_x=2, stride_y=2, pad_mode=0, top_shape_style=2, is_global=0)
+    n.add("pool", "ceil_max", p, avg_or_max=1, **common)
+    n.add("pool", "ceil_avg", p, avg_or_max=0, average_count_exclude_padding=1, **common)
+    n.add("pool", "floor_max", "x", avg_or_max=1, **common)
+    return n.model((2, 6, 8), {"pad": (1, 2, 9, 9), "ceil_max": (1, 2, 5, 5), "ceil_avg": (1, 2, 5, 5),
+                               "floor_max": (1, 2, 3, 4)})
+
+
+@case("softmax_nd_rank3_squeeze_expand_split")
+def _():
+    n = Net(83)
+    a = n.conv("a", "x", 3, 4, 3)
+    n.add("softmax_nd", "sm", a, nd_axis=2)  # over w of the rank-3 [k, h, w] view
+    n.add("softmax_nd", "sm0", a, nd_axis=0)  # over k
+    sq = n.add("squeeze", "sq", a)
+    ex = n.add("expand_dims", "ex", sq)
+    n.add("split_nd", "split", ex, top="p1,p2", nd_axis=2)  # h of the rank-4 [n, k, h, w]
+    n.add("flatten", "fl1", sq, mode=1)  # k is 1: channel-last order cannot differ
+    shapes = {"a": BlobShape(1, 4, 5, 6, rank=3), "sq": BlobShape(1, 1, 4, 30, rank=3),
+              "ex": BlobShape(1, 4, 30, 1, rank=4), "p1": BlobShape(1, 4, 10, 1, rank=4),
+              "p2": BlobShape(1, 4, 20, 1, rank=4), "fl1": (1, 120, 1, 1)}
+    return n.model((3, 5, 6), shapes)
+
+
+@case("dense_rank2_output")
+def _():
+    """A newer file's dense layers: rank 2, features in w; the ONNX output is [batch, 7]."""
+    n = Net(84)
+    w1 = n.blob(n.rng.normal(0, 0.2, (7, 3 * 4 * 5)))
+    n.add("inner_product", "fc", "x", nB=60, nC=7, has_biases=0, blob_weights=w1)
+    n.add("softmax_nd", "prob", "fc", nd_axis=-1)
+    return n.model((3, 4, 5), {"fc": BlobShape(1, 1, 1, 7, rank=2), "prob": BlobShape(1, 1, 1, 7, rank=2)})
+
+
+@case("grey_rank3_input_with_input_layer")
+def _():
+    """An input entry without _rank and k 1 is rank 3: the ONNX input is [batch, h, w]."""
+    n = Net(85)
+    n.add("input", "in", "", top="x")
+    n.conv("c", "x", 1, 2, 3)
+    return n.model((1, 6, 5), {"x": BlobShape(1, 1, 6, 5, rank=3, rank_declared=False)})
 
 
 @case("neuralhash_block")
@@ -709,3 +813,59 @@ def test_unverified_modifiers_are_refused_by_both_paths(layer, needle):
         convert(model)
     with pytest.raises(UnsupportedLayerError, match=f"layer '{layer['name']}'.*{needle}"):
         run(model, np.zeros((1, 2, 5, 5), np.float32))
+
+
+def test_real_ranks_at_the_graph_boundary():
+    dense = CASES["dense_rank2_output"]()
+    proto = convert(dense)
+    assert [d.dim_value or d.dim_param for d in proto.graph.output[0].type.tensor_type.shape.dim] == ["batch", 7]
+    grey = CASES["grey_rank3_input_with_input_layer"]()
+    proto = convert(grey)
+    assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 6, 5]
+    x = inputs_for(grey, 2)
+    assert x.shape == (2, 6, 5)
+    np.testing.assert_allclose(run_onnx(proto, grey, x)["c"], reference_run(grey, x)["c"], rtol=1e-5, atol=ATOL)
+
+
+def test_random_fields_of_the_new_layers_convert_and_run_alike():
+    """Seeded random field values: converter and reference accept and refuse the same layers, and agree."""
+    import random
+
+    fields = {
+        "transpose": ["axis_seq", "axis_n", "axis_k", "axis_h", "axis_w"],
+        "reshape": ["dst_seq", "dst_n", "dst_k", "dst_h", "dst_w", "mode"],
+        "slice": ["axis", "start", "end"],
+        "reduce": ["mode", "axis_mode"],
+        "flatten": ["mode"],
+        "softmax_nd": ["nd_axis"],
+        "general_padding": ["pad_t", "pad_b", "pad_l", "pad_r", "pad_value"],
+        "elementwise": ["operation", "alpha"],
+        "activation": ["mode", "alpha"],
+        "pool": ["size_x", "size_y", "stride_x", "stride_y", "top_shape_style"],
+    }
+    values = [-3, -1, 0, 1, 2, 3, 4, 5, 7, 10, 25, 27, 119]
+    inputs = [(1, 2, 3, 4), (1, 3, 5, 5), BlobShape(1, 3, 1, 1, rank=5, seq=4, rank_declared=False),
+              BlobShape(1, 3, 2, 1, rank=5, seq=2, rank_declared=False)]
+    r = random.Random(11)
+    agreed = 0
+    for i in range(300):
+        kind = r.choice(sorted(fields))
+        layer = {"type": kind, "name": "l", "bottom": "x", "top": "y", "avg_or_max": r.choice([0, 1])}
+        layer.update({f: r.choice(values) for f in fields[kind] if r.random() < 0.85})
+        try:
+            model = EspressoModel.from_layers([layer], None, {"x": r.choice(inputs)})
+        except NeuralHashError:  # a malformed layer (negative padding): refused when read
+            continue
+        x = np.random.default_rng(i).normal(size=(3, *model.shapes["x"].onnx_dims)).astype(np.float32) + 0.01
+        outcomes = []
+        for attempt in (lambda: run_onnx(convert(model), model, x)["y"], lambda: reference_run(model, x)["y"]):
+            try:
+                outcomes.append(attempt())
+            except NeuralHashError:
+                outcomes.append(None)
+        got, want = outcomes
+        assert (got is None) == (want is None), layer
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(layer))
+            agreed += 1
+    assert agreed > 40  # the draw exercises real conversions, not only refusals

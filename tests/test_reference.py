@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from neuralhash.errors import NeuralHashError, ShapeMismatchError, UnsupportedLayerError
-from neuralhash.espresso import EspressoModel, WeightsFile, encode_weights, read_json_file
+from neuralhash.espresso import BlobShape, EspressoModel, WeightsFile, encode_weights, read_json_file
 from neuralhash.espresso.model import iter_blob_refs
 from neuralhash.reference import ACTIVATION_MODES, ELEMENTWISE_OPERATIONS, HANDLERS, check_shapes, run
 
@@ -392,7 +392,7 @@ ACTIVATION_CASES = {
     3: (0.0, 0.0, lambda v, a, b: _sig(v)),
     5: (1.5, 0.5, lambda v, a, b: a * math.tanh(b * v)),
     6: (2.0, -1.0, lambda v, a, b: a * v + b),
-    7: (0.2, 0.5, lambda v, a, b: min(max(a * v + b, 0.0), 1.0)),
+    7: (1.0, 0.0, lambda v, a, b: min(max(v, 0.0), 1.0)),  # clip to [0, 1] (ESPRESSO.md)
     8: (0.7, 0.0, lambda v, a, b: v if v >= 0 else a * (math.exp(v) - 1)),
     9: (0.5, 0.0, lambda v, a, b: v if v > a else 0.0),
     10: (0.0, 0.0, lambda v, a, b: math.log1p(math.exp(v))),
@@ -507,7 +507,8 @@ def test_upsample_unknown_mode():
 
 def test_transpose():
     x = rng().standard_normal((2, 2, 3, 4)).astype(np.float32)
-    layer = {"type": "transpose", "name": "t", "bottom": "x", "top": "y", "axis_n": 0, "axis_k": 3, "axis_h": 1, "axis_w": 2}
+    # axis numbers 0 w, 1 h, 2 k, 3 n, 4 seq: output k is input w, output h input k, output w input h
+    layer = {"type": "transpose", "name": "t", "bottom": "x", "top": "y", "axis_n": 3, "axis_k": 0, "axis_h": 2, "axis_w": 1}
     got = one(model_of([layer], None, {"x": (1, 2, 3, 4)}), x)
     assert got.shape == (2, 4, 2, 3)
     for n in range(2):
@@ -515,8 +516,8 @@ def test_transpose():
             for b in range(2):
                 for c in range(3):
                     assert got[n, a, b, c] == x[n, b, c, a]
-    bad = dict(layer, axis_n=3, axis_k=0)
-    with pytest.raises(UnsupportedLayerError, match=r"'t' \(transpose\): axis_n 3"):
+    bad = dict(layer, axis_n=0, axis_k=3)
+    with pytest.raises(UnsupportedLayerError, match=r"'t' \(transpose\): axis_n 0"):
         run(model_of([bad], None, {"x": (1, 2, 3, 4)}), x)
 
 
@@ -623,9 +624,10 @@ def test_unknown_layer_type_names_the_layer():
 
 def test_handlers_registry():
     expected = {"input", "convolution", "batchnorm", "elementwise", "activation", "pool", "inner_product",
-                "softmax", "softmax_nd", "concat", "flatten", "reshape", "transpose", "upsample", "load_constant"}
+                "softmax", "softmax_nd", "concat", "flatten", "reshape", "transpose", "upsample", "load_constant",
+                "general_padding", "sequence_concat", "slice", "reduce", "expand_dims", "squeeze", "split_nd"}
     assert set(HANDLERS) == expected
-    assert set(ELEMENTWISE_OPERATIONS) == {0, 1, 2, 3, 22, 23, 24, 33, 102, 119}
+    assert set(ELEMENTWISE_OPERATIONS) == {0, 1, 2, 3, 10, 22, 23, 24, 25, 27, 33, 102, 119}
 
 
 def test_does_not_import_onnx():
@@ -674,3 +676,287 @@ def test_full_neuralhash_graph_shapes(real_dir):
     out = run(model, x2)
     for name in model.outputs:
         np.testing.assert_allclose(out[name][:1], kept[name], rtol=1e-5, atol=1e-6)
+
+
+# -- the vocabulary of real compiled models (ESPRESSO.md, "Seen in real compiled models") --------
+
+
+def seq_shape(seq, k, h=1, w=1):
+    """A shape entry with a sequence axis, as the CardScan files write it (no _rank)."""
+    return BlobShape(1, k, h, w, rank=5, seq=seq, rank_declared=False)
+
+
+@pytest.mark.parametrize(
+    "op,alpha,fn",
+    [(25, -6.0, lambda v, a: max(v, a)), (27, 1.0, lambda v, a: math.exp(v)), (10, 1.0, lambda v, a: a / v),
+     (10, 2.5, lambda v, a: a / v)],
+    ids=["threshold", "exp", "inverse", "inverse_alpha"],
+)
+def test_elementwise_unary_operations_of_real_models(op, alpha, fn):
+    x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(1, 3, 2, 2) + 0.05  # never 0
+    got = one(model_of([ew(op, ["x"], alpha=alpha)], None, {"x": (1, 3, 2, 2)}), x)
+    np.testing.assert_allclose(got.ravel(), [fn(float(v), alpha) for v in x.ravel()], rtol=1e-6)
+
+
+@pytest.mark.parametrize("op,field,value", [(25, "beta", 1.0), (27, "alpha", 2.0), (27, "beta", 0.5), (10, "beta", 1.0)])
+def test_elementwise_unary_operations_refuse_unseen_parameters(op, field, value):
+    layer = ew(op, ["x"], **{"alpha": 1.0, "beta": 0.0, field: value})
+    with pytest.raises(UnsupportedLayerError, match=rf"{field} {value}"):
+        run(model_of([layer], None, {"x": (1, 1, 1, 1)}), np.ones((1, 1, 1, 1), np.float32))
+
+
+def relu6_layers(kind):
+    """Core ML's two lowerings of ReLU6 seen in real models (ESPRESSO.md)."""
+    act = lambda name, bottom, **f: {"type": "activation", "name": name, "bottom": bottom, "top": name, **f}
+    if kind == "threshold":  # FindFour / UxModel: relu, linear(-1), max(x, -6), linear(-1)
+        return [act("r", "x", mode=0), act("neg", "r", mode=6, alpha=-1.0, beta=0.0),
+                {"type": "elementwise", "name": "clip", "bottom": "neg", "top": "clip", "operation": 25,
+                 "alpha": -6.0, "beta": 0.0, "fused_relu": 0},
+                act("y", "clip", mode=6, alpha=-1.0, beta=0.0)]
+    # SSDOcr: linear(1/6), clip to [0, 1] (mode 7, beta 0, no alpha), linear(6)
+    return [act("s", "x", mode=6, alpha=float(np.float32(1 / 6)), beta=0.0), act("c", "s", mode=7, beta=0.0),
+            act("y", "c", mode=6, alpha=6.0, beta=0.0)]
+
+
+@pytest.mark.parametrize("kind", ["threshold", "clip_0_1"])
+def test_relu6_lowerings_are_relu6(kind):
+    x = np.linspace(-9, 9, 37, dtype=np.float32).reshape(1, 1, 1, 37)
+    got = one(model_of(relu6_layers(kind), None, {"x": (1, 1, 1, 37)}), x)
+    np.testing.assert_allclose(got.ravel(), [min(max(float(v), 0.0), 6.0) for v in x.ravel()], rtol=1e-6, atol=1e-6)
+
+
+def test_activation_mode_7_refuses_other_parameters():
+    layer = {"type": "activation", "name": "a", "bottom": "x", "top": "y", "mode": 7, "alpha": 0.2, "beta": 0.5}
+    with pytest.raises(UnsupportedLayerError, match=r"'a' \(activation\): alpha, beta \(0.2, 0.5\)"):
+        run(model_of([layer], None, {"x": (1, 1, 1, 1)}), np.ones((1, 1, 1, 1), np.float32))
+
+
+def ssd_softmax_layers():
+    """SSDOcr's softmax over k, lowered: exp, reduce (sum over k), flatten, inverse, multiply."""
+    return [
+        {"type": "elementwise", "name": "e", "bottom": "x", "top": "e", "operation": 27, "alpha": 1, "beta": 0},
+        {"type": "reduce", "name": "s", "bottom": "e", "top": "s", "axis_mode": 4, "mode": 0, "use_version": 1},
+        {"type": "flatten", "name": "f", "bottom": "s", "top": "f", "mode": 0, "nd_axis": 0},
+        {"type": "elementwise", "name": "i", "bottom": "f", "top": "i", "operation": 10, "alpha": 1, "beta": 0},
+        {"type": "elementwise", "name": "y", "bottom": "e,i", "top": "y", "operation": 1, "alpha": 1, "beta": 0},
+    ]
+
+
+def test_lowered_softmax_on_a_sequence_blob_is_softmax():
+    x = rng().normal(0, 2, (2, 5, 4, 1, 1)).astype(np.float32)  # [N, seq, k, h, w]
+    shapes = {"x": seq_shape(5, 4), "s": seq_shape(5, 1), "y": seq_shape(5, 4)}
+    kept = run(model_of(ssd_softmax_layers(), None, shapes), x, keep=True)
+    check_shapes(model_of(ssd_softmax_layers(), None, shapes), kept)
+    got = kept["y"].astype(np.float64)
+    assert got.shape == (2, 5, 4, 1, 1)
+    for n in range(2):
+        for t in range(5):
+            row = [math.exp(float(v)) for v in x[n, t, :, 0, 0]]
+            np.testing.assert_allclose(got[n, t, :, 0, 0], [v / sum(row) for v in row], rtol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=2), 1.0, rtol=1e-6)
+
+
+def test_transpose_five_axes_as_the_ssd_shape_file_shows():
+    # SSDOcr: {k 33, h 24, w 38} with axis_h 0, axis_w 2, axis_k 1 becomes {k 24, h 38, w 33}
+    x = rng().standard_normal((2, 5, 3, 4)).astype(np.float32)
+    layer = {"type": "transpose", "name": "t", "bottom": "x", "top": "y",
+             "axis_h": 0, "axis_w": 2, "axis_k": 1, "axis_n": 3, "axis_seq": 4}
+    model = model_of([layer], None, {"x": (1, 5, 3, 4), "y": (1, 3, 4, 5)})
+    kept = run(model, x, keep=True)
+    check_shapes(model, kept)
+    got = kept["y"]
+    for n in range(2):
+        for a in range(3):
+            for b in range(4):
+                for c in range(5):
+                    assert got[n, a, b, c] == x[n, c, a, b]
+
+
+def test_transpose_moves_the_sequence_axis():
+    x = rng().standard_normal((2, 3, 2, 1, 1)).astype(np.float32)  # seq 3, k 2
+    layer = {"type": "transpose", "name": "t", "bottom": "x", "top": "y", "axis_seq": 2, "axis_k": 4}
+    got = one(model_of([layer], None, {"x": seq_shape(3, 2), "y": seq_shape(2, 3)}), x)
+    assert got.shape == (2, 2, 3, 1, 1)
+    for n in range(2):
+        for s in range(2):
+            for c in range(3):
+                assert got[n, s, c, 0, 0] == x[n, c, s, 0, 0]
+
+
+def test_reshape_onto_the_sequence_axis_in_c_order():
+    # SSDOcr's "509": {k 2, h 3, w 4} -> dst_seq -1, dst_k 3 -> {seq 8, k 3}
+    x = np.arange(2 * 24, dtype=np.float32).reshape(2, 2, 3, 4)
+    layer = {"type": "reshape", "name": "r", "bottom": "x", "top": "y", "dst_seq": -1, "dst_n": 0,
+             "dst_k": 3, "dst_h": 1, "dst_w": 1, "mode": 0}
+    got = one(model_of([layer], None, {"x": (1, 2, 3, 4), "y": seq_shape(8, 3)}), x)
+    assert got.shape == (2, 8, 3, 1, 1)
+    for n in range(2):
+        flat = list(x[n].ravel())
+        for t in range(8):
+            for c in range(3):
+                assert got[n, t, c, 0, 0] == flat[t * 3 + c]
+    back = {"type": "reshape", "name": "b", "bottom": "y", "top": "z", "dst_seq": 1, "dst_k": 1, "dst_h": -1, "dst_w": 4}
+    shapes = {"x": (1, 2, 3, 4), "y": seq_shape(8, 3), "z": BlobShape(1, 1, 6, 4, rank=3, rank_declared=False)}
+    z = one(model_of([layer, back], None, shapes), x)
+    assert z.shape == (2, 6, 4)  # rank 3: [N, h, w]
+    np.testing.assert_array_equal(z.reshape(2, -1), x.reshape(2, -1))
+
+
+def test_reshape_mode_1_and_nd_rank():
+    layer = {"type": "reshape", "name": "r", "bottom": "x", "top": "y", "dst_k": 6, "dst_h": 1, "dst_w": 1, "mode": 1}
+    x = np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1)
+    np.testing.assert_array_equal(one(model_of([layer], None, {"x": (1, 6, 1, 1)}), x).ravel(), x.ravel())
+    with pytest.raises(UnsupportedLayerError, match=r"'r' \(reshape\): mode 1"):
+        run(model_of([layer], None, {"x": (1, 2, 3, 1)}), x.reshape(1, 2, 3, 1))
+    ranked = dict(layer, mode=0, dst_nd_rank=2)
+    with pytest.raises(ShapeMismatchError, match=r"dst_nd_rank 2.*rank 4"):
+        run(model_of([ranked], None, {"x": (1, 6, 1, 1), "y": BlobShape(1, 6, 1, 1, rank=4)}), x)
+
+
+def test_sequence_concat():
+    a = rng().standard_normal((2, 2, 3, 1, 1)).astype(np.float32)
+    b = rng(5).standard_normal((2, 4, 3, 1, 1)).astype(np.float32)
+    layers = inputs("a", "b") + [{"type": "sequence_concat", "name": "c", "bottom": "a,b", "top": "c", "simple_concat": 1}]
+    got = one(model_of(layers, None, {"a": seq_shape(2, 3), "b": seq_shape(4, 3), "c": seq_shape(6, 3)}), {"a": a, "b": b})
+    for n in range(2):
+        rows = [list(a[n, t, :, 0, 0]) for t in range(2)] + [list(b[n, t, :, 0, 0]) for t in range(4)]
+        np.testing.assert_array_equal(got[n, :, :, 0, 0], rows)
+
+
+def test_slice_along_k_and_seq():
+    x = rng().standard_normal((2, 4, 11, 1, 1)).astype(np.float32)
+    k_slice = {"type": "slice", "name": "s", "bottom": "x", "top": "y", "axis": 2, "start": 1, "end": 3420}
+    got = one(model_of([k_slice], None, {"x": seq_shape(4, 11), "y": seq_shape(4, 10)}), x)
+    np.testing.assert_array_equal(got, x[:, :, 1:])  # SSDOcr drops the background class
+    seq_slice = dict(k_slice, axis=4, start=-3, end=-1)  # negative bounds: Python's reading (unverified)
+    got = one(model_of([seq_slice], None, {"x": seq_shape(4, 11)}), x)
+    assert got.shape == (2, 2, 11, 1, 1)
+    np.testing.assert_array_equal(got[:, 0], x[:, 1])
+    with pytest.raises(UnsupportedLayerError, match=r"'s' \(slice\): axis 3"):
+        run(model_of([dict(k_slice, axis=3)], None, {"x": seq_shape(4, 11)}), x)
+
+
+def test_reduce_sums_k_and_refuses_the_rest():
+    x = rng().standard_normal((2, 3, 4, 5)).astype(np.float32)
+    layer = {"type": "reduce", "name": "r", "bottom": "x", "top": "y", "axis_mode": 4, "mode": 0}
+    got = one(model_of([layer], None, {"x": (1, 3, 4, 5)}), x)
+    for n in range(2):
+        for i in range(4):
+            for j in range(5):
+                assert got[n, 0, i, j] == pytest.approx(sum(float(x[n, c, i, j]) for c in range(3)), rel=1e-6)
+    for field, value in (("mode", 1), ("axis_mode", 2)):
+        with pytest.raises(UnsupportedLayerError, match=rf"'r' \(reduce\): {field} {value}"):
+            run(model_of([dict(layer, **{field: value})], None, {"x": (1, 3, 4, 5)}), x)
+
+
+def test_flatten_modes():
+    x = rng().standard_normal((2, 3, 2, 2, 2)).astype(np.float32)
+    layer = {"type": "flatten", "name": "f", "bottom": "x", "top": "y", "mode": 0}
+    got = one(model_of([layer], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    assert got.shape == (2, 3, 8, 1, 1)  # each sequence item flattened on its own
+    np.testing.assert_array_equal(got[1, 2, :, 0, 0], x[1, 2].ravel())
+    with pytest.raises(UnsupportedLayerError, match=r"'f' \(flatten\): mode 1"):
+        run(model_of([dict(layer, mode=1)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    column = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
+    flat = one(model_of([dict(layer, mode=1)], None, {"x": (1, 1, 2, 3)}), column)
+    np.testing.assert_array_equal(flat.ravel(), column.ravel())
+
+
+def test_softmax_nd_counts_axes_over_the_blob_rank():
+    x = rng().standard_normal((1, 4, 5, 6)).astype(np.float32)
+    shapes = {"x": BlobShape(1, 4, 5, 6, rank=3)}  # a rank-3 blob [4, 5, 6] in k, h, w
+    for axis, dim in ((2, 3), (-1, 3), (0, 1), (-2, 2)):
+        layer = {"type": "softmax_nd", "name": "s", "bottom": "x", "top": "y", "nd_axis": axis}
+        got = one(model_of([layer], None, shapes), x)
+        e = np.exp(x.astype(np.float64))
+        np.testing.assert_allclose(got, e / e.sum(axis=dim, keepdims=True), rtol=1e-6)
+    with pytest.raises(UnsupportedLayerError, match=r"nd_axis 3"):
+        run(model_of([dict(layer, nd_axis=3)], None, shapes), x)
+
+
+def test_general_padding():
+    x = rng().standard_normal((1, 2, 2, 3)).astype(np.float32)
+    layer = {"type": "general_padding", "name": "p", "bottom": "x", "top": "y", "pad_t": 1, "pad_b": 0,
+             "pad_l": 2, "pad_r": 1, "pad_fill_mode": 0, "pad_value": 0.5, "pad_pad_mode": 0}
+    got = one(model_of([layer], None, {"x": (1, 2, 2, 3), "y": (1, 2, 3, 6)}), x)
+    for c in range(2):
+        for i in range(3):
+            for j in range(6):
+                inside = 1 <= i < 3 and 2 <= j < 5
+                assert got[0, c, i, j] == (x[0, c, i - 1, j - 2] if inside else 0.5)
+    with pytest.raises(UnsupportedLayerError, match=r"pad_fill_mode 1"):
+        run(model_of([dict(layer, pad_fill_mode=1)], None, {"x": (1, 2, 2, 3)}), x)
+
+
+def test_pool_top_shape_style_follows_the_shape_file():
+    x = rng().standard_normal((1, 1, 5, 5)).astype(np.float32)
+    layer = {"type": "pool", "name": "p", "bottom": "x", "top": "y", "avg_or_max": 1, "size_x": 2, "size_y": 2,
+             "stride_x": 2, "stride_y": 2, "pad_mode": 0, "top_shape_style": 2}
+    got = one(model_of([layer], None, {"x": (1, 1, 5, 5), "y": (1, 1, 3, 3)}), x)  # rounded up
+    for i in range(3):
+        for j in range(3):
+            window = [float(x[0, 0, r, c]) for r in range(2 * i, min(2 * i + 2, 5)) for c in range(2 * j, min(2 * j + 2, 5))]
+            assert got[0, 0, i, j] == max(window)
+    avg = one(model_of([dict(layer, avg_or_max=0)], None, {"x": (1, 1, 5, 5), "y": (1, 1, 3, 3)}), x)
+    assert avg[0, 0, 2, 2] == pytest.approx(float(x[0, 0, 4, 4]))  # the lone corner cell: its own mean
+    floor = one(model_of([layer], None, {"x": (1, 1, 5, 5), "y": (1, 1, 2, 2)}), x)
+    np.testing.assert_array_equal(floor, got[:, :, :2, :2])
+    with pytest.raises(UnsupportedLayerError, match=r"top_shape_style 2"):
+        run(model_of([layer], None, {"x": (1, 1, 5, 5), "y": (1, 1, 4, 4)}), x)
+
+
+def test_expand_dims_and_squeeze_move_no_data():
+    x = rng().standard_normal((2, 1, 4, 6)).astype(np.float32)
+    layers = [{"type": "squeeze", "name": "s", "bottom": "x", "top": "s"},
+              {"type": "expand_dims", "name": "e", "bottom": "s", "top": "e"}]
+    shapes = {"x": (1, 1, 4, 6), "s": BlobShape(1, 1, 1, 24, rank=2), "e": BlobShape(1, 4, 6, 1, rank=4)}
+    kept = run(model_of(layers, None, shapes), x, keep=True)
+    assert kept["s"].shape == (2, 1, 1, 24) and kept["e"].shape == (2, 4, 6, 1)
+    np.testing.assert_array_equal(kept["e"].reshape(2, -1), x.reshape(2, -1))
+    with pytest.raises(UnsupportedLayerError, match=r"'s' \(squeeze\).*no shape entry"):
+        run(model_of(layers[:1], None, {"x": (1, 1, 4, 6)}), x)
+
+
+def test_split_nd_into_its_tops():
+    x = rng().standard_normal((2, 5, 2, 3)).astype(np.float32)
+    layers = [{"type": "split_nd", "name": "sp", "bottom": "x", "top": "a,b", "nd_axis": 1}]
+    shapes = {"x": (1, 5, 2, 3), "a": (1, 2, 2, 3), "b": (1, 3, 2, 3)}
+    out = run(model_of(layers, None, shapes), x)
+    assert list(out) == ["a", "b"]
+    np.testing.assert_array_equal(out["a"], x[:, :2])
+    np.testing.assert_array_equal(out["b"], x[:, 2:])
+
+
+def test_recurrent_layer_is_refused_by_name():
+    layer = {"type": "rnn_arch", "name": "lstm", "bottom": "x", "top": "y", "input_size": 4, "hidden_size": 8}
+    with pytest.raises(UnsupportedLayerError, match=r"'lstm' \(rnn_arch\)"):
+        run(model_of([layer], None, {"x": (1, 4, 1, 1)}), np.ones((1, 4, 1, 1), np.float32))
+
+
+@pytest.mark.parametrize(
+    "layer,pattern",
+    [({"type": "transpose"}, r"'l' \(transpose\): axis_\* None"),
+     ({"type": "reduce", "axis_mode": 4}, r"'l' \(reduce\): mode None"),
+     ({"type": "split_nd"}, r"'l' \(split_nd\): nd_axis None"),
+     ({"type": "slice", "start": 1}, r"'l' \(slice\): axis None")],
+    ids=["transpose", "reduce", "split_nd", "slice"],
+)
+def test_absent_fields_are_refused_not_guessed(layer, pattern):
+    model = model_of([dict(layer, name="l", bottom="x", top="y")], None, {"x": (1, 2, 3, 4)})
+    with pytest.raises(UnsupportedLayerError, match=pattern):
+        run(model, np.ones((1, 2, 3, 4), np.float32))
+    from neuralhash.convert import unsupported_layers
+
+    assert list(unsupported_layers(model)) == ["l"]
+
+
+def test_softmax_axis_field_and_reduce_version():
+    x = rng().standard_normal((1, 3, 2, 2)).astype(np.float32)
+    layer = {"type": "softmax", "name": "s", "bottom": "x", "top": "y", "C": 2}  # as FindFour and UxModel write it
+    got = one(model_of([layer], None, {"x": (1, 3, 2, 2)}), x)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(UnsupportedLayerError, match=r"'s' \(softmax\): C 1"):
+        run(model_of([dict(layer, C=1)], None, {"x": (1, 3, 2, 2)}), x)
+    reduce_ = {"type": "reduce", "name": "r", "bottom": "x", "top": "y", "axis_mode": 4, "mode": 0, "use_version": 2}
+    with pytest.raises(UnsupportedLayerError, match=r"'r' \(reduce\): use_version 2"):
+        run(model_of([reduce_], None, {"x": (1, 3, 2, 2)}), x)

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from neuralhash.cli import main
 from neuralhash.convert import convert
+from neuralhash.errors import NeuralHashError
 from neuralhash.espresso import EspressoModel, write_espresso
 from neuralhash.verify import verify
 
@@ -91,3 +92,35 @@ def test_failed_conversion_leaves_no_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "relu1" in err and "activation" in err and "4" in err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_verify_without_inputs_is_a_usage_error(tmp_path, capsys):
+    layers, blobs, shapes = _small_model_parts()
+    write_espresso(tmp_path / "m", "model", layers=layers, shapes=shapes, blobs=blobs)
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", str(tmp_path / "m"), "--seeds", "0"])
+    assert exc.value.code == 2
+    assert "--seeds 0 needs at least one --image" in capsys.readouterr().err
+    image = tmp_path / "photo.png"
+    from conftest import draw_image
+
+    draw_image(image, 1)
+    assert main(["verify", str(tmp_path / "m"), "--seeds", "0", "--image", str(image)]) == 0
+    assert "0 seeded random, 1 image(s)" in capsys.readouterr().out
+
+
+def test_input_size_is_capped_before_anything_is_allocated(tmp_path, capsys):
+    # The shape file claims a 20000 x 20000 input: 4.8 GB as float32 at batch 1.
+    layers = [{"type": "activation", "name": "relu", "bottom": "x", "top": "y", "mode": 0}]
+    huge = EspressoModel.from_layers(layers, None, {"x": (1, 3, 20000, 20000)})
+    with pytest.raises(NeuralHashError, match=r"input blob 'x' of \[1, 3, 20000, 20000\] would take 4,578 MiB.*"
+                                              r"limit of 64 MiB \(max_input_size, --max-input-size\)"):
+        verify(huge)
+    small = EspressoModel.from_layers(layers, None, {"x": (1, 3, 16, 16)})
+    assert verify(small, batch=2).passed
+    with pytest.raises(NeuralHashError, match=r"\[4, 3, 16, 16\] would take 0 MiB"):
+        verify(small, batch=4, max_input_size=1000)
+    write_espresso(tmp_path / "m", "model", layers=layers, shapes={"x": (1, 3, 16, 16)}, blobs={})
+    assert main(["verify", str(tmp_path / "m"), "--max-input-size", "1000"]) == 1
+    assert "--max-input-size" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "m"), "--max-input-size", "100000"]) == 0

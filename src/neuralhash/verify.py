@@ -1,8 +1,11 @@
 """Prove an ONNX conversion against the independent NumPy reference executor.
 
 Both run on the same inputs (seeded random tensors in [-1, 1], and optionally
-real images); the largest absolute and relative error of every output is
-reported. An output passes when its error is at most ``atol * max(1, M)``,
+real images, resized to the model's input and scaled as its
+``transform_params`` say); the largest absolute and relative error of every
+output is reported. Inputs are shaped from the shape file, so their size is
+capped (``max_input_size``, bytes of float32 per case): a file may claim any
+size. An output passes when its error is at most ``atol * max(1, M)``,
 M being its largest |reference| value: ``atol`` absolute on outputs of order
 1, the same relative precision on larger ones. On failure, every Espresso
 blob that survives in the ONNX graph is exposed and compared in layer order,
@@ -20,16 +23,17 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import onnx
 
-from .errors import ConversionError
+from .errors import ConversionError, NeuralHashError
 from .espresso import EspressoModel
 from .runtime import make_session
 
 DEFAULT_ATOL = 1e-4
+DEFAULT_MAX_INPUT_SIZE = 64 << 20  # bytes of float32 input per case, batch included
 
 
 @dataclass(frozen=True)
@@ -79,23 +83,69 @@ def _errors(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     return diff, diff / scale if scale > 0 else diff, scale
 
 
-def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int) -> list[tuple[str, np.ndarray]]:
-    """Seeded uniform [-1, 1] inputs shaped like the model's first input."""
+def _input_dims(model: EspressoModel, max_input_size: int, batch: int) -> tuple[str, tuple[int, ...]]:
+    """The first input's name and ONNX dims at ``batch``, refused above ``max_input_size`` bytes."""
     name = model.inputs[0]
     shape = model.shapes.get(name)
     if shape is None:
         raise ConversionError(f"the shape file gives no shape for the input blob {name!r}")
+    dims = (batch, *shape.onnx_dims)
+    size = 4 * int(np.prod(dims, dtype=object))
+    if size > max_input_size:
+        raise NeuralHashError(
+            f"input blob {name!r} of {list(dims)} would take {size / 2**20:,.0f} MiB as float32, above the limit "
+            f"of {max_input_size / 2**20:,.0f} MiB (max_input_size, --max-input-size)"
+        )
+    return name, dims
+
+
+def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int,
+                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
+    """Seeded uniform [-1, 1] inputs shaped like the model's first input ([batch, *onnx_dims])."""
+    _, dims = _input_dims(model, max_input_size, batch)
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        out.append((f"seed {seed}", rng.uniform(-1, 1, (batch, shape.k, shape.h, shape.w)).astype(np.float32)))
+        out.append((f"seed {seed}", rng.uniform(-1, 1, dims).astype(np.float32)))
     return out
 
 
-def image_inputs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, np.ndarray]]:
-    from .hashing.image import preprocess
+def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel | None = None,
+                 max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
+    """Each image (a path, or a Pillow image) as a batch of one for the model's first input.
 
-    return [(os.fspath(p), preprocess(p)[None]) for p in paths]
+    A 3 x 360 x 360 input (or no model) gets NeuralHash's exact preprocessing.
+    Any other input gets the image resized (bicubic) to its h x w, RGB (or grey
+    when k is 1), as ``pixel * scale + bias`` from the input's
+    ``transform_params`` (scale 1, bias 0 when absent; BGR when
+    ``is_network_bgr``).
+    """
+    from .hashing.image import load_image, preprocess
+
+    if model is None or model.shapes.get(model.inputs[0]) is None or \
+            model.shapes[model.inputs[0]].view == (1, 3, 360, 360):
+        return [(os.fspath(p), preprocess(p)[None]) for p in paths]
+    name, dims = _input_dims(model, max_input_size, 1)
+    seq, k, h, w = model.shapes[name].view
+    if seq != 1 or k not in (1, 3):
+        raise NeuralHashError(f"input blob {name!r} of [seq, k, h, w] {[seq, k, h, w]} is not an image")
+    params = model.transform_params.get(name, {})
+    params = params if isinstance(params, dict) else {}
+    scale = float(params.get("scale", 1.0))
+    bias = np.array([params.get(f"bias_{c}", 0.0) for c in "rgb"], np.float32)
+    out = []
+    for i, p in enumerate(paths):
+        label = os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"image {i}"
+        img = load_image(p).resize((w, h))  # Pillow's default filter for RGB: bicubic
+        pixels = np.asarray(img, np.float32) * np.float32(scale) + bias
+        if params.get("is_network_bgr"):
+            pixels = pixels[..., ::-1]
+        if k == 1:  # grey: Pillow's luma weights, then the red channel's transform (unverified)
+            grey = np.asarray(img.convert("L"), np.float32) * np.float32(scale) + bias[0]
+            pixels = grey[..., None]
+        x = np.ascontiguousarray(pixels.transpose(2, 0, 1))[None]
+        out.append((label, x.reshape(dims).astype(np.float32)))
+    return out
 
 
 def verify(
@@ -108,15 +158,19 @@ def verify(
     atol: float = DEFAULT_ATOL,
     providers: Sequence[str] | None = None,
     optimize: bool = True,
+    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
 ) -> VerificationReport:
     """Run reference and ONNX Runtime side by side; see the module docstring."""
     from .reference import run as reference_run
 
+    seeds = list(seeds)
+    if not seeds and not images:
+        raise NeuralHashError("nothing to verify on: no seeds and no images")
+    cases = random_inputs(model, seeds, batch, max_input_size) + image_inputs(images, model, max_input_size)
     if onnx_model is None:
         from .convert import convert
 
         onnx_model = convert(model, optimize=optimize)
-    cases = random_inputs(model, seeds, batch) + image_inputs(images)
     session = make_session(onnx_model, providers)
     input_name = model.inputs[0]
     worst: dict[str, list[float]] = {blob: [0.0, 0.0, 0.0] for blob in model.outputs}  # abs, rel, scale
@@ -152,17 +206,18 @@ def first_divergence(
 
     ref = reference_run(model, {model.inputs[0]: x}, keep=True)
     produced = {out for node in onnx_model.graph.node for out in node.output}
-    exposed = [layer for layer in model.layers if layer.top in produced and layer.top not in model.inputs]
+    exposed = [(layer, top) for layer in model.layers for top in layer.tops
+               if top in produced and top not in model.inputs]
     probe = copy.deepcopy(onnx_model)
     existing = {o.name for o in probe.graph.output}
-    for layer in exposed:
-        if layer.top not in existing:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(layer.top, onnx.TensorProto.FLOAT, None))
-            existing.add(layer.top)
-    names = [layer.top for layer in exposed]
+    for _, top in exposed:
+        if top not in existing:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(top, onnx.TensorProto.FLOAT, None))
+            existing.add(top)
+    names = [top for _, top in exposed]
     values = dict(zip(names, make_session(probe, providers).run(names, {model.inputs[0]: x})))
-    for layer in exposed:
-        diff, _, scale = _errors(ref[layer.top], values[layer.top])
+    for layer, top in exposed:
+        diff, _, scale = _errors(ref[top], values[top])
         if diff > atol * max(1.0, scale):
-            return Divergence(layer.name, layer.type, layer.top, diff, scale)
+            return Divergence(layer.name, layer.type, top, diff, scale)
     return None

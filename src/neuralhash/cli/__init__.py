@@ -65,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=SRC_HELP)
     p.add_argument("--onnx", help="an already converted model (default: convert in memory)")
     p.add_argument("--image", action="append", metavar="PATH", help="also compare on this image (repeatable)")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeded random inputs (default 2)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the random inputs (default 1)")
+    p.add_argument("--seeds", type=int_at_least(0), default=2,
+                   help="number of seeded random inputs (default 2; 0 needs --image)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the random inputs (default 1)")
+    p.add_argument("--max-input-size", type=int_at_least(1), default=64 << 20, metavar="BYTES",
+                   help="refuse inputs larger than this as float32, batch included (default 64 MiB)")
     p.add_argument("--atol", type=float, default=1e-4, help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
     p.add_argument("--no-optimize", action="store_true", help="verify the untidied conversion")
     add_provider(p)
     add_files(p)
+    p.set_defaults(subparser=p)
 
     p = add("demo", cmd_demo, "run the whole pipeline on the built-in synthetic model")
     p.add_argument("--cache-dir", help="where to write the demo model (default ~/.cache/neuralhash)")
@@ -197,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.error("--margins needs --jsonl or --csv")
     if args.command == "robustness" and not args.list_edits and not args.out:
         args.subparser.error("--out DIR is required")
+    if args.command == "verify" and args.seeds == 0 and not args.image:
+        args.subparser.error("--seeds 0 needs at least one --image: there would be nothing to compare")
     if args.command == "hash" and args.parquet and not args.scheduler:
         args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
     pass_file_names_through()  # undecodable bytes of a file name in a message print as themselves

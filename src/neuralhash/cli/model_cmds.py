@@ -34,6 +34,12 @@ def shape_list(model, blob: str):
     return list(shape.nkhw) if shape else None
 
 
+def onnx_shape(model, blob: str):
+    """How the blob appears in the converted model: ``["batch", ...]`` at its real rank (seq included)."""
+    shape = model.shapes.get(blob)
+    return ["batch", *shape.onnx_dims] if shape else None
+
+
 def json_safe(value):
     """``value`` with every non-finite float replaced by the string ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``.
 
@@ -76,6 +82,25 @@ def _inspect_pipeline(args: argparse.Namespace, exc) -> int:
     return 0
 
 
+def _converts(model) -> tuple[dict[str, str], dict[str, str]]:
+    """(unsupported layer name -> reason, layer type -> "yes" / "no" / "partly"); never fails."""
+    from ..convert import unsupported_layers
+
+    try:
+        unsupported = unsupported_layers(model)
+    except NeuralHashError as exc:  # the check itself could not run: say so for every type
+        return {"*": str(exc)}, {t: "unknown" for t in model.layer_types()}
+    failing: dict[str, int] = {}
+    for layer in model.layers:
+        if layer.name in unsupported:
+            failing[layer.type] = failing.get(layer.type, 0) + 1
+    verdict = {}
+    for type_name, count in model.layer_types().items():
+        bad = failing.get(type_name, 0)
+        verdict[type_name] = "yes" if bad == 0 else ("no" if bad == count else "partly")
+    return unsupported, verdict
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..errors import PipelineError
 
@@ -83,12 +108,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         model = load_espresso(args, require_weights=False, strict=False)
     except PipelineError as exc:
         return _inspect_pipeline(args, exc)
+    unsupported, converts = _converts(model)
     info = {
         "layers": len(model.layers),
         "layer_types": model.layer_types(),
         "inputs": {b: shape_list(model, b) for b in model.inputs},
         "outputs": {b: shape_list(model, b) for b in model.outputs},
+        "onnx_shapes": {b: onnx_shape(model, b) for b in (*model.inputs, *model.outputs)},
         "parameters": None if model.problems else model.parameter_count(),
+        "unsupported": unsupported,
         "transform_params": model.transform_params,
         "problems": model.problems,
         "coreml": _bundle_json(model),
@@ -103,11 +131,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     out(f"graph        {model.sources.net}")
     out(f"layers       {info['layers']}")
     width = max((len(t) for t in info["layer_types"]), default=0)
+    out(f"  {'type':<{width}}  {'count':>5}  converts")
     for type_name, count in info["layer_types"].items():
-        out(f"  {type_name:<{width}}  {count:>4}")
+        out(f"  {type_name:<{width}}  {count:>5}  {converts[type_name]}")
+    for name, reason in unsupported.items():
+        out(f"unsupported  {reason}")
     for label in ("inputs", "outputs"):
         for blob, shape in info[label].items():
-            out(f"{label[:-1]:<12} {blob}  {shape if shape else '(no shape file)'}")
+            if not shape:
+                out(f"{label[:-1]:<12} {blob}  (no shape file)")
+                continue
+            onnx_dims = ", ".join(str(d) for d in info["onnx_shapes"][blob])
+            out(f"{label[:-1]:<12} {blob}  n,k,h,w {shape}  seq {model.shapes[blob].seq}  ONNX [{onnx_dims}]")
     for name, params in _image_transforms(model.transform_params):
         order = "BGR" if params.get("is_network_bgr") else "RGB"
         biases = " ".join(_number(params.get(k, 0)) for k in ("bias_r", "bias_g", "bias_b"))
@@ -262,6 +297,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         atol=args.atol,
         providers=args.provider,
         optimize=not args.no_optimize,
+        max_input_size=args.max_input_size,
     )
     print_report(report)
     return 0 if report.passed else 1

@@ -3,12 +3,21 @@
 It keeps the ONNX graph in SSA form while Espresso blob names may be reused:
 every definition of a blob gets its own value name, the last one the blob's
 own name (so the graph's outputs are named after their blobs), earlier ones
-``<blob>__1``, ``<blob>__2``... The network input keeps its blob name.
+``<blob>__1``, ``<blob>__2``... The network input keeps its blob name. An
+output whose real rank differs from its in-graph layout leaves its name to
+the Reshape that gives it that rank.
 
 Besides the value name of each blob, the context tracks its static
-``[k, h, w]`` (the batch is symbolic), which handlers need for explicit
-padding and for clear errors, and whether it is a batch-1 constant
-(``load_constant`` and what is computed from constants only).
+per-image Espresso view ``(seq, k, h, w)`` (the batch is symbolic), which
+handlers need for explicit padding and for clear errors, and whether it is a
+batch-1 constant (``load_constant`` and what is computed from constants only).
+
+Inside the graph a blob is ``[N, k, h, w]`` when its seq is 1 and
+``[N, seq, k, h, w]`` otherwise: the batch always leads (Espresso's
+``[seq, n, ...]`` order would mix images), and the 4-D form keeps every
+image layer (convolution, pooling...) in ONNX's NCHW. Only the graph's
+inputs and outputs take the blob's real rank (``BlobShape.onnx_dims``),
+through a Reshape where the two differ.
 """
 
 from __future__ import annotations
@@ -22,56 +31,68 @@ from onnx import helper, numpy_helper
 from ..errors import ShapeMismatchError, UnsupportedLayerError, layer_label, unsupported_value
 from ..espresso.layers import Layer
 
-Shape = tuple[int, int, int]
+Shape = tuple[int, int, int]  # (k, h, w) of a blob whose seq is 1
+View = tuple[int, int, int, int]  # (seq, k, h, w)
 
 
+def as_view(shape: Sequence[int]) -> View:
+    """(seq, k, h, w) from a (k, h, w) or (seq, k, h, w) tuple."""
+    dims = tuple(int(d) for d in shape)
+    return (1, *dims) if len(dims) == 3 else dims  # type: ignore[return-value]
 
 
 class Context:
     """Builds the node list and initializers of one conversion."""
 
-    def __init__(self, model: Any, *, optimize: bool, input_shapes: dict[str, Shape]):
+    def __init__(self, model: Any, *, optimize: bool, input_shapes: dict[str, Shape | View],
+                 renamed: Sequence[str] = (), dry: bool = False):
         self.model = model
         self.optimize = optimize
+        self.dry = dry  # checking only: weights are not read, initializers not made
+        self._renamed = set(renamed)  # blobs whose last definition must leave the blob name free
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._used: set[str] = set(model.inputs)
         for layer in model.layers:
             self._used.update(layer.bottoms)
             self._used.add(layer.top)
+            self._used.update(layer.tops)
         self._values: dict[str, str] = {}  # blob -> current ONNX value name
-        self._shapes: dict[str, Shape] = {}  # ONNX value name -> [k, h, w]
+        self._views: dict[str, View] = {}  # ONNX value name -> (seq, k, h, w)
         self._batch1: set[str] = set()  # ONNX value names with a fixed batch of 1
         self._top_names = self._plan_names()
         self.layer: Layer | None = None
         self._start = 0
         for blob in model.inputs:
             self._values[blob] = blob
-            self._shapes[blob] = input_shapes[blob]
+            self._views[blob] = as_view(input_shapes[blob])
 
     # -- names -----------------------------------------------------------------------------
 
-    def _plan_names(self) -> dict[int, str]:
-        """The value name of each layer's top (by layer index); see the module docstring."""
+    def _plan_names(self) -> dict[tuple[int, str], str]:
+        """The value name of each layer's tops, by (layer index, blob); see the module docstring."""
         definitions: dict[str, list[int]] = {}
         for blob in self.model.inputs:
             definitions[blob] = [-1]
         for index, layer in enumerate(self.model.layers):
             if layer.type == "input":
                 continue  # an input layer names the graph input, it defines no new value
-            definitions.setdefault(layer.top, []).append(index)
-        names: dict[int, str] = {}
+            for top in layer.tops:
+                definitions.setdefault(top, []).append(index)
+        names: dict[tuple[int, str], str] = {}
         for blob, indices in definitions.items():
             is_input = indices[0] == -1
             keep = 0 if is_input else len(indices) - 1  # the definition that keeps the blob name
+            if blob in self._renamed:
+                keep = -1
             for position, index in enumerate(indices):
                 if index == -1:
                     continue
                 suffix = position if is_input else position + 1
-                names[index] = blob if position == keep else self.unique(f"{blob}__{suffix}")
+                names[index, blob] = blob if position == keep else self.unique(f"{blob}__{suffix}")
         for index, layer in enumerate(self.model.layers):
             if layer.type == "input":
-                names[index] = layer.top
+                names[index, layer.top] = layer.top
         return names
 
     def unique(self, base: str) -> str:
@@ -83,13 +104,13 @@ class Context:
         self._used.add(name)
         return name
 
-    def top_name(self) -> str:
-        """The value name the current layer's top will have."""
-        return self._top_names[self._index]
+    def top_name(self, top: str | None = None) -> str:
+        """The value name the current layer's top (or its top ``top``) will have."""
+        return self._top_names[self._index, top or self.layer.top]
 
-    def planned_name(self, index: int) -> str:
-        """The value name of layer ``index``'s top."""
-        return self._top_names[index]
+    def planned_name(self, index: int, top: str | None = None) -> str:
+        """The value name of layer ``index``'s top (or its top ``top``)."""
+        return self._top_names[index, top or self.model.layers[index].top]
 
     def is_used(self, name: str) -> bool:
         return name in self._used
@@ -116,10 +137,29 @@ class Context:
         return [self._values[b] for b in self.layer.bottoms]
 
     def shape(self, value: str) -> Shape:
-        return self._shapes[value]
+        """(k, h, w) of a value; a sequence blob (seq > 1) is refused by the caller's layer."""
+        seq, k, h, w = self._views[value]
+        if seq != 1:
+            raise self.sequence_refused(seq)
+        return (k, h, w)
+
+    def view(self, value: str) -> View:
+        """(seq, k, h, w) of a value."""
+        return self._views[value]
 
     def in_shape(self, i: int = 0) -> Shape:
-        return self._shapes[self.input(i)]
+        return self.shape(self.input(i))
+
+    def in_view(self, i: int = 0) -> View:
+        return self._views[self.input(i)]
+
+    def has_value(self, blob: str) -> bool:
+        return blob in self._values
+
+    def sequence_refused(self, seq: int) -> UnsupportedLayerError:
+        return UnsupportedLayerError(
+            f"{layer_label(self.layer)}: a {self.layer.type} layer on a sequence blob (seq {seq}) is not supported"
+        )
 
     def is_batch1(self, value: str) -> bool:
         return value in self._batch1
@@ -165,12 +205,17 @@ class Context:
     def ints(self, values: Sequence[int], hint: str) -> str:
         return self.const(np.array(list(values), dtype=np.int64), hint)
 
-    def weight(self, role: str, hint: str | None = None, transform=None) -> str:
-        """An initializer from the model's weights file (``model.tensor(layer, role)``)."""
+    def weight(self, role: str, hint: str | None = None, transform=None, *, name: str | None = None) -> str:
+        """An initializer from the model's weights file (``model.tensor(layer, role)``).
+
+        When only checking (``dry``), nothing is read: the name is returned alone.
+        """
+        if self.dry:
+            return name or self.unique(f"{self.layer.name}/{hint or role}")
         array = self.model.tensor(self.layer, role)
         if transform is not None:
             array = transform(array)
-        return self.const(np.asarray(array, dtype=np.float32), hint or role)
+        return self.const(np.asarray(array, dtype=np.float32), hint or role, name=name)
 
     def node(self, op_type: str, inputs: Sequence[str], hint: str | None = None, **attrs: Any) -> str:
         """Emit one single-output node; returns its (temporary) output value name."""
@@ -178,13 +223,27 @@ class Context:
         self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attrs))
         return output
 
-    def finish(self, value: str, shape: Shape, *, batch1: bool | None = None) -> None:
-        """Make ``value`` the current layer's top: it takes the planned top name.
+    def as5(self, value: str) -> str:
+        """``value`` as [N, seq, k, h, w] (a 4-D value gains its size-1 seq axis)."""
+        if self._views[value][0] != 1:
+            return value
+        return self.node("Unsqueeze", [value, self.ints([1], "seq_axis")], "as5d")
 
-        ``batch1`` defaults to "every input is a batch-1 constant" (False for a
-        layer without inputs unless given).
+    def pack(self, value5: str, view: Sequence[int]) -> str:
+        """A [N, seq, k, h, w] value in the context's layout for ``view`` (4-D when seq is 1)."""
+        if int(view[0]) != 1:
+            return value5
+        return self.node("Squeeze", [value5, self.ints([1], "seq_axis")], "as4d")
+
+    def finish(self, value: str, shape: Sequence[int], *, batch1: bool | None = None, top: str | None = None) -> None:
+        """Make ``value`` the current layer's top (or its top ``top``): it takes the planned name.
+
+        ``shape`` is (k, h, w) or (seq, k, h, w); the value must be 4-D when seq is 1,
+        5-D otherwise. ``batch1`` defaults to "every input is a batch-1 constant"
+        (False for a layer without inputs unless given).
         """
-        target = self.top_name()
+        blob = top or self.layer.top
+        target = self.top_name(blob)
         if value != target:
             mine = self.nodes[self._start :]
             if any(value in node.output for node in mine):
@@ -199,9 +258,20 @@ class Context:
                 self.nodes.append(helper.make_node("Identity", [value], [target], name=target))
         if batch1 is None:
             batch1 = bool(self.layer.bottoms) and all(self.is_batch1(v) for v in self.inputs())
-        self._values[self.layer.top] = target
-        self._shapes[target] = tuple(int(d) for d in shape)  # type: ignore[assignment]
+        self._values[blob] = target
+        self._views[target] = as_view(shape)
         if batch1:
             self._batch1.add(target)
         else:
             self._batch1.discard(target)
+
+    def rebind(self, blob: str, value: str, view: Sequence[int]) -> None:
+        """Make ``value`` (already emitted) the current value of ``blob``."""
+        self._values[blob] = value
+        self._views[value] = as_view(view)
+
+    def placeholder(self, blob: str, view: Sequence[int]) -> None:
+        """Stand in for a top that could not be converted, so later layers can still be checked."""
+        name = self.unique(f"{blob}/unconverted")
+        self._values[blob] = name
+        self._views[name] = as_view(view)

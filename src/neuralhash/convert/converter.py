@@ -1,8 +1,10 @@
 """EspressoModel -> onnx.ModelProto, and writing the result safely.
 
-The graph is built layer by layer by the registered handlers (``handlers.py``),
-then optionally tidied (``fusion.py`` chains, Gemm, dead code), optionally
-extended with the NeuralHash hash head, checked against the shape file with
+The graph is built layer by layer by the registered handlers (``handlers.py``);
+a layer that cannot be converted does not stop the others from being checked,
+and one error lists them all (``unsupported_layers`` gives the same list
+without converting). The graph is then optionally tidied (``fusion.py``
+chains, Gemm, dead code), optionally extended with the NeuralHash hash head, checked against the shape file with
 ONNX's own strict shape inference, and validated with ``onnx.checker``.
 Nothing here depends on time, dict or set order: converting the same model
 twice gives byte-identical files.
@@ -19,10 +21,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from .. import __version__
-from ..errors import ConversionError, ShapeMismatchError, UnsupportedLayerError, layer_label
+from ..errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError, layer_label
 from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
-from .context import Context, Shape
+from ..espresso.layers import LAYER_TYPES
+from .context import Context, View
 from .fusion import plan_fusions
 from .registry import HANDLERS
 
@@ -47,43 +50,36 @@ def convert(
     (a [bits, features] matrix, NeuralHash's [96, 128] seed) appends
     ``hash_projection`` (float32 [batch, bits]) and ``hash_bits`` (uint8,
     1 where the projection is >= 0) outputs. ``check_shapes`` compares every
-    inferred blob shape with the model's shape file.
+    inferred blob shape with the model's shape file. Graph inputs and outputs
+    have their real rank (``BlobShape.onnx_dims``) after the symbolic batch.
+    Every layer that cannot be converted is named in the one error raised.
     """
-    input_shapes: dict[str, Shape] = {}
-    for blob in model.inputs:
-        shape = model.shapes.get(blob)
-        if shape is None:
-            raise ConversionError(
-                f"the shape file gives no shape for the input blob {blob!r}: the converter needs its [k, h, w]"
-            )
-        input_shapes[blob] = (shape.k, shape.h, shape.w)
+    input_shapes = _input_views(model)
     if model.weights is None and any(layer.blob_refs() for layer in model.layers):
         raise ConversionError("the model has no weights file: nothing to convert the layers' weights from")
 
-    ctx = Context(model, optimize=optimize, input_shapes=input_shapes)
+    ctx = Context(model, optimize=optimize, input_shapes=input_shapes, renamed=_boundary_reshapes(model))
+    prologue = _reshape_inputs(ctx, model)
     fusions = plan_fusions(model) if optimize else {}
-    for index, layer in enumerate(model.layers):
-        ctx.begin(index, layer)
-        fusion = fusions.get(layer.name)
-        if fusion is not None:
-            if layer is fusion.layers[-1]:
-                fusion.emit(ctx)
-            continue
-        fn = HANDLERS.get(layer.type)
-        if fn is None:
-            raise UnsupportedLayerError(f"{layer_label(layer)}: layer type {layer.type!r} is not supported")
-        fn(ctx, layer)
+    failures = _build(ctx, model, fusions)
+    if failures:
+        raise _one_error(failures)
+    ctx.nodes[:0] = prologue
 
     outputs = []
     for blob in model.outputs:
         value = ctx.value(blob)
+        dims = _boundary_dims(model, blob, ctx.view(value))
         if value != blob:
-            raise ConversionError(f"blob {blob!r} is both the network input and an output, which ONNX cannot name")
-        outputs.append(_value_info(blob, ctx.shape(value), ctx.is_batch1(value)))
+            if blob in model.inputs:
+                raise ConversionError(f"blob {blob!r} is both the network input and an output, which ONNX cannot name")
+            target = ctx.const(np.array([0, *dims], np.int64), "", name=ctx.unique(f"{blob}/rank_shape"))
+            ctx.nodes.append(helper.make_node("Reshape", [value, target], [blob], name=blob))
+        outputs.append(_value_info(blob, dims, ctx.is_batch1(value)))
     if hash_head is not None:
         outputs += _add_hash_head(ctx, model, hash_head)
 
-    inputs = [_value_info(blob, input_shapes[blob], False) for blob in model.inputs]
+    inputs = [_value_info(blob, _boundary_dims(model, blob, input_shapes[blob]), False) for blob in model.inputs]
     nodes, initializers = ctx.nodes, ctx.initializers
     ctx.initializers = []  # the proto below takes them over
     if optimize:
@@ -123,6 +119,121 @@ def convert(
     return proto
 
 
+def unsupported_layers(model: Any) -> dict[str, str]:
+    """Every layer the converter cannot handle, by name, with the reason (one line each).
+
+    Checks every layer without stopping at the first and without reading a
+    weight: a layer that fails stands in for its top with the shape file's
+    view, so the layers after it are still checked. A layer whose input could
+    not be stood in for (no shape entry) is not checked, and not listed.
+    The same layers make :func:`convert` fail, all named in one error.
+    Raises ConversionError when nothing can be checked (no shape for the input).
+    """
+    ctx = Context(model, optimize=False, input_shapes=_input_views(model), dry=True)
+    return {layer.name: str(exc) for layer, exc in _build(ctx, model, {})}
+
+
+def _input_views(model: Any) -> dict[str, View]:
+    views = {}
+    for blob in model.inputs:
+        shape = model.shapes.get(blob)
+        if shape is None:
+            raise ConversionError(
+                f"the shape file gives no shape for the input blob {blob!r}: the converter needs its dimensions"
+            )
+        views[blob] = shape.view
+    return views
+
+
+def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHashError]]:
+    """Run every layer's handler; return the (layer, error) of those that failed."""
+    failures: list[tuple[Any, NeuralHashError]] = []
+    for index, layer in enumerate(model.layers):
+        ctx.begin(index, layer)
+        fusion = fusions.get(layer.name)
+        if fusion is not None:
+            if layer is fusion.layers[-1]:
+                fusion.emit(ctx)
+            continue
+        if not all(ctx.has_value(b) for b in layer.bottoms):
+            continue  # an input failed and had no shape entry to stand in with: not checkable
+        fn = HANDLERS.get(layer.type)
+        try:
+            parsed_as = LAYER_TYPES.get(layer.type)
+            if fn is not None and parsed_as is not None and not isinstance(layer, parsed_as):
+                # A leniently loaded model (inspect) keeps a layer it could not parse as a bare Layer.
+                raise UnsupportedLayerError(f"{layer_label(layer)}: its fields could not be read")
+            if fn is None:
+                reason = UNSUPPORTED_TYPES.get(layer.type, "")
+                raise UnsupportedLayerError(
+                    f"{layer_label(layer)}: layer type {layer.type!r} is not supported{': ' + reason if reason else ''}"
+                )
+            fn(ctx, layer)
+        except NeuralHashError as exc:  # ConversionError, and a weight that cannot be read
+            failures.append((layer, exc))
+            for top in layer.tops:
+                shape = model.shapes.get(top)
+                if shape is not None:
+                    ctx.placeholder(top, shape.view)
+    return failures
+
+
+def _one_error(failures: list[tuple[Any, NeuralHashError]]) -> NeuralHashError:
+    """One failure as itself; several as one error listing them all."""
+    if len(failures) == 1:
+        return failures[0][1]
+    cls = UnsupportedLayerError if all(isinstance(e, UnsupportedLayerError) for _, e in failures) else ConversionError
+    listed = "; ".join(str(e) for _, e in failures)
+    return cls(f"{len(failures)} layers cannot be converted: {listed}")
+
+
+def _boundary_dims(model: Any, blob: str, view: View) -> tuple[int, ...]:
+    """A graph input's or output's per-image dims: its real rank from the shape file.
+
+    Without a shape entry, the context's own layout ([k, h, w], or [seq, k, h, w]).
+    """
+    shape = model.shapes.get(blob)
+    if shape is not None and shape.view == tuple(view):
+        return shape.onnx_dims
+    return tuple(view) if view[0] != 1 else tuple(view[1:])
+
+
+def _internal_dims(view: View) -> tuple[int, ...]:
+    return tuple(view) if view[0] != 1 else tuple(view[1:])
+
+
+def _boundary_reshapes(model: Any) -> list[str]:
+    """Outputs whose real rank differs from their in-graph layout: a final Reshape takes their name."""
+    out = []
+    for blob in model.outputs:
+        shape = model.shapes.get(blob)
+        if shape is not None and shape.onnx_dims != _internal_dims(shape.view):
+            out.append(blob)
+    return out
+
+
+def _reshape_inputs(ctx: Context, model: Any) -> list[onnx.NodeProto]:
+    """Reshape nodes from each input's real rank to its in-graph layout (none for NCHW inputs)."""
+    nodes = []
+    for blob in model.inputs:
+        view = ctx.view(blob)
+        if model.shapes[blob].onnx_dims == _internal_dims(view):
+            continue
+        name = ctx.unique(f"{blob}/espresso_view")
+        target = ctx.unique(f"{blob}/espresso_view_shape")
+        ctx.initializers.append(onnx.numpy_helper.from_array(np.array([0, *_internal_dims(view)], np.int64), target))
+        nodes.append(helper.make_node("Reshape", [blob, target], [name], name=name))
+        ctx.rebind(blob, name, view)
+    return nodes
+
+
+# Types with no handler, and why (shown by ``unsupported_layers`` and ``inspect``).
+UNSUPPORTED_TYPES = {
+    "rnn_arch": "a recurrent (LSTM) layer; the layout of its weights and its gate order are not publicly "
+                "documented, and a guess could not be checked",
+}
+
+
 _SKELETON_LIMIT = 1024  # initializers of more elements become graph inputs in the skeleton
 
 
@@ -152,7 +263,7 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _value_info(name: str, shape: Shape, batch1: bool) -> onnx.ValueInfoProto:
+def _value_info(name: str, shape: tuple[int, ...], batch1: bool) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1 if batch1 else BATCH, *shape])
 
 
@@ -163,8 +274,7 @@ def _add_hash_head(ctx: Context, model: Any, matrix: np.ndarray) -> list[onnx.Va
     matrix = np.asarray(matrix)
     blob = model.outputs[0]
     value = ctx.value(blob)
-    k, h, w = ctx.shape(value)
-    features = k * h * w
+    features = int(np.prod(ctx.view(value)))
     if matrix.ndim != 2 or matrix.shape[1] != features:
         raise ConversionError(
             f"the hash head matrix is {list(matrix.shape)}, the output {blob!r} has {features} features "
@@ -212,7 +322,12 @@ def _prune(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], ou
 
 
 def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
-    """ONNX's strict shape inference against the shape file, first mismatch in layer order."""
+    """ONNX's strict shape inference against the shape file, first mismatch in layer order.
+
+    Every blob the graph still has is compared in its in-graph layout
+    ((seq,) k, h, w after the batch); graph inputs and outputs also in their
+    real rank.
+    """
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -228,22 +343,31 @@ def _check_shapes(model: Any, ctx: Context, proto: onnx.ModelProto) -> None:
         dims.setdefault(init.name, list(init.dims))
     last_definition = {}
     for index, layer in enumerate(model.layers):
-        last_definition[layer.top] = index
+        for top in layer.tops:
+            last_definition[top] = index
     for index, layer in enumerate(model.layers):
-        expected = model.shapes.get(layer.top)
-        if expected is None or layer.type == "input" or last_definition[layer.top] != index:
-            continue
-        value = ctx.planned_name(index)
-        if ctx.current(layer.top) != value:
-            continue  # fused away
-        got = dims.get(value)
-        want = [expected.k, expected.h, expected.w]
-        if got is None or len(got) != 4 or got[1:] != want:
-            shown = "unknown" if got is None else (f"rank {len(got)} {got}" if len(got) != 4 else str(got[1:]))
-            raise ShapeMismatchError(
-                f"{layer_label(layer)}: blob {layer.top!r} is [k, h, w] {shown} in the ONNX graph, "
-                f"the shape file says {want}"
-            )
+        for top in layer.tops:
+            expected = model.shapes.get(top)
+            if expected is None or layer.type == "input" or last_definition[top] != index:
+                continue
+            value = ctx.planned_name(index, top)
+            if ctx.current(top) != value:
+                continue  # fused away
+            _compare(layer, top, dims.get(value), list(_internal_dims(expected.view)), "")
+    for blob in (*model.inputs, *model.outputs):
+        expected = model.shapes.get(blob)
+        if expected is not None:
+            producer = next((layer for layer in model.layers if blob in layer.tops), None)
+            _compare(producer, blob, dims.get(blob), list(expected.onnx_dims), f" (rank {expected.rank})")
+
+
+def _compare(layer: Any, blob: str, got: list | None, want: list[int], what: str) -> None:
+    if got is None or got[1:] != want:
+        shown = "unknown" if got is None else str(got[1:])
+        who = layer_label(layer) if layer is not None else f"input {blob!r}"
+        raise ShapeMismatchError(
+            f"{who}: blob {blob!r} is {shown} (after the batch) in the ONNX graph, the shape file says {want}{what}"
+        )
 
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -1,6 +1,8 @@
 """ONNX converters of Espresso layers, one per layer type (see ESPRESSO.md).
 
-Every Espresso blob is a 4-D NCHW ONNX value with a symbolic batch. Padding
+Every Espresso blob is an ONNX value with a symbolic batch first: 4-D NCHW
+when its seq is 1, ``[N, seq, k, h, w]`` otherwise (see ``context.py``).
+Image layers (convolution, pooling, ...) refuse sequence blobs by name. Padding
 is always made explicit from the static input size, so TensorFlow's SAME
 (the odd extra row / column at the bottom / right) needs no ``auto_pad``.
 Semantics that ESPRESSO.md marks *unverified* follow the NumPy reference
@@ -17,23 +19,33 @@ from typing import Any, Callable
 import numpy as np
 
 from ..espresso.layers import (
+    AXIS_NAMES,
     Activation,
     BatchNorm,
     Concat,
     Convolution,
     Elementwise,
+    ExpandDims,
     Flatten,
+    GeneralPadding,
     InnerProduct,
     Input,
     LoadConstant,
     Pool,
+    Reduce,
     Reshape,
+    SequenceConcat,
+    Slice,
     Softmax,
     SoftmaxND,
+    SplitND,
+    Squeeze,
     Transpose,
     Upsample,
+    nd_axis_name,
 )
-from .context import Context, Shape
+from ..errors import UnsupportedLayerError, layer_label
+from .context import Context, Shape, View
 from .registry import handler
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -88,12 +100,37 @@ def _fused(ctx: Context, y: str, relu: bool, tanh: bool, relu_field: str, tanh_f
     return y
 
 
-def _broadcast(ctx: Context, shapes: list[Shape]) -> Shape:
+def _broadcast(ctx: Context, shapes: list[View]) -> View:
     try:
         return tuple(int(d) for d in np.broadcast_shapes(*shapes))  # type: ignore[return-value]
     except ValueError:
         listed = ", ".join(str(list(s)) for s in shapes)
-        raise ctx.mismatch(f"inputs of [k, h, w] {listed} do not broadcast") from None
+        raise ctx.mismatch(f"inputs of [seq, k, h, w] {listed} do not broadcast") from None
+
+
+_LAYOUT4 = {"k": 1, "h": 2, "w": 3}
+_LAYOUT5 = {"n": 0, "seq": 1, "k": 2, "h": 3, "w": 4}
+_VIEW_INDEX = {"seq": 0, "k": 1, "h": 2, "w": 3}
+
+
+def _input_rank(ctx: Context, i: int = 0) -> int:
+    """The rank the shape file gives the layer's i-th input (4 without an entry, the old reading)."""
+    shape = ctx.model.shapes.get(ctx.layer.bottoms[i])
+    return shape.rank if shape is not None else 4
+
+
+def _shape_entry(ctx: Context, top: str, why: str):
+    shape = ctx.model.shapes.get(top)
+    if shape is None:
+        raise UnsupportedLayerError(f"{layer_label(ctx.layer)}: blob {top!r} has no entry in the shape file, "
+                                    f"which gives {why}")
+    return shape
+
+
+def _reshaped(ctx: Context, value: str, view: View) -> str:
+    """``value`` reshaped (C order, per image) to ``view`` in the context's layout."""
+    dims = list(view) if view[0] != 1 else list(view[1:])
+    return ctx.node("Reshape", [value, ctx.ints([0, *dims], "shape")])
 
 
 # -- layers ----------------------------------------------------------------------------------
@@ -101,8 +138,10 @@ def _broadcast(ctx: Context, shapes: list[Shape]) -> Shape:
 
 @handler("input")
 def input_(ctx: Context, layer: Input) -> None:
-    """The graph input itself: no node."""
-    ctx.finish(ctx.value(layer.top), ctx.shape(ctx.value(layer.top)), batch1=False)
+    """The graph input itself: no node (an input of another rank is already reshaped to its view)."""
+    value = ctx.value(layer.top)
+    if value == layer.top:
+        ctx.finish(value, ctx.view(value), batch1=False)
 
 
 @handler("convolution")
@@ -162,7 +201,7 @@ def _variadic(op: str) -> Callable[[Context, Elementwise], str]:
     """A chain of binary ``op`` nodes over all inputs (numpy broadcasting)."""
 
     def build(ctx: Context, layer: Elementwise) -> str:
-        values = ctx.inputs()
+        values = _aligned(ctx)
         y = values[0]
         for other in values[1:]:
             y = ctx.node(op, [y, other])
@@ -179,8 +218,33 @@ def _clip(ctx: Context, layer: Elementwise) -> str:
     return ctx.node("Clip", [ctx.input(), ctx.scalar(layer.alpha, "min"), ctx.scalar(layer.beta, "max")])
 
 
+def _unary_neutral(ctx: Context, layer: Elementwise, op: int, alpha: bool) -> None:
+    """Only the alpha (if ``alpha``) / beta values seen in real files are accepted for ``op``."""
+    if layer.params.get("beta", 0) != 0:
+        raise ctx.unsupported("beta", layer.beta, f"operation {op}")
+    if alpha and layer.params.get("alpha", 1) != 1:
+        raise ctx.unsupported("alpha", layer.alpha, f"operation {op}")
+
+
+def _threshold(ctx: Context, layer: Elementwise) -> str:  # max(x, alpha): ReLU6 lowering (see ESPRESSO.md)
+    _unary_neutral(ctx, layer, 25, alpha=False)
+    return ctx.node("Max", [ctx.input(), ctx.scalar(layer.alpha, "alpha")])
+
+
+def _exp(ctx: Context, layer: Elementwise) -> str:  # exp(x): SSDOcr's lowered softmax
+    _unary_neutral(ctx, layer, 27, alpha=True)
+    return ctx.node("Exp", [ctx.input()])
+
+
+def _inverse(ctx: Context, layer: Elementwise) -> str:  # alpha / x: SSDOcr's lowered softmax
+    _unary_neutral(ctx, layer, 10, alpha=False)
+    return ctx.node("Div", [ctx.scalar(layer.alpha, "alpha"), ctx.input()])
+
+
 # (operation, "1" for one input / "n" for several) -> (input count: n or (low, high|None), builder).
-# 0, 1 (two inputs), 2, 3 and 119 are NeuralHash's; the rest are unverified.
+# 0, 1 (two inputs), 2, 3 and 119 are NeuralHash's; 25, 27 and 10 are read off real models' lowering
+# patterns (ESPRESSO.md, "Seen in real compiled models"), checked by tests of those patterns: still
+# unverified against Core ML itself. The rest are unverified.
 _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable[[Context, Elementwise], str]]] = {
     (0, "n"): ((2, None), _variadic("Add")),
     (1, "n"): ((2, None), _variadic("Mul")),
@@ -193,6 +257,9 @@ _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable[[Context, Elementwise], 
     (33, "n"): (2, _variadic("Sub")),  # unverified: a - b
     (102, "n"): (2, _variadic("Div")),  # unverified: a / b
     (119, "1"): (1, _clip),  # clip(x, alpha, beta)
+    (25, "1"): (1, _threshold),  # max(x, alpha), unverified
+    (27, "1"): (1, _exp),  # exp(x), unverified
+    (10, "1"): (1, _inverse),  # alpha / x, unverified
 }
 ELEMENTWISE_OPERATIONS = tuple(sorted({op for op, _ in _ELEMENTWISE}))
 
@@ -209,11 +276,21 @@ def elementwise(ctx: Context, layer: Elementwise) -> None:
     if arity == "n" and not layer.binary_modifiers_neutral:
         # What alpha / beta do to a binary operation is unknown: refuse rather than ignore them.
         raise ctx.unsupported("alpha, beta", (layer.alpha, layer.beta), f"operation {op} with several inputs")
-    shape = _broadcast(ctx, [ctx.shape(v) for v in ctx.inputs()])
+    view = _broadcast(ctx, [ctx.view(v) for v in ctx.inputs()])
     y = build(ctx, layer)
     if layer.fused_relu:
         y = ctx.node("Relu", [y])
-    ctx.finish(y, shape)
+    if view[0] == 1 and any(ctx.view(v)[0] != 1 for v in ctx.inputs()):
+        y = ctx.pack(y, view)
+    ctx.finish(y, view)
+
+
+def _aligned(ctx: Context) -> list[str]:
+    """The inputs, all 5-D when any is a sequence blob (so that broadcasting lines axes up)."""
+    values = ctx.inputs()
+    if any(ctx.view(v)[0] != 1 for v in values):
+        return [ctx.as5(v) for v in values]
+    return values
 
 
 def _unary(op: str) -> Callable[[Context, Activation], str]:
@@ -236,7 +313,17 @@ def _silu(ctx: Context, layer: Activation) -> str:  # x * sigmoid(x); ONNX has n
     return ctx.node("Mul", [ctx.input(), s])
 
 
-# mode -> builder. Only mode 0 (ReLU) is in NeuralHash: every other mode is unverified.
+def _clip01(ctx: Context, layer: Activation) -> str:
+    """clip(x, 0, 1): mode 7 with beta 0 and no alpha, between linear(1/6) and linear(6) in layers
+    named ``..._clip_0_1`` (ESPRESSO.md). *Unverified*; other parameter values are refused."""
+    if layer.params.get("beta", 0) != 0 or layer.params.get("alpha", 1) != 1:
+        raise ctx.unsupported("alpha, beta", (layer.params.get("alpha"), layer.params.get("beta")),
+                              "mode 7 is known only as clip(x, 0, 1), with beta 0 and no alpha")
+    return ctx.node("Clip", [ctx.input(), ctx.scalar(0.0, "min"), ctx.scalar(1.0, "max")])
+
+
+# mode -> builder. Only mode 0 (ReLU) is in NeuralHash; 6 (linear) and 7 are read off Core ML's
+# ReLU6 lowering in real models (ESPRESSO.md); every other mode is unverified.
 _ACTIVATIONS: dict[int, Callable[[Context, Activation], str]] = {
     0: _unary("Relu"),
     1: _unary("Tanh"),
@@ -244,7 +331,7 @@ _ACTIVATIONS: dict[int, Callable[[Context, Activation], str]] = {
     3: _unary("Sigmoid"),
     5: _scaled_tanh,
     6: _linear,
-    7: lambda ctx, layer: ctx.node("HardSigmoid", [ctx.input()], alpha=layer.alpha, beta=layer.beta),
+    7: _clip01,
     8: lambda ctx, layer: ctx.node("Elu", [ctx.input()], alpha=layer.alpha),
     9: lambda ctx, layer: ctx.node("ThresholdedRelu", [ctx.input()], alpha=layer.alpha),
     10: _unary("Softplus"),
@@ -261,7 +348,7 @@ def activation(ctx: Context, layer: Activation) -> None:
     build = _ACTIVATIONS.get(layer.mode)
     if build is None:
         raise ctx.unsupported("mode", layer.mode, "PReLU" if layer.mode == 4 else "")
-    ctx.finish(build(ctx, layer), ctx.in_shape())
+    ctx.finish(build(ctx, layer), ctx.in_view())
 
 
 @handler("pool")
@@ -276,17 +363,46 @@ def pool(ctx: Context, layer: Pool) -> None:
         ctx.finish(y, (k, 1, 1))
         return
     _check_pad_fill(ctx, layer, value_too=False)
-    style = layer.params.get("top_shape_style", 0)
-    if style not in (0, None):
-        raise ctx.unsupported("top_shape_style", style)
     kh, kw = layer.size_h, layer.size_w
     ho, wo, pads = _window(ctx, h, w, kh, kw, layer.stride_h, layer.stride_w, 1, 1, layer.pad_mode, layer.pads)
     attrs: dict[str, Any] = dict(kernel_shape=[kh, kw], strides=[layer.stride_h, layer.stride_w], pads=pads)
+    if _ceil_pool(ctx, layer, h, w, ho, wo, pads):
+        attrs["ceil_mode"] = 1
+        ho, wo = _ceil_size(h, kh, layer.stride_h, pads[0], pads[2]), _ceil_size(w, kw, layer.stride_w, pads[1], pads[3])
     if layer.is_max:
         y = ctx.node("MaxPool", [ctx.input()], **attrs)
     else:
         y = ctx.node("AveragePool", [ctx.input()], count_include_pad=0 if layer.exclude_padding else 1, **attrs)
     ctx.finish(y, (k, ho, wo))
+
+
+def _ceil_size(size: int, kernel: int, stride: int, before: int, after: int) -> int:
+    """Output size rounding up, without a window that starts in the padding after the input."""
+    out = -(-(size + before + after - kernel) // stride) + 1
+    if (out - 1) * stride >= size + before:
+        out -= 1
+    return out
+
+
+def _ceil_pool(ctx: Context, layer: Pool, h: int, w: int, ho: int, wo: int, pads: list[int]) -> bool:
+    """Whether a pool rounds its output size up: ``top_shape_style`` 0 floors; any other style is
+    *unverified* and decided by the shape file (floor or ceil, whichever it shows, else an error)."""
+    style = layer.params.get("top_shape_style", 0)
+    if style in (0, None):
+        return False
+    want = ctx.model.shapes.get(layer.top)
+    if want is None:
+        raise ctx.unsupported("top_shape_style", style, "without a shape entry to tell floor from ceil")
+    if (want.h, want.w) == (ho, wo):
+        return False
+    ceil = (_ceil_size(h, layer.size_h, layer.stride_h, pads[0], pads[2]),
+            _ceil_size(w, layer.size_w, layer.stride_w, pads[1], pads[3]))
+    if (want.h, want.w) != ceil:
+        raise ctx.unsupported("top_shape_style", style,
+                              f"the shape file's [h, w] {[want.h, want.w]} is neither floor {[ho, wo]} nor ceil {list(ceil)}")
+    if not layer.is_max and not layer.exclude_padding:
+        raise ctx.unsupported("top_shape_style", style, "rounding up an average pool that counts padding")
+    return True
 
 
 @handler("inner_product")
@@ -311,22 +427,55 @@ def inner_product(ctx: Context, layer: InnerProduct) -> None:
         if layer.has_biases:
             y = ctx.node("Add", [y, ctx.weight("biases")])
     y = _fused(ctx, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
-    y = ctx.node("Reshape", [y, ctx.ints([0, layer.n_out, 1, 1], "shape")])
-    ctx.finish(y, (layer.n_out, 1, 1))
+    out = dense_view(ctx.model, layer)
+    y = ctx.node("Reshape", [y, ctx.ints([0, *out[1:]], "shape")])
+    ctx.finish(y, out)
+
+
+def dense_view(model: Any, layer: InnerProduct) -> View:
+    """(1, nC, 1, 1), or the features in w (or h) when the shape file puts them there.
+
+    A rank-2 dense output is ``{k 1, h 1, w nC}`` in newer files (ESPRESSO.md); the
+    values are one vector either way, so the shape file only names the axis.
+    """
+    want = model.shapes.get(layer.top)
+    n = layer.n_out
+    if want is not None and want.view in ((1, 1, 1, n), (1, 1, n, 1)):
+        return want.view
+    return (1, n, 1, 1)
+
+
+def _softmax_axis_field(ctx: Context, layer: Softmax) -> None:
+    """``C`` is 2 in every real softmax seen (over k of 3 channels): axis number 2, k, in the
+    numbering of transpose and slice (*unverified*). Any other value is refused."""
+    if layer.params.get("C", 2) != 2:
+        raise ctx.unsupported("C", layer.params.get("C"), "only 2 (k) is known")
 
 
 @handler("softmax")
 def softmax(ctx: Context, layer: Softmax) -> None:
+    """Over k (each sequence item on its own)."""
     ctx.expect_inputs(1)
-    ctx.finish(ctx.node("Softmax", [ctx.input()], axis=1), ctx.in_shape())
+    _softmax_axis_field(ctx, layer)
+    view = ctx.in_view()
+    ctx.finish(ctx.node("Softmax", [ctx.input()], axis=1 if view[0] == 1 else 2), view)
 
 
 @handler("softmax_nd")
 def softmax_nd(ctx: Context, layer: SoftmaxND) -> None:
+    """Over ``nd_axis`` counted over the input's rank (its shape entry's; 4 without one)."""
     ctx.expect_inputs(1)
-    if not -4 <= layer.axis <= 3:
-        raise ctx.unsupported("nd_axis", layer.axis)
-    ctx.finish(ctx.node("Softmax", [ctx.input()], axis=layer.axis), ctx.in_shape())
+    rank = _input_rank(ctx)
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise ctx.unsupported("nd_axis", layer.axis, f"on a rank-{rank} blob" + (" (the batch axis)" if name else ""))
+    view = ctx.in_view()
+    x = ctx.input()
+    if view[0] == 1 and name != "seq":
+        y = ctx.node("Softmax", [x], axis=_LAYOUT4[name])
+    else:
+        y = ctx.pack(ctx.node("Softmax", [ctx.as5(x)], axis=_LAYOUT5[name]), view)
+    ctx.finish(y, view)
 
 
 @handler("concat")
@@ -355,41 +504,225 @@ def concat(ctx: Context, layer: Concat) -> None:
 
 @handler("flatten")
 def flatten(ctx: Context, layer: Flatten) -> None:
-    """[N, k, h, w] -> [N, k*h*w, 1, 1], C order."""
+    """mode 0: each sequence item's [k, h, w] -> [k*h*w, 1, 1], C order (SSDOcr's shape file keeps seq).
+
+    mode 1 (*unverified*: Core ML's channel-last order) only where it cannot differ (k or h*w is 1).
+    """
     ctx.expect_inputs(1)
-    k, h, w = ctx.in_shape()
-    y = ctx.node("Reshape", [ctx.input(), ctx.ints([0, -1, 1, 1], "shape")])
-    ctx.finish(y, (k * h * w, 1, 1))
+    seq, k, h, w = ctx.in_view()
+    if layer.mode not in (0, 1) or (layer.mode == 1 and k != 1 and h * w != 1):
+        raise ctx.unsupported("mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+    out = (seq, k * h * w, 1, 1)
+    ctx.finish(_reshaped(ctx, ctx.input(), out), out)
+
+
+def reshape_target(layer: Reshape, view: View) -> tuple[View | None, str]:
+    """The output view of a reshape, or (None, why not)."""
+    if layer.dst_n not in (0, 1, -1):
+        return None, f"dst_n {layer.dst_n} would reshape across the batch axis"
+    dst = (layer.dst_seq, layer.dst_k, layer.dst_h, layer.dst_w)
+    names = ("dst_seq", "dst_k", "dst_h", "dst_w")
+    for name, value in zip(names, dst):
+        if value == 0 or value < -1:
+            return None, f"{name} {value} is not supported"
+    if dst.count(-1) > 1:
+        return None, f"dst_seq/k/h/w {list(dst)}: more than one -1 is not supported"
+    total = int(np.prod(view))
+    known = int(np.prod([d for d in dst if d != -1]))
+    if (-1 in dst and (known == 0 or total % known)) or (-1 not in dst and known != total):
+        return None, f"cannot reshape [seq, k, h, w] {list(view)} to {list(dst)}"
+    out = tuple(total // known if d == -1 else d for d in dst)
+    if layer.mode != 0:
+        # mode 1 is seen only where channel-first and channel-last orders coincide.
+        same = all(v[1] == 1 or v[2] * v[3] == 1 for v in (view, out))
+        if layer.mode != 1 or not same:
+            return None, f"mode {layer.mode} is not supported (only where it cannot differ from mode 0)"
+    return out, ""  # type: ignore[return-value]
 
 
 @handler("reshape")
 def reshape(ctx: Context, layer: Reshape) -> None:
-    """[N, k, h, w] -> [N, dst_k, dst_h, dst_w]; the batch is copied (ONNX shape 0), one -1 allowed."""
+    """Each image's [seq, k, h, w] -> [dst_seq, dst_k, dst_h, dst_w] in C order; the batch is kept.
+
+    The sizes are SSDOcr's shape file's; the C order (w fastest, then h, k, seq) is *unverified*.
+    """
     ctx.expect_inputs(1)
-    dst = (layer.dst_k, layer.dst_h, layer.dst_w)
-    for name, value in zip(("dst_k", "dst_h", "dst_w"), dst):
-        if value == 0 or value < -1:
-            raise ctx.unsupported(name, value)
-    if dst.count(-1) > 1:
-        raise ctx.unsupported("dst_k/dst_h/dst_w", dst, "more than one -1")
-    k, h, w = ctx.in_shape()
-    total = k * h * w
-    known = int(np.prod([d for d in dst if d != -1]))
-    if (-1 in dst and (known == 0 or total % known)) or (-1 not in dst and known != total):
-        raise ctx.mismatch(f"cannot reshape [k, h, w] {[k, h, w]} to {list(dst)}")
-    out = tuple(total // known if d == -1 else d for d in dst)
-    y = ctx.node("Reshape", [ctx.input(), ctx.ints([0, *dst], "shape")])
-    ctx.finish(y, out)  # type: ignore[arg-type]
+    out, why = reshape_target(layer, ctx.in_view())
+    if out is None:
+        if why.startswith("cannot"):
+            raise ctx.mismatch(why)
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {why}")
+    _check_nd_rank(ctx, layer)
+    ctx.finish(_reshaped(ctx, ctx.input(), out), out)
+
+
+def _check_nd_rank(ctx: Context, layer: Reshape) -> None:
+    """``dst_nd_rank`` must agree with the rank the shape file declares for the top."""
+    want = ctx.model.shapes.get(layer.top)
+    if layer.nd_rank is not None and want is not None and want.rank_declared and want.rank != layer.nd_rank:
+        raise ctx.mismatch(f"dst_nd_rank {layer.nd_rank}, the shape file gives {layer.top!r} rank {want.rank}")
+
+
+def transpose_plan(layer: Transpose) -> tuple[list[str] | None, str]:
+    """The source axis name of each destination axis (seq, n, k, h, w), or (None, why not)."""
+    if not layer.has_axes:
+        return None, "no axis_* field: the permutation is unknown"
+    if sorted(layer.axes) != [0, 1, 2, 3, 4]:
+        return None, f"axis_seq/n/k/h/w {list(layer.axes)} is not a permutation of 0..4"
+    sources = [AXIS_NAMES[a] for a in layer.axes]
+    if sources[1] != "n":
+        return None, f"axis_n {layer.axes[1]} is not supported (moving the batch axis)"
+    return sources, ""
 
 
 @handler("transpose")
 def transpose(ctx: Context, layer: Transpose) -> None:
+    """Output axis X is the input axis numbered axis_X (0 w, 1 h, 2 k, 3 n, 4 seq); the batch stays."""
     ctx.expect_inputs(1)
-    if layer.perm[0] != 0:
-        raise ctx.unsupported("axis_n", layer.perm[0], "moving the batch axis")
-    full = (1, *ctx.in_shape())
-    y = ctx.node("Transpose", [ctx.input()], perm=list(layer.perm))
-    ctx.finish(y, tuple(full[p] for p in layer.perm[1:]))  # type: ignore[arg-type]
+    sources, why = transpose_plan(layer)
+    if sources is None:
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {why}")
+    view = ctx.in_view()
+    size = dict(zip(("seq", "k", "h", "w"), view))
+    out = tuple(size[s] for s in (sources[0], *sources[2:]))
+    if view[0] == 1 and out[0] == 1 and "seq" not in sources[2:]:
+        y = ctx.node("Transpose", [ctx.input()], perm=[0] + [_LAYOUT4[s] for s in sources[2:]])
+    else:
+        y = ctx.node("Transpose", [ctx.as5(ctx.input())], perm=[_LAYOUT5[s] for s in sources])
+        y = ctx.pack(y, out)
+    ctx.finish(y, out)  # type: ignore[arg-type]
+
+
+@handler("sequence_concat")
+def sequence_concat(ctx: Context, layer: SequenceConcat) -> None:
+    """Along seq, in bottom order (*unverified*: the shape file shows only the sizes); other axes agree."""
+    ctx.expect_inputs((1, None))
+    if layer.simple_concat != 1:
+        raise ctx.unsupported("simple_concat", layer.simple_concat)
+    views = [ctx.view(v) for v in ctx.inputs()]
+    if len({v[1:] for v in views}) > 1 or any(ctx.is_batch1(v) for v in ctx.inputs()):
+        raise ctx.mismatch(f"inputs of [seq, k, h, w] {[list(v) for v in views]} cannot be concatenated along seq")
+    out = (sum(v[0] for v in views), *views[0][1:])
+    y = ctx.node("Concat", [ctx.as5(v) for v in ctx.inputs()], axis=1)
+    ctx.finish(ctx.pack(y, out), out)
+
+
+def slice_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """Python's reading of [start, end) on an axis of ``size`` (negative from the end, clamped).
+
+    That negative values count from the end is *unverified*; SSDOcr shows an end past the axis clamped.
+    """
+    begin, stop, _ = slice(start, end).indices(size)
+    return begin, max(begin, stop)
+
+
+@handler("slice")
+def slice_(ctx: Context, layer: Slice) -> None:
+    """``[start, end)`` along the axis numbered ``axis`` (0 w, 1 h, 2 k, 4 seq)."""
+    ctx.expect_inputs(1)
+    if layer.axis is None or layer.axis not in AXIS_NAMES or AXIS_NAMES[layer.axis] == "n":
+        raise ctx.unsupported("axis", layer.axis)
+    if layer.stride != 1:
+        raise ctx.unsupported("stride", layer.stride)
+    name = AXIS_NAMES[layer.axis]
+    view = ctx.in_view()
+    begin, stop = slice_range(layer.start, layer.end, view[_VIEW_INDEX[name]])
+    out = list(view)
+    out[_VIEW_INDEX[name]] = stop - begin
+    if stop == begin:
+        raise ctx.mismatch(f"start {layer.start}, end {layer.end} leave nothing of {name} {view[_VIEW_INDEX[name]]}")
+    x = ctx.input()
+    five = view[0] != 1 or name == "seq"
+    axis = _LAYOUT5[name] if five else _LAYOUT4[name]
+    y = ctx.node("Slice", [ctx.as5(x) if five else x, ctx.ints([begin], "starts"), ctx.ints([stop], "ends"),
+                           ctx.ints([axis], "axes")])
+    if five:
+        y = ctx.pack(y, out)
+    ctx.finish(y, tuple(out))
+
+
+# reduce axis_mode -> axis reduced; only 4 (k) is evidenced (SSDOcr's softmax).
+REDUCE_AXES = {4: "k"}
+
+
+@handler("reduce")
+def reduce(ctx: Context, layer: Reduce) -> None:
+    """mode 0: sum over axis_mode 4 (k), kept as size 1 (*unverified*: SSDOcr's softmax, whose rows then
+    sum to 1, is the evidence). Other modes and axes are refused."""
+    ctx.expect_inputs(1)
+    if layer.mode != 0:
+        raise ctx.unsupported("mode", layer.mode, "only 0 (sum) is known")
+    if layer.params.get("use_version", 1) != 1:
+        raise ctx.unsupported("use_version", layer.params.get("use_version"), "only 1 is known")
+    name = REDUCE_AXES.get(layer.axis_mode)
+    if name is None:
+        raise ctx.unsupported("axis_mode", layer.axis_mode, "only 4 (k) is known")
+    view = ctx.in_view()
+    axis = _LAYOUT4[name] if view[0] == 1 else _LAYOUT5[name]
+    y = ctx.node("ReduceSum", [ctx.input(), ctx.ints([axis], "axes")], keepdims=1)
+    out = list(view)
+    out[_VIEW_INDEX[name]] = 1
+    ctx.finish(y, tuple(out))
+
+
+@handler("general_padding")
+def general_padding(ctx: Context, layer: GeneralPadding) -> None:
+    """Constant padding of h and w (pad_t, pad_b rows; pad_l, pad_r columns), *unverified*."""
+    ctx.expect_inputs(1)
+    if layer.fill_mode != 0:
+        raise ctx.unsupported("pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+    if layer.pad_mode != 0:
+        raise ctx.unsupported("pad_pad_mode", layer.pad_mode, "only 0 is known")
+    k, h, w = ctx.in_shape()
+    t, b, left, right = layer.pads
+    y = ctx.node("Pad", [ctx.input(), ctx.ints([0, 0, t, left, 0, 0, b, right], "pads"),
+                         ctx.scalar(layer.value, "value")], mode="constant")
+    ctx.finish(y, (k, h + t + b, w + left + right))
+
+
+def _same_data(ctx: Context, layer) -> None:
+    """expand_dims / squeeze: the data do not move (*unverified*); the top's view comes from the shape file."""
+    ctx.expect_inputs(1)
+    want = _shape_entry(ctx, layer.top, "the axes it adds or removes").view
+    view = ctx.in_view()
+    if int(np.prod(want)) != int(np.prod(view)):
+        raise ctx.mismatch(f"[seq, k, h, w] {list(view)} cannot become the shape file's {list(want)}")
+    ctx.finish(_reshaped(ctx, ctx.input(), want), want)
+
+
+@handler("expand_dims")
+def expand_dims(ctx: Context, layer: ExpandDims) -> None:
+    _same_data(ctx, layer)
+
+
+@handler("squeeze")
+def squeeze(ctx: Context, layer: Squeeze) -> None:
+    _same_data(ctx, layer)
+
+
+@handler("split_nd")
+def split_nd(ctx: Context, layer: SplitND) -> None:
+    """Along ``nd_axis`` (over the input's rank) into the tops, sized by their shape entries (*unverified*)."""
+    ctx.expect_inputs(1)
+    rank = _input_rank(ctx)
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise ctx.unsupported("nd_axis", layer.axis, f"on a rank-{rank} blob")
+    view = ctx.in_view()
+    i = _VIEW_INDEX[name]
+    parts = [_shape_entry(ctx, top, "the size of each part").view for top in layer.tops]
+    others = [tuple(v[:i] + v[i + 1 :]) for v in (view, *parts)]
+    if len(set(others)) > 1 or sum(p[i] for p in parts) != view[i]:
+        raise ctx.mismatch(f"[seq, k, h, w] {list(view)} does not split along {name} into {[list(p) for p in parts]}")
+    x = ctx.input()
+    five = view[0] != 1 or name == "seq"
+    axis = _LAYOUT5[name] if five else _LAYOUT4[name]
+    start = 0
+    for top, part in zip(layer.tops, parts):
+        y = ctx.node("Slice", [ctx.as5(x) if five else x, ctx.ints([start], "starts"),
+                               ctx.ints([start + part[i]], "ends"), ctx.ints([axis], "axes")])
+        ctx.finish(ctx.pack(y, part) if five else y, part, top=top)
+        start += part[i]
 
 
 @handler("upsample")
@@ -414,6 +747,6 @@ def upsample(ctx: Context, layer: Upsample) -> None:
 @handler("load_constant")
 def load_constant(ctx: Context, layer: LoadConstant) -> None:
     """An initializer [1, k, h, w] under the blob's name; bottoms (if any) are ignored."""
-    name = ctx.const(ctx.model.tensor(layer, "constant")[None], "constant", name=ctx.top_name())
+    name = ctx.weight("constant", transform=lambda a: a[None], name=ctx.top_name())
     ctx.finish(name, layer.shape, batch1=True)
 

@@ -8,7 +8,16 @@ converter refuses it by name.
 
 Semantics that ESPRESSO.md marks *unverified* are noted where they are decided.
 Whether a parameter *value* is supported (an operation code, a mode) is the
-converter's and the reference executor's business, not the parser's.
+converter's and the reference executor's business, not the parser's: parsers
+of the layers beyond NeuralHash are lenient, so that ``inspect`` can show any
+model, and the handlers refuse what they do not understand.
+
+Axis numbers (``transpose``'s ``axis_*``, ``slice``'s ``axis``) count the
+5-D blob from its fastest axis: 0 w, 1 h, 2 k, 3 n, 4 seq
+(:data:`AXIS_NUMBERS`). *Unverified* but forced by SSDOcr's shape file: its
+transpose ``axis_h 0, axis_w 2, axis_k 1`` turns ``{k 33, h 24, w 38}`` into
+``{k 24, h 38, w 33}`` only in this numbering, reading "output axis X is the
+input axis numbered axis_X"; its slice ``axis 2`` cuts k.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from typing import Any, Mapping
 from ..errors import GraphError
 
 _MISSING = object()
+
+# Espresso's axis numbers, fastest axis first (see the module docstring).
+AXIS_NUMBERS = {"w": 0, "h": 1, "k": 2, "n": 3, "seq": 4}
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,11 @@ class Layer:
     top: str
     is_output: bool
     params: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def tops(self) -> tuple[str, ...]:
+        """The blobs this layer writes: ``top`` split at commas (``split_nd`` has several)."""
+        return tuple(t for t in self.top.split(",") if t) or (self.top,)
 
     def blob_refs(self) -> dict[str, BlobRef]:
         """Weight blobs this layer reads, by role."""
@@ -369,16 +386,13 @@ class Softmax(Layer):
 @register("softmax_nd")
 @dataclass(frozen=True)
 class SoftmaxND(Layer):
-    """Softmax over ``nd_axis`` of the rank-4 blob (field name unverified; default -3 = channels)."""
+    """Softmax over ``nd_axis``, counted over the blob's own rank (negative: from the end)."""
 
     axis: int = -3
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "SoftmaxND":
-        axis = f.int("nd_axis", -3)
-        if not -4 <= axis <= 3:
-            raise GraphError(f"{f.where}: nd_axis {axis} is outside a rank-4 blob")
-        return cls(**common, axis=axis)
+        return cls(**common, axis=f.int("nd_axis", -3))
 
 
 @register("concat")
@@ -391,46 +405,150 @@ class Concat(Layer):
         return cls(**common)
 
 
+@register("sequence_concat")
+@dataclass(frozen=True)
+class SequenceConcat(Layer):
+    """Concatenation along the sequence axis (seq); ``simple_concat`` 1 is the only value seen."""
+
+    simple_concat: int = 1
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "SequenceConcat":
+        return cls(**common, simple_concat=f.int("simple_concat", 1))
+
+
 @register("flatten")
 @dataclass(frozen=True)
 class Flatten(Layer):
-    """[n, k, h, w] -> [n, k*h*w, 1, 1] in C order (unverified: checked by the shape file)."""
+    """``mode`` 0: each sequence item's [k, h, w] -> [k*h*w, 1, 1] in C order (SSDOcr keeps seq)."""
+
+    mode: int = 0
+    nd_axis: int = 0
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Flatten":
-        return cls(**common)
+        return cls(**common, mode=f.int("mode", 0), nd_axis=f.int("nd_axis", 0))
 
 
 @register("reshape")
 @dataclass(frozen=True)
 class Reshape(Layer):
-    """Reshape the [k, h, w] part of a blob; the batch axis is kept (``dst_*`` fields)."""
+    """Reshape each image's [seq, k, h, w] to ``dst_seq``, ``dst_k``, ``dst_h``, ``dst_w`` (C order).
 
+    ``dst_n`` 0 keeps the batch (1 and -1 are accepted as "the batch" too);
+    ``-1`` stands for the rest; ``dst_seq`` absent is 1. ``mode`` 0 is seen
+    everywhere; ``mode`` 1 only where it cannot differ from 0.
+    """
+
+    dst_seq: int = 1
+    dst_n: int = 0
     dst_k: int = 0
     dst_h: int = 0
     dst_w: int = 0
+    mode: int = 0
+    nd_rank: int | None = None
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Reshape":
-        dst_n = f.int("dst_n", 1)
-        if dst_n not in (1, -1, 0):
-            raise GraphError(f"{f.where}: dst_n {dst_n} would reshape across the batch axis")
-        return cls(**common, dst_k=f.int("dst_k"), dst_h=f.int("dst_h", 1), dst_w=f.int("dst_w", 1))
+        return cls(
+            **common,
+            dst_seq=f.int("dst_seq", 1),
+            dst_n=f.int("dst_n", 0),
+            dst_k=f.int("dst_k", 1),
+            dst_h=f.int("dst_h", 1),
+            dst_w=f.int("dst_w", 1),
+            mode=f.int("mode", 0),
+            nd_rank=f.int("dst_nd_rank") if "dst_nd_rank" in f.raw else None,
+        )
 
 
 @register("transpose")
 @dataclass(frozen=True)
 class Transpose(Layer):
-    """Output axis i is input axis ``perm[i]`` over (n, k, h, w) (unverified reading of ``axis_*``)."""
+    """A permutation of the five axes: output axis X is the input axis numbered ``axis_X``.
 
-    perm: tuple[int, int, int, int] = (0, 1, 2, 3)
+    ``axes`` holds those numbers in the order (seq, n, k, h, w); absent fields
+    keep their own axis. See the module docstring for the numbering.
+    """
+
+    axes: tuple[int, int, int, int, int] = (4, 3, 2, 1, 0)
+    has_axes: bool = True  # False: no axis_* field at all, which the handlers refuse rather than read as identity
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Transpose":
-        perm = tuple(f.int(k) for k in ("axis_n", "axis_k", "axis_h", "axis_w"))
-        if sorted(perm) != [0, 1, 2, 3]:
-            raise GraphError(f"{f.where}: axis_n/k/h/w {perm} is not a permutation of 0..3")
-        return cls(**common, perm=perm)  # type: ignore[arg-type]
+        axes = tuple(f.int(f"axis_{a}", AXIS_NUMBERS[a]) for a in ("seq", "n", "k", "h", "w"))
+        has_axes = any(f"axis_{a}" in f.raw for a in AXIS_NUMBERS)
+        return cls(**common, axes=axes, has_axes=has_axes)  # type: ignore[arg-type]
+
+
+@register("slice")
+@dataclass(frozen=True)
+class Slice(Layer):
+    """``[start, end)`` along axis number ``axis`` (2 is k); an end past the axis is clamped."""
+
+    axis: int | None = None  # None: the field is absent, which the handlers refuse
+    start: int = 0
+    end: int | None = None  # None: to the end of the axis
+    stride: int = 1
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Slice":
+        return cls(**common, axis=f.int("axis") if "axis" in f.raw else None, start=f.int("start", 0),
+                   end=f.int("end") if "end" in f.raw else None, stride=f.int("stride", 1))
+
+
+@register("reduce")
+@dataclass(frozen=True)
+class Reduce(Layer):
+    """``mode`` 0 sums; ``axis_mode`` 4 reduces k (SSDOcr's softmax). Nothing else is evidenced."""
+
+    mode: int | None = None  # None: absent, which the handlers refuse
+    axis_mode: int | None = None
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "Reduce":
+        return cls(**common, mode=f.int("mode") if "mode" in f.raw else None,
+                   axis_mode=f.int("axis_mode") if "axis_mode" in f.raw else None)
+
+
+@register("general_padding")
+@dataclass(frozen=True)
+class GeneralPadding(Layer):
+    """Explicit spatial padding: ``pad_t/b/l/r``, ``pad_fill_mode`` (0 constant), ``pad_value``."""
+
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    fill_mode: int = 0
+    value: float = 0.0
+    pad_mode: int = 0
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "GeneralPadding":
+        return cls(**common, pads=_pads(f), fill_mode=f.int("pad_fill_mode", 0), value=f.float("pad_value", 0.0),
+                   pad_mode=f.int("pad_pad_mode", 0))
+
+
+@register("expand_dims")
+@dataclass(frozen=True)
+class ExpandDims(Layer):
+    """Adds size-1 axes: the data do not move; the output's view is the shape file's."""
+
+
+@register("squeeze")
+@dataclass(frozen=True)
+class Squeeze(Layer):
+    """Removes size-1 axes: the data do not move; the output's view is the shape file's."""
+
+
+@register("split_nd")
+@dataclass(frozen=True)
+class SplitND(Layer):
+    """Splits along ``nd_axis`` (counted over the blob's rank) into its tops; sizes from the shape file."""
+
+    axis: int | None = None  # None: absent, which the handlers refuse
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "SplitND":
+        return cls(**common, axis=f.int("nd_axis") if "nd_axis" in f.raw else None)
 
 
 @register("upsample")
@@ -497,3 +615,20 @@ def parse_layer(raw: Any, index: int) -> Layer:
     if parse is None:
         return cls(**common)
     return parse(_Fields(raw, name, type_name), common)
+
+
+AXIS_NAMES = {number: name for name, number in AXIS_NUMBERS.items()}
+_FIVE = ("seq", "n", "k", "h", "w")
+
+
+def nd_axis_name(axis: int | None, rank: int) -> str | None:
+    """The 5-D axis (``seq``/``n``/``k``/``h``/``w``) that ``nd_axis`` names on a blob of ``rank``.
+
+    A rank-r blob is the last r axes of ``[seq, n, k, h, w]`` (its features
+    in w, then h...); ``axis`` counts from the first of them, or from the end
+    when negative. None when it is out of range. *Unverified* beyond the
+    reading in ESPRESSO.md (a rank-3 ``[4, 25, 439]`` blob's nd_axis 2 is w).
+    """
+    if axis is None or not 1 <= rank <= 5 or not -rank <= axis < rank:
+        return None
+    return _FIVE[5 - rank + axis] if axis >= 0 else _FIVE[5 + axis]

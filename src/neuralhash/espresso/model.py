@@ -39,17 +39,59 @@ _VIEW = {"float32": "<f4", "float16": "<f2", "uint8": "u1"}
 
 @dataclass(frozen=True)
 class BlobShape:
-    """One entry of the shape file: n (batch), k (channels), h, w."""
+    """One entry of the shape file: the blob's Espresso 5-D view and its rank.
+
+    Espresso blobs are 5-D ``[seq, n, k, h, w]`` (n is the batch, k the
+    channels). ``rank`` is the entry's ``_rank`` when the file gives one;
+    older files give none, and the rank is then inferred the way
+    ESPRESSO.md reads them: features live in w, then h, then k, then seq, so
+    leading size-1 axes of ``[seq, k, h, w]`` are not counted
+    (``{k 1, h 3420, w 4}`` is rank 3, ``{k 1, h 1, w 64}`` rank 2,
+    ``{k 3, h 1, w 1}`` rank 4, anything with seq > 1 rank 5). That reading
+    is *unverified* beyond the files seen; ``rank_declared`` tells which.
+
+    How a blob appears at the ONNX graph's boundary is :attr:`onnx_dims`.
+    """
 
     n: int
     k: int
     h: int
     w: int
     rank: int = 4
+    seq: int = 1
+    rank_declared: bool = True
 
     @property
     def nkhw(self) -> tuple[int, int, int, int]:
         return (self.n, self.k, self.h, self.w)
+
+    @property
+    def view(self) -> tuple[int, int, int, int]:
+        """The per-image Espresso view ``(seq, k, h, w)`` (the batch n is carried apart)."""
+        return (self.seq, self.k, self.h, self.w)
+
+    @property
+    def onnx_dims(self) -> tuple[int, ...]:
+        """The per-image dims of this blob as an ONNX graph input or output (after the batch).
+
+        The last ``rank - 1`` of ``(seq, k, h, w)``: rank 4 is ``[k, h, w]``, rank 3
+        ``[h, w]``, rank 2 ``[w]``, rank 5 ``[seq, k, h, w]``. An axis above 1 is never
+        dropped, whatever the rank says: the rank only squeezes size-1 axes.
+        """
+        view = self.view
+        needed = len(view)
+        while needed > 0 and view[len(view) - needed] == 1:
+            needed -= 1
+        count = min(len(view), max(self.rank - 1, needed))
+        return view[len(view) - count :] if count else ()
+
+
+def infer_rank(seq: int, k: int, h: int, w: int) -> int:
+    """The rank of a shape entry without ``_rank`` (see :class:`BlobShape`)."""
+    view = [seq, k, h, w]
+    while len(view) > 1 and view[0] == 1:
+        view.pop(0)
+    return 1 + len(view) if view != [1] else 1
 
 
 @dataclass(frozen=True)
@@ -327,19 +369,28 @@ def _parse_shapes(doc: Any, where: str) -> dict[str, BlobShape]:
     for blob, entry in doc["layer_shapes"].items():
         if not isinstance(entry, dict):
             raise GraphError(f"{where}: shape of blob {blob!r} should be an object")
-        dims = []
-        for key in ("n", "k", "h", "w"):
+        dims = {}
+        for key in ("n", "k", "h", "w", "seq"):
             value = entry.get(key, 1)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise GraphError(f"{where}: shape of blob {blob!r}: field {key!r} should be a non-negative integer")
-            dims.append(value)
-        rank = entry.get("_rank", 4)
-        shapes[blob] = BlobShape(*dims, rank=rank if isinstance(rank, int) else 4)
+            dims[key] = value
+        rank = entry.get("_rank")
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= 5):
+            raise GraphError(f"{where}: shape of blob {blob!r}: field '_rank' should be an integer from 1 to 5, got {rank!r}")
+        declared = rank is not None
+        if not declared:
+            rank = infer_rank(dims["seq"], dims["k"], dims["h"], dims["w"])
+        shapes[blob] = BlobShape(dims["n"], dims["k"], dims["h"], dims["w"], rank=rank, seq=dims["seq"],
+                                 rank_declared=declared)
     return shapes
 
 
 def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
-    """Return (inputs, outputs); every bottom must be produced before it is read."""
+    """Return (inputs, outputs); every bottom must be produced before it is read.
+
+    A layer may name several tops, comma-separated (``split_nd``).
+    """
     if not layers:
         raise GraphError("the graph has no layers")
     names: set[str] = set()
@@ -349,7 +400,8 @@ def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
         names.add(layer.name)
     producers = {}
     for index, layer in enumerate(layers):
-        producers.setdefault(layer.top, index)
+        for top in layer.tops:
+            producers.setdefault(top, index)
     declared_inputs = [layer.top for layer in layers if isinstance(layer, Input)]
     if declared_inputs:
         inputs = declared_inputs
@@ -376,13 +428,13 @@ def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
                         f"{layers[producers[blob]].name!r} produces it"
                     )
                 raise GraphError(f"layer {layer.name!r} reads blob {blob!r}, which no layer produces")
-        available.add(layer.top)
-    flagged = [layer.top for layer in layers if layer.is_output]
+        available.update(layer.tops)
+    flagged = [top for layer in layers if layer.is_output for top in layer.tops]
     if flagged:
         outputs = flagged
     else:
         consumed = {b for layer in layers for b in layer.bottoms}
-        outputs = [layer.top for layer in layers if layer.top not in consumed and not isinstance(layer, Input)]
+        outputs = [top for layer in layers if not isinstance(layer, Input) for top in layer.tops if top not in consumed]
     return inputs, list(dict.fromkeys(outputs))
 
 
@@ -514,9 +566,15 @@ def iter_blob_refs(model: EspressoModel) -> Iterable[tuple[Layer, str, BlobRef]]
 
 
 def shapes_document(shapes: Mapping[str, BlobShape | tuple[int, int, int, int]]) -> dict[str, Any]:
-    """The shape-file JSON object for ``shapes``."""
+    """The shape-file JSON object for ``shapes`` (a tuple is ``(n, k, h, w)`` of rank 4)."""
     out = {}
     for blob, shape in shapes.items():
-        n, k, h, w = shape.nkhw if isinstance(shape, BlobShape) else shape
-        out[blob] = {"k": int(k), "w": int(w), "n": int(n), "_rank": 4, "h": int(h)}
+        if not isinstance(shape, BlobShape):
+            shape = BlobShape(*(int(d) for d in shape))
+        entry = {"k": int(shape.k), "w": int(shape.w), "n": int(shape.n), "h": int(shape.h)}
+        if shape.rank_declared:
+            entry["_rank"] = int(shape.rank)
+        if shape.seq != 1:
+            entry["seq"] = int(shape.seq)
+        out[blob] = entry
     return {"layer_shapes": out}

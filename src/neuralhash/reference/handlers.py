@@ -1,7 +1,9 @@
 """NumPy executors of Espresso layers, one per layer type (see ESPRESSO.md).
 
 Every handler takes float64 [N, k, h, w] blobs and returns a float64 rank-4
-blob; images of a batch never mix. Anything not implemented exactly raises
+blob; images of a batch never mix. Handlers registered with
+``sequences=True`` also take sequence blobs, [N, seq, k, h, w]; they work on
+that 5-D form throughout (:func:`_five`) and may return it even when seq is 1. Anything not implemented exactly raises
 :class:`~neuralhash.errors.UnsupportedLayerError` naming the layer, the field
 and the value. Semantics that ESPRESSO.md marks *unverified* (not exercised by
 Apple's NeuralHash) are marked so here: they follow the best public reading
@@ -16,9 +18,28 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..espresso.layers import AXIS_NAMES, nd_axis_name
 from .registry import expect_inputs, handler, mismatch, unsupported
 
 F64 = np.float64
+_AXIS5 = {"seq": 1, "k": 2, "h": 3, "w": 4}  # positions in [N, seq, k, h, w]
+
+
+def _five(x: np.ndarray) -> np.ndarray:
+    """A blob as [N, seq, k, h, w]."""
+    return x if x.ndim == 5 else x[:, None]
+
+
+def _rank_of(model: Any, blob: str) -> int:
+    shape = model.shapes.get(blob)
+    return shape.rank if shape is not None else 4
+
+
+def _entry_view(model: Any, layer: Any, blob: str, why: str) -> tuple[int, int, int, int]:
+    shape = model.shapes.get(blob)
+    if shape is None:
+        raise unsupported(layer, "top", blob, f"no shape entry, which gives {why}")
+    return shape.view
 
 
 def _weights(model: Any, layer: Any, role: str) -> np.ndarray:
@@ -77,7 +98,7 @@ def _fused(layer: Any, y: np.ndarray, relu: bool, tanh: bool, relu_field: str, t
 # -- layers ----------------------------------------------------------------------------------
 
 
-@handler("input")
+@handler("input", sequences=True)
 def input_(layer, inputs, model):
     """The executor hands an ``input`` layer its feed as the single input."""
     expect_inputs(layer, inputs, 1)
@@ -162,11 +183,17 @@ _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
     (33, "n"): (2, lambda l, xs: _broadcast(l, np.subtract, xs)),  # unverified: a - b
     (102, "n"): (2, lambda l, xs: _broadcast(l, np.divide, xs)),  # unverified: a / b
     (119, "1"): (1, lambda l, xs: np.clip(xs[0], l.alpha, l.beta)),
+    # Read off real models' lowering patterns (ESPRESSO.md); unverified against Core ML itself.
+    (25, "1"): (1, lambda l, xs: np.maximum(xs[0], l.alpha)),  # threshold (ReLU6 lowering)
+    (27, "1"): (1, lambda l, xs: np.exp(xs[0])),  # exp (SSDOcr's softmax)
+    (10, "1"): (1, lambda l, xs: l.alpha / xs[0]),  # inverse (SSDOcr's softmax)
 }
+# Per unary operation, the parameters that must keep the only value seen: (alpha must be 1, beta must be 0).
+_NEUTRAL = {25: (False, True), 27: (True, True), 10: (False, True)}
 ELEMENTWISE_OPERATIONS = tuple(sorted({op for op, _ in _ELEMENTWISE}))
 
 
-@handler("elementwise")
+@handler("elementwise", sequences=True)
 def elementwise(layer, inputs, model):
     op = layer.operation
     arity = "1" if len(inputs) == 1 else "n"
@@ -178,6 +205,13 @@ def elementwise(layer, inputs, model):
         expect_inputs(layer, inputs, other[0], f"operation {op}")
     count, fn = entry
     expect_inputs(layer, inputs, count, f"operation {op}")
+    alpha_one, beta_zero = _NEUTRAL.get(op, (False, False)) if arity == "1" else (False, False)
+    if beta_zero and layer.params.get("beta", 0) != 0:
+        raise unsupported(layer, "beta", layer.beta, f"operation {op}")
+    if alpha_one and layer.params.get("alpha", 1) != 1:
+        raise unsupported(layer, "alpha", layer.alpha, f"operation {op}")
+    if any(x.ndim == 5 for x in inputs):  # line sequence blobs' axes up with the others
+        inputs = [_five(x) for x in inputs]
     if arity == "n" and not layer.binary_modifiers_neutral:
         # Unknown meaning for a binary operation: refuse rather than ignore.
         raise unsupported(layer, "alpha, beta", (layer.alpha, layer.beta), f"operation {op} with several inputs")
@@ -191,8 +225,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # exact identity, no overflow
 
 
-# mode -> function of (x, alpha, beta). Only mode 0 (ReLU) is in NeuralHash:
-# every other mode is unverified.
+# mode -> function of (x, alpha, beta). Only mode 0 (ReLU) is in NeuralHash; 6 and 7 are read
+# off Core ML's ReLU6 lowering in real models (ESPRESSO.md): every other mode is unverified.
 _ACTIVATIONS: dict[int, Callable[[np.ndarray, float, float], np.ndarray]] = {
     0: lambda x, a, b: np.maximum(x, 0.0),
     1: lambda x, a, b: np.tanh(x),
@@ -200,7 +234,7 @@ _ACTIVATIONS: dict[int, Callable[[np.ndarray, float, float], np.ndarray]] = {
     3: lambda x, a, b: _sigmoid(x),
     5: lambda x, a, b: a * np.tanh(b * x),  # scaled tanh
     6: lambda x, a, b: a * x + b,  # linear
-    7: lambda x, a, b: np.clip(a * x + b, 0.0, 1.0),  # hard sigmoid
+    7: lambda x, a, b: np.clip(x, 0.0, 1.0),  # clip to [0, 1] (ReLU6 lowering; alpha, beta checked below)
     8: lambda x, a, b: np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0.0))),  # ELU
     9: lambda x, a, b: np.where(x > a, x, 0.0),  # thresholded ReLU
     10: lambda x, a, b: np.logaddexp(0.0, x),  # softplus
@@ -211,13 +245,16 @@ _ACTIVATIONS: dict[int, Callable[[np.ndarray, float, float], np.ndarray]] = {
 ACTIVATION_MODES = tuple(sorted(_ACTIVATIONS))
 
 
-@handler("activation")
+@handler("activation", sequences=True)
 def activation(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
     fn = _ACTIVATIONS.get(layer.mode)
     if fn is None:
         detail = "PReLU" if layer.mode == 4 else ""
         raise unsupported(layer, "mode", layer.mode, detail)
+    if layer.mode == 7 and (layer.params.get("beta", 0) != 0 or layer.params.get("alpha", 1) != 1):
+        raise unsupported(layer, "alpha, beta", (layer.params.get("alpha"), layer.params.get("beta")),
+                          "mode 7 is known only as clip(x, 0, 1), with beta 0 and no alpha")
     return fn(inputs[0], layer.alpha, layer.beta)
 
 
@@ -233,6 +270,9 @@ def pool(layer, inputs, model):
         return x.mean(axis=(2, 3), keepdims=True)
     kh, kw, sh, sw = layer.size_h, layer.size_w, layer.stride_h, layer.stride_w
     ho, wo, pad = _window(layer, x, kh, kw, sh, sw, 1, 1, layer.pad_mode, layer.pads)
+    extra = _ceil_extra(layer, model, x, pad, ho, wo)
+    if extra is not None:
+        return _ceil_pool(layer, x, pad, extra)
     padded = any(p for pair in pad for p in pair)
     if layer.is_max:  # padding never wins
         xp = np.pad(x, pad, constant_values=-np.inf) if padded else x
@@ -253,6 +293,60 @@ def pool(layer, inputs, model):
     return total / (kh * kw)
 
 
+def _ceil_extra(layer: Any, model: Any, x: np.ndarray, pad, ho: int, wo: int):
+    """None to floor the output size; else the extra (rows, columns) that rounding it up adds.
+
+    ``top_shape_style`` 0 floors; any other style is *unverified* and decided by
+    the shape file: floor or ceil, whichever it shows, else an error.
+    """
+    style = layer.params.get("top_shape_style", 0)
+    if style in (0, None):
+        return None
+    want = model.shapes.get(layer.top)
+    if want is None:
+        raise unsupported(layer, "top_shape_style", style, "without a shape entry to tell floor from ceil")
+    if (want.h, want.w) == (ho, wo):
+        return None
+    extra = []
+    for size, (before, after), k, s, got, target in (
+        (x.shape[2], pad[2], layer.size_h, layer.stride_h, ho, want.h),
+        (x.shape[3], pad[3], layer.size_w, layer.stride_w, wo, want.w),
+    ):
+        # a window may start past the end only inside the explicit padding, never in the added part
+        if target < got or (target - 1) * s >= size + before:
+            raise unsupported(layer, "top_shape_style", style, f"the shape file's [h, w] {[want.h, want.w]} is "
+                              f"neither the floor {[ho, wo]} nor a rounding up")
+        extra.append((target - 1) * s + k - (size + before + after))
+    if extra[0] > layer.size_h or extra[1] > layer.size_w:
+        raise unsupported(layer, "top_shape_style", style, "the shape file's size is more than a rounding up")
+    if not layer.is_max and not layer.exclude_padding:
+        raise unsupported(layer, "top_shape_style", style, "rounding up an average pool that counts padding")
+    return max(extra[0], 0), max(extra[1], 0)
+
+
+def _ceil_pool(layer: Any, x: np.ndarray, pad, extra) -> np.ndarray:
+    """A pool whose last windows may run past the padded input: those cells never count."""
+    kh, kw, sh, sw = layer.size_h, layer.size_w, layer.stride_h, layer.stride_w
+    full = ((0, 0), (0, 0), (pad[2][0], pad[2][1] + extra[0]), (pad[3][0], pad[3][1] + extra[1]))
+    ho = (x.shape[2] + sum(full[2]) - kh) // sh + 1
+    wo = (x.shape[3] + sum(full[3]) - kw) // sw + 1
+    if layer.is_max:
+        # explicit padding never wins either: it is -inf too
+        xp = np.pad(x, full, constant_values=-np.inf)
+        out = None
+        for _, _, tap in _taps(xp, kh, kw, sh, sw, 1, 1, ho, wo):
+            out = tap.copy() if out is None else np.maximum(out, tap)
+        return out
+    xp = np.pad(x, full)
+    ones = np.pad(np.ones(x.shape[2:], F64), full[2:])  # exclude_padding: only real cells count
+    total = np.zeros(x.shape[:2] + (ho, wo), F64)
+    count = np.zeros((ho, wo), F64)
+    for (_, _, tap), (_, _, one) in zip(_taps(xp, kh, kw, sh, sw, 1, 1, ho, wo), _taps(ones, kh, kw, sh, sw, 1, 1, ho, wo)):
+        total += tap
+        count += one
+    return total / count
+
+
 @handler("inner_product")
 def inner_product(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
@@ -267,6 +361,11 @@ def inner_product(layer, inputs, model):
     if layer.has_biases:
         y = y + _weights(model, layer, "biases")[None, :]
     y = _fused(layer, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    # The features sit in k, or in w (or h) where the shape file puts them (a rank-2 dense output
+    # is {k 1, h 1, w nC} in newer files): one vector either way.
+    want = model.shapes.get(layer.top)
+    if want is not None and want.view in ((1, 1, 1, layer.n_out), (1, 1, layer.n_out, 1)):
+        return y.reshape((n,) + want.view[1:])
     return y.reshape(n, layer.n_out, 1, 1)
 
 
@@ -275,18 +374,24 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-@handler("softmax")
+@handler("softmax", sequences=True)
 def softmax(layer, inputs, model):
+    """Over k, each sequence item on its own. ``C`` 2 (axis number 2, k, *unverified*) is the only value seen."""
     expect_inputs(layer, inputs, 1)
-    return _softmax(inputs[0], 1)
+    if layer.params.get("C", 2) != 2:
+        raise unsupported(layer, "C", layer.params.get("C"), "only 2 (k) is known")
+    return _softmax(_five(inputs[0]), _AXIS5["k"])
 
 
-@handler("softmax_nd")
+@handler("softmax_nd", sequences=True)
 def softmax_nd(layer, inputs, model):
+    """Over ``nd_axis`` counted over the input's rank (its shape entry's; 4 without one)."""
     expect_inputs(layer, inputs, 1)
-    if not -4 <= layer.axis <= 3:
-        raise unsupported(layer, "nd_axis", layer.axis)
-    return _softmax(inputs[0], layer.axis)
+    rank = _rank_of(model, layer.bottoms[0])
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise unsupported(layer, "nd_axis", layer.axis, f"on a rank-{rank} blob")
+    return _softmax(_five(inputs[0]), _AXIS5[name])
 
 
 @handler("concat")
@@ -300,35 +405,148 @@ def concat(layer, inputs, model):
     return np.concatenate(parts, axis=1)
 
 
-@handler("flatten")
+@handler("flatten", sequences=True)
 def flatten(layer, inputs, model):
+    """mode 0: each sequence item's [k, h, w] flattened in C order; mode 1 only where k or h*w is 1."""
     expect_inputs(layer, inputs, 1)
-    x = inputs[0]
-    return x.reshape(x.shape[0], -1, 1, 1)
+    x = _five(inputs[0])
+    n, seq, k, h, w = x.shape
+    if layer.mode == 1 and (k == 1 or h * w == 1):
+        pass  # channel-last order (Core ML's reading, unverified) cannot differ here
+    elif layer.mode != 0:
+        raise unsupported(layer, "mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+    return x.reshape(n, seq, k * h * w, 1, 1)
 
 
-@handler("reshape")
+@handler("reshape", sequences=True)
 def reshape(layer, inputs, model):
+    """Each image's [seq, k, h, w] to [dst_seq, dst_k, dst_h, dst_w] in C order."""
     expect_inputs(layer, inputs, 1)
-    x = inputs[0]
-    dst = (layer.dst_k, layer.dst_h, layer.dst_w)
-    for name, value in zip(("dst_k", "dst_h", "dst_w"), dst):
+    x = _five(inputs[0])
+    if layer.dst_n not in (0, 1, -1):
+        raise unsupported(layer, "dst_n", layer.dst_n, "reshaping across the batch axis")
+    dst = (layer.dst_seq, layer.dst_k, layer.dst_h, layer.dst_w)
+    for name, value in zip(("dst_seq", "dst_k", "dst_h", "dst_w"), dst):
         if value == 0 or value < -1:
             raise unsupported(layer, name, value)
     if dst.count(-1) > 1:
-        raise unsupported(layer, "dst_k/dst_h/dst_w", dst, "more than one -1")
+        raise unsupported(layer, "dst_seq/k/h/w", dst, "more than one -1")
     try:
-        return x.reshape((x.shape[0],) + dst)
+        y = x.reshape((x.shape[0],) + dst)
     except ValueError:
         raise mismatch(layer, f"cannot reshape {list(x.shape[1:])} to {list(dst)}") from None
+    if layer.mode != 0:
+        same = all(v[2] == 1 or v[3] * v[4] == 1 for v in (x.shape, y.shape))
+        if layer.mode != 1 or not same:
+            raise unsupported(layer, "mode", layer.mode, "only where it cannot differ from mode 0")
+    want = model.shapes.get(layer.top)
+    if layer.nd_rank is not None and want is not None and want.rank_declared and want.rank != layer.nd_rank:
+        raise mismatch(layer, f"dst_nd_rank {layer.nd_rank}, the shape file gives {layer.top!r} rank {want.rank}")
+    return y
 
 
-@handler("transpose")
+@handler("transpose", sequences=True)
 def transpose(layer, inputs, model):
+    """Output axis X is the input axis numbered axis_X (0 w, 1 h, 2 k, 3 n, 4 seq)."""
     expect_inputs(layer, inputs, 1)
-    if layer.perm[0] != 0:
-        raise unsupported(layer, "axis_n", layer.perm[0], "moving the batch axis")
-    return np.transpose(inputs[0], layer.perm)
+    if not layer.has_axes:
+        raise unsupported(layer, "axis_*", None, "absent: the permutation is unknown")
+    if sorted(layer.axes) != [0, 1, 2, 3, 4]:
+        raise unsupported(layer, "axis_seq/n/k/h/w", layer.axes, "not a permutation of 0..4")
+    source = {name: AXIS_NAMES[number] for name, number in zip(("seq", "n", "k", "h", "w"), layer.axes)}
+    if source["n"] != "n":
+        raise unsupported(layer, "axis_n", layer.axes[1], "moving the batch axis")
+    order = [0] + [_AXIS5[source[name]] for name in ("seq", "k", "h", "w")]
+    return np.transpose(_five(inputs[0]), order)
+
+
+@handler("sequence_concat", sequences=True)
+def sequence_concat(layer, inputs, model):
+    expect_inputs(layer, inputs, (1, None))
+    if layer.simple_concat != 1:
+        raise unsupported(layer, "simple_concat", layer.simple_concat)
+    parts = [_five(a) for a in inputs]
+    if len({a.shape[:1] + a.shape[2:] for a in parts}) > 1:
+        shapes = ", ".join(str(list(a.shape)) for a in parts)
+        raise mismatch(layer, f"inputs of shapes {shapes} cannot be concatenated along seq")
+    return np.concatenate(parts, axis=1)
+
+
+@handler("slice", sequences=True)
+def slice_(layer, inputs, model):
+    """[start, end) along the axis numbered ``axis``, with Python's reading of the bounds (*unverified*
+    for negative ones; an end past the axis is clamped, as SSDOcr's shape file shows)."""
+    expect_inputs(layer, inputs, 1)
+    if layer.axis not in AXIS_NAMES or AXIS_NAMES[layer.axis] == "n":
+        raise unsupported(layer, "axis", layer.axis)
+    if layer.stride != 1:
+        raise unsupported(layer, "stride", layer.stride)
+    x = _five(inputs[0])
+    index = [slice(None)] * 5
+    index[_AXIS5[AXIS_NAMES[layer.axis]]] = slice(layer.start, layer.end)
+    y = x[tuple(index)]
+    if y.size == 0:
+        raise mismatch(layer, f"start {layer.start}, end {layer.end} leave nothing of {list(x.shape[1:])}")
+    return y
+
+
+@handler("reduce", sequences=True)
+def reduce_(layer, inputs, model):
+    """mode 0 (sum) over axis_mode 4 (k), the only combination real files show."""
+    expect_inputs(layer, inputs, 1)
+    if layer.mode != 0:
+        raise unsupported(layer, "mode", layer.mode, "only 0 (sum) is known")
+    if layer.axis_mode != 4:
+        raise unsupported(layer, "axis_mode", layer.axis_mode, "only 4 (k) is known")
+    if layer.params.get("use_version", 1) != 1:
+        raise unsupported(layer, "use_version", layer.params.get("use_version"), "only 1 is known")
+    return _five(inputs[0]).sum(axis=_AXIS5["k"], keepdims=True)
+
+
+@handler("general_padding")
+def general_padding(layer, inputs, model):
+    expect_inputs(layer, inputs, 1)
+    if layer.fill_mode != 0:
+        raise unsupported(layer, "pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+    if layer.pad_mode != 0:
+        raise unsupported(layer, "pad_pad_mode", layer.pad_mode, "only 0 is known")
+    t, b, left, right = layer.pads
+    return np.pad(inputs[0], ((0, 0), (0, 0), (t, b), (left, right)), constant_values=layer.value)
+
+
+def _same_data(layer, inputs, model):
+    """expand_dims / squeeze move no data: the top is the input seen through its shape entry's view."""
+    expect_inputs(layer, inputs, 1)
+    view = _entry_view(model, layer, layer.top, "the axes it adds or removes")
+    x = inputs[0]
+    if int(np.prod(view)) * x.shape[0] != x.size:
+        raise mismatch(layer, f"{list(x.shape[1:])} cannot become the shape file's {list(view)}")
+    return x.reshape((x.shape[0],) + tuple(view))
+
+
+handler("expand_dims", sequences=True)(_same_data)
+handler("squeeze", sequences=True)(_same_data)
+
+
+@handler("split_nd", sequences=True)
+def split_nd(layer, inputs, model):
+    """Along ``nd_axis`` (over the input's rank) into the tops, sized by their shape entries (*unverified*)."""
+    expect_inputs(layer, inputs, 1)
+    rank = _rank_of(model, layer.bottoms[0])
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise unsupported(layer, "nd_axis", layer.axis, f"on a rank-{rank} blob")
+    x = _five(inputs[0])
+    axis = _AXIS5[name]
+    sizes = [_entry_view(model, layer, top, "the size of each part")[axis - 1] for top in layer.tops]
+    if sum(sizes) != x.shape[axis]:
+        raise mismatch(layer, f"parts of {sizes} along {name} do not add up to {x.shape[axis]}")
+    parts = np.split(x, np.cumsum(sizes)[:-1], axis=axis)
+    for top, part in zip(layer.tops, parts):
+        view = model.shapes[top].view
+        if part.shape[1:] != view:
+            raise mismatch(layer, f"part {top!r} is {list(part.shape[1:])}, the shape file says {list(view)}")
+    return list(parts)
 
 
 def _linear_axis(x: np.ndarray, axis: int, scale: int, align_corners: bool) -> np.ndarray:

@@ -1,8 +1,10 @@
 """The handler registry: one function per Espresso layer type.
 
 A handler is ``fn(layer, inputs, model) -> np.ndarray``: ``inputs`` are the
-layer's bottom blobs (float64, [N, k, h, w]) in ``bottom`` order and the result
-is its top blob (float64, rank 4). Handlers raise
+layer's bottom blobs (float64) in ``bottom`` order and the result is its top
+blob (a list of them for a layer with several tops). A blob is ``[N, k, h, w]``
+when its seq is 1 and ``[N, seq, k, h, w]`` otherwise; only handlers
+registered with ``sequences=True`` are given the 5-D form. Handlers raise
 :class:`~neuralhash.errors.UnsupportedLayerError` for any field value they do
 not implement, through :func:`unsupported`, so the message always names the
 layer, its type, the field and the value.
@@ -18,15 +20,18 @@ from ..errors import ShapeMismatchError, UnsupportedLayerError, layer_label, uns
 
 Handler = Callable[[Any, "list[np.ndarray]", Any], np.ndarray]
 HANDLERS: dict[str, Handler] = {}
+SEQUENCE_TYPES: set[str] = set()  # types whose handler takes sequence (5-D) blobs
 
 
-def handler(type_name: str) -> Callable[[Handler], Handler]:
+def handler(type_name: str, *, sequences: bool = False) -> Callable[[Handler], Handler]:
     """Decorator: register ``fn`` as the executor of Espresso layers of ``type_name``."""
 
     def wrap(fn: Handler) -> Handler:
         if type_name in HANDLERS:
             raise ValueError(f"a handler for layer type {type_name!r} is already registered")
         HANDLERS[type_name] = fn
+        if sequences:
+            SEQUENCE_TYPES.add(type_name)
         return fn
 
     return wrap
