@@ -11,7 +11,7 @@ from .common import error_reason, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
-HINT = "pip install 'neuralhash[robustness]'"
+HINT = "pip install 'neuralhash-toolkit[robustness]'"
 
 
 def _choose_edits(spec: str | None):

@@ -66,7 +66,7 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 
-HEIF_EXTRA_MESSAGE = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash[heif]'"
+HEIF_EXTRA_MESSAGE = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash-toolkit[heif]'"
 AVIF_MESSAGE = "AVIF support needs a Pillow built with libavif (pip install -U Pillow, 11.3 or later)"
 
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
