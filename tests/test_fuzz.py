@@ -27,10 +27,7 @@ from neuralhash.espresso.model import decode_json_bytes, shapes_document
 from neuralhash.espresso.writer import graph_document
 from neuralhash.synthetic import neuralhash_v3b_layers, neuralhash_v3b_shapes, synthetic_blobs
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
-REAL_NET = REAL_DIR / "NeuralHashv3b-current.espresso.net"
-REAL_SHAPE = REAL_DIR / "NeuralHashv3b-current.espresso.shape"
+from conftest import REAL_DIR, REAL_NET, REAL_SHAPE
 
 # NEURALHASH_FUZZ_EXAMPLES=5000 for a deeper (slower) search.
 FUZZ = settings(
