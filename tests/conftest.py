@@ -27,6 +27,31 @@ REAL_SHAPE = REAL_DIR / "NeuralHashv3b-current.espresso.shape"
 REAL_SEED = REAL_DIR / "neuralhash_128x96_seed1.dat"
 
 
+def assert_close(actual, expected, rtol: float, *, what: str = "") -> None:
+    """``max |actual - expected| <= rtol * max |expected|``: a tolerance that scales with the values.
+
+    Float results differ by a few units in the last place between CPUs (AVX2,
+    AVX-512, NEON), BLAS builds and thread counts, and those units are relative
+    to the magnitude of the values: an absolute tolerance that holds for values
+    near 1 fails for values near 60. The scale is the largest |expected|, not
+    each element's, so values that cross zero are compared at the array's scale.
+    Shapes must agree and every value must be finite.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    label = f"{what}: " if what else ""
+    assert actual.shape == expected.shape, f"{label}shape {actual.shape} != {expected.shape}"
+    assert np.isfinite(actual).all() and np.isfinite(expected).all(), f"{label}non-finite values"
+    if actual.size == 0:
+        return
+    scale = float(np.abs(expected).max())
+    error = float(np.abs(actual - expected).max())
+    assert error <= rtol * scale, (
+        f"{label}max abs error {error:.3g} on values up to {scale:.3g} "
+        f"(relative {error / scale if scale else float('inf'):.3g} > rtol {rtol:g})"
+    )
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not REAL_NET.is_file() or not REAL_SHAPE.is_file():
