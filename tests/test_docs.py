@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+import pytest
+
 from conftest import ROOT
 
 
@@ -140,3 +143,44 @@ def test_readme_documents_heic_and_the_fixtures_variable():
     text = (ROOT / "README.md").read_text()
     assert "neuralhash-toolkit[heif]" in text and "HEIC" in text
     assert "NEURALHASH_SHARED" in text
+
+
+# -- float comparisons scale with the values (issue 10, item 11) ---------------------------
+
+_FLOAT = r"[0-9]*\.?[0-9]+e-?[0-9]+|[0-9]*\.[0-9]+"
+_UNSCALED = [
+    re.compile(r"\batol\s*=\s*(?:" + _FLOAT + r")\s*[,)]"),                 # assert_allclose(..., atol=1e-5)
+    re.compile(r"approx\([^()]*\babs\s*=\s*(?:" + _FLOAT + r")\s*\)"),       # pytest.approx(x, abs=1e-6)
+    re.compile(r"abs\([^()]*-[^()]*\)\)?\.?(?:max\(\))?\s*<=?\s*(?:" + _FLOAT + r")\s*(?:#.*)?$"),  # |a - b|.max() < 1e-4
+]
+
+
+def test_no_test_compares_floats_with_an_unscaled_absolute_tolerance():
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        if path.name == "test_docs.py":
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if any(p.search(line) for p in _UNSCALED):
+                offenders.append(f"{path.name}:{lineno}: {line.strip()}")
+    assert not offenders, "use conftest.assert_close (relative to max|expected|):\n" + "\n".join(offenders)
+
+
+def test_assert_close_scales_with_the_values():
+    from conftest import assert_close
+
+    expected = np.linspace(-60.0, 60.0, 97)
+    # The reported failure: values near 60, another CPU's result 2.3e-5 away (relative 4e-7).
+    assert_close(expected + 2.3e-5, expected, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        np.testing.assert_allclose(expected + 2.3e-5, expected, rtol=0, atol=1e-5)
+    # A real error still fails, at any scale.
+    for scale in (1e-3, 1.0, 1e4):
+        wrong = expected * scale
+        wrong[3] += 1e-3 * 60 * scale
+        with pytest.raises(AssertionError):
+            assert_close(wrong, expected * scale, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_close(np.array([np.nan]), np.array([1.0]), rtol=1e-5)
+    with pytest.raises(AssertionError):
+        assert_close(np.zeros(3), np.zeros(4), rtol=1e-5)
