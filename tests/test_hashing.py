@@ -717,3 +717,121 @@ def test_missing_provider_is_not_mistaken_for_a_bad_cache(nh, demo_dir, cache):
     with pytest.raises(ProviderError, match="NoSuchExecutionProvider is not installed"):
         NeuralHash.from_espresso(demo_dir, cache_dir=cache, providers=["NoSuchExecutionProvider"])
     assert {p: p.stat().st_mtime_ns for p in cached} == before  # not converted again and rewritten
+
+
+# -- a non-finite network output is an error, never a hash (issue 10, item 4) -----------------
+
+
+def _tiny_onnx(path: Path, *, log_of_brightness: bool) -> Path:
+    """A model NeuralHash accepts: [batch, 3, 360, 360] -> [batch, 128] from the per-channel means.
+
+    ``log_of_brightness``: logits = log(mean + 1) @ W, -inf (then NaN) for an
+    all-black image only. Otherwise logits = (mean + 2) @ W with W = 1e37: every
+    logit is finite, but the float32 projection seed @ logits overflows.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 128)).astype(np.float32) if log_of_brightness else np.full((3, 128), 1e37, np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Add", ["mean", "shift"], ["shifted"]),
+    ]
+    if log_of_brightness:
+        nodes.append(helper.make_node("Log", ["shifted"], ["features"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["shifted"], ["features"]))
+    nodes.append(helper.make_node("MatMul", ["features", "w"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 360, 360])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 128])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+                     numpy_helper.from_array(np.float32(1.0 if log_of_brightness else 2.0), "shift"),
+                     numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def brightness_images(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("nonfinite")
+    out = {}
+    for name, colour in (("black", (0, 0, 0)), ("grey", (128, 128, 128)), ("orange", (250, 140, 10))):
+        out[name] = folder / f"{name}.png"
+        Image.new("RGB", (40, 30), colour).save(out[name])
+    return out
+
+
+def _expected_hash(nh: NeuralHash, path: Path) -> Hash:
+    """The hash computed by hand: the network's logits, then seed @ logits (float32), bit = v >= 0."""
+    pixels = image_module.decode(path)
+    logits = nh.logits(image_module.to_input(pixels)[None])[0]
+    v = nh.seed.dot(logits)
+    assert np.isfinite(v).all()
+    return Hash.from_bits((v >= 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nan_output_is_a_per_image_error(tmp_path, brightness_images, workers):
+    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    black, grey, orange = (str(brightness_images[k]) for k in ("black", "grey", "orange"))
+    assert not np.isfinite(nh.logits(image_module.to_input(image_module.decode(black))[None])).all()
+    results = list(nh.hash_many([grey, black, orange, black], workers=workers, batch_size=4))
+    assert [r.ok for r in results] == [True, False, True, False]
+    for r in (results[1], results[3]):
+        assert r.hash is None and r.error.startswith(f"{black}: the network's output is not finite")
+        assert "NaN" in r.error or "infinity" in r.error
+    assert results[0].hash == _expected_hash(nh, grey) and results[2].hash == _expected_hash(nh, orange)
+    assert results[0].hash != results[2].hash
+    with pytest.raises(NeuralHashError, match=f"^{black}: the network's output is not finite"):
+        nh.hash(black)
+    with pytest.raises(NeuralHashError, match="^image 1 of 2: the network's output is not finite"):
+        nh.hash_pixels([image_module.decode(grey), image_module.decode(black)])
+
+
+def test_overflowing_projection_is_an_error(tmp_path, brightness_images):
+    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "huge.onnx", log_of_brightness=False))
+    grey = brightness_images["grey"]
+    logits = nh.logits(image_module.to_input(image_module.decode(grey))[None])
+    assert np.isfinite(logits).all() and np.abs(logits).max() > 1e37  # finite, but seed @ logits is not
+    with pytest.raises(NeuralHashError, match="the projection seed @ logits is not finite"):
+        nh.hash(grey)
+    (result,) = nh.hash_many([str(grey)], workers=0)
+    assert not result.ok and "not finite" in result.error
+
+
+@pytest.mark.parametrize("values", [np.full(96, np.nan), np.r_[np.ones(95), np.inf]])
+def test_hash_refuses_non_finite_projected_values(values):
+    with pytest.raises(NeuralHashError, match="not finite"):
+        Hash.from_projection(values)
+    with pytest.raises(NeuralHashError, match="not finite"):
+        Hash.from_bits(np.zeros(96, np.uint8), values)
+
+
+def test_non_finite_outputs_in_the_commands_and_the_robustness_measure(tmp_path, brightness_images, capsys):
+    from neuralhash.cli import main
+    from neuralhash.robustness import default_edits, measure
+
+    model = str(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    nh = NeuralHash.from_onnx(model)
+    black, grey = str(brightness_images["black"]), str(brightness_images["grey"])
+    assert main(["hash", "--model", model, "--workers", "0", black, grey]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{_expected_hash(nh, grey).hex}  {grey}"]
+    assert err.startswith(f"neuralhash: {black}: the network's output is not finite")
+    assert main(["compare", "--model", model, black, grey]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "not finite" in err and len(err.splitlines()) == 1
+
+    edits = [e for e in default_edits() if e.family in ("brightness", "hflip")]
+    result = measure([grey, black], nh, edits=edits, hashers=["NeuralHash"], workers=0)
+    # the black original and its copies have no hash; the grey ones all hash (to the same bits: flat images)
+    assert [(f.image, f.edit) for f in result.failures if f.image == black][:1] == [(black, None)]
+    assert all("not finite" in f.reason for f in result.failures)
+    assert not any(f.image == grey for f in result.failures)

@@ -345,21 +345,50 @@ class NeuralHash:
 
     def hash_pixels(self, pixels: Sequence[np.ndarray]) -> list[Hash]:
         """The hashes of images already preprocessed by :func:`~neuralhash.hashing.image.decode`
-        (uint8 [360, 360, 3] each), run through the network as one batch."""
-        if not pixels:
+        (uint8 [360, 360, 3] each), run through the network as one batch.
+
+        A network output that is not finite (NaN or infinity in the logits, or a
+        projection that overflows float32) raises :class:`NeuralHashError`
+        naming the image's position in ``pixels``: it is never turned into bits.
+        """
+        out = self._hashes_or_errors(pixels)
+        for i, h in enumerate(out):
+            if isinstance(h, str):
+                raise NeuralHashError(f"image {i} of {len(out)}: {h}")
+        return out  # type: ignore[return-value]
+
+    def _hashes_or_errors(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
+        """Per image, its Hash or the reason there is none (a non-finite network output)."""
+        if not len(pixels):
             return []
         batch = np.stack([to_input(p) for p in pixels])
         logits = self.logits(batch)
-        # Exactly the reference's seed.dot(outs[0].flatten()), one image at a time.
-        return [Hash.from_projection(self._seed.dot(logits[i].flatten())) for i in range(len(pixels))]
+        finite = np.isfinite(logits).all(axis=1)
+        out: list[Hash | str] = []
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, per image
+            for i in range(len(pixels)):
+                if not finite[i]:
+                    out.append(_non_finite("the network's output", logits[i]))
+                    continue
+                # Exactly the reference's seed.dot(outs[0].flatten()), one image at a time.
+                v = self._seed.dot(logits[i].flatten())
+                if not np.isfinite(v).all():  # huge finite logits: the float32 projection overflows
+                    out.append(_non_finite("the projection seed @ logits", v))
+                    continue
+                out.append(Hash.from_projection(v))
+        return out
 
     def hash(self, image: Any, *, exif_transpose: bool = False, fast: bool = False) -> Hash:
         """The hash of one image: a path, encoded bytes, a PIL image or a uint8 array.
 
         Raises :class:`~neuralhash.errors.ImageError` (naming the input and the
-        reason) when the image cannot be read.
+        reason) when the image cannot be read, and :class:`NeuralHashError`
+        when the network's output for it is not finite (NaN or infinity).
         """
-        return self.hash_pixels([decode(image, exif_transpose=exif_transpose, fast=fast)])[0]
+        h = self._hashes_or_errors([decode(image, exif_transpose=exif_transpose, fast=fast)])[0]
+        if isinstance(h, str):
+            raise NeuralHashError(f"{describe(image)}: {h}")
+        return h
 
     def hash_many(
         self,
@@ -416,13 +445,24 @@ class NeuralHash:
             stream.close()
 
     def _finish(self, pending: list[tuple[Any, np.ndarray | None, str | None]]) -> Iterator[HashResult]:
-        hashes = iter(self.hash_pixels([pixels for _, pixels, _ in pending if pixels is not None]))
+        hashes = iter(self._hashes_or_errors([pixels for _, pixels, _ in pending if pixels is not None]))
         for item, pixels, error in pending:
             if pixels is None:
                 yield HashResult(_result_item(item), None, error)
+                continue
+            h = next(hashes)
+            if isinstance(h, str):  # a non-finite network output: this image's error, never a hash
+                yield HashResult(_result_item(item), None, f"{describe(item)}: {h}")
             else:
-                yield HashResult(_result_item(item), next(hashes), None)
+                yield HashResult(_result_item(item), h, None)
 
+
+
+def _non_finite(what: str, values: np.ndarray) -> str:
+    kinds = " and ".join(k for k, present in (("NaN", np.isnan(values).any()), ("infinity", np.isinf(values).any()))
+                         if present)
+    return (f"{what} is not finite ({kinds} in {int((~np.isfinite(values)).sum())} of {values.size} values): "
+            "the model's weights are broken or overflow on this image; no hash")
 
 
 def _result_item(item: Any) -> Any:

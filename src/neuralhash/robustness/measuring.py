@@ -180,8 +180,8 @@ def measure(
             if work.error is not None:
                 failures.append(Failure(labels[i], None, work.error))
             else:
+                bits = _bits_of(work, model, names, edits)
                 failures.extend(Failure(labels[i], e, r) for e, r in work.failures)
-                bits = _bits_of(work, model, names)
                 for name, (rows, ok) in bits.items():
                     if ok[0]:
                         originals[name][i] = rows[0]
@@ -206,17 +206,35 @@ def measure(
     )
 
 
-def _bits_of(work: ImageWork, model, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (bits [1 + edits, bits], ok [1 + edits]) for every hash."""
+def _bits_of(work: ImageWork, model, names: Sequence[str],
+             edits: Sequence[Edit]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (bits [1 + edits, bits], ok [1 + edits]) for every hash.
+
+    A copy whose network output is not finite is a failure of that copy
+    (added to ``work.failures``), never a hash.
+    """
     out = {}
     if NEURALHASH in names:
-        ok = work.pixels_ok
+        ok = work.pixels_ok.copy()
         rows = np.zeros((len(ok), HASH_BITS), bool)
         index = np.flatnonzero(ok)
         for start in range(0, len(index), BATCH):
             chunk = index[start:start + BATCH]
-            for row, h in zip(chunk, model.hash_pixels(list(work.pixels[chunk]))):
-                rows[row] = h.bits
+            try:
+                hashes = model.hash_pixels(list(work.pixels[chunk]))
+            except NeuralHashError:  # some copy's output is not finite: find it, one at a time
+                hashes = []
+                for row in chunk:
+                    try:
+                        hashes.append(model.hash_pixels([work.pixels[row]])[0])
+                    except NeuralHashError as exc:
+                        hashes.append(None)
+                        ok[row] = False
+                        reason = str(exc).removeprefix("image 0 of 1: ")
+                        work.failures.append((edits[row - 1].label if row else None, f"NeuralHash: {reason}"))
+            for row, h in zip(chunk, hashes):
+                if h is not None:
+                    rows[row] = h.bits
         out[NEURALHASH] = (rows, ok)
     for name in names:
         if name != NEURALHASH:
