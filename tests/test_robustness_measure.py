@@ -181,8 +181,9 @@ def test_the_command_writes_a_report(photos, tmp_path, capsys):
 
 
 def test_the_command_explains_bad_choices(photos, tmp_path, capsys):
-    assert main(["robustness", "--model", "demo", photos[0], "--out", str(tmp_path / "r"), "--edits", "nope"]) == 1
-    assert "unknown edit family 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error (exit 2), found before the model loads
+        main(["robustness", "--model", "demo", photos[0], "--out", str(tmp_path / "r"), "--edits", "nope"])
+    assert exc.value.code == 2 and "unknown edit family 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["robustness", "--model", "demo", photos[0]])
     assert exc.value.code == 2

@@ -19,7 +19,8 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import NeuralHashError
-from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
+from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
+                     int_at_least, int_between, non_empty, positive_float)
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
@@ -62,9 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=SRC_HELP)
     p.add_argument("--onnx", help="an already converted model (default: convert in memory)")
     p.add_argument("--image", action="append", metavar="PATH", help="also compare on this image (repeatable)")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeded random inputs (default 2)")
-    p.add_argument("--batch", type=int, default=1, help="batch size of the random inputs (default 1)")
-    p.add_argument("--atol", type=float, default=1e-4, help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
+    p.add_argument("--seeds", type=int_at_least(0), default=2, metavar="N",
+                   help="number of seeded random inputs (default 2)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, metavar="N",
+                   help="batch size of the random inputs (default 1)")
+    p.add_argument("--atol", type=positive_float, default=1e-4, metavar="X", help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
     p.add_argument("--no-optimize", action="store_true", help="verify the untidied conversion")
     add_provider(p)
     add_files(p)
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply the EXIF orientation first (the reference pipeline does not)")
     cluster = p.add_argument_group("on a Dask cluster (pip install 'neuralhash-toolkit[dask]')")
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
+    cluster.add_argument("--scheduler", metavar="ADDRESS", type=non_empty,
                          help="hash on a Dask cluster: its scheduler address (tcp://host:8786), "
                               "or 'local' for a LocalCluster on this machine")
     cluster.add_argument("--parquet", metavar="DIR",
@@ -157,7 +160,7 @@ def add_index_commands(add) -> None:
 
     p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--model-id", default="imported",
+    p.add_argument("--model-id", default="imported", type=non_empty,
                    help="the name the imported hashes are stored under (default 'imported')")
 
     p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
@@ -170,7 +173,7 @@ def add_index_commands(add) -> None:
     p = add("match", cmd_match, "stored hashes within a distance of images or hashes, nearest first")
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
     p.add_argument("--model-id", default=None,
                    help="search the stored hashes of this model (default: the model the queries are hashed with)")
     add_model(p)
@@ -179,20 +182,35 @@ def add_index_commands(add) -> None:
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
     p.add_argument("db", metavar="DB", help=db_help)
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
     p.add_argument("--model-id", default=None, help="the model whose hashes to group (default: the only one)")
     _add_output_format(p)
+
+
+def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What argparse cannot check alone, before anything is loaded: usage errors exit 2 naming the option."""
+    sub = getattr(args, "subparser", parser)
+    if args.command == "hash":
+        if args.margins and not (args.jsonl or args.csv):
+            sub.error("--margins needs --jsonl or --csv")
+        if not args.scheduler:
+            for option, value in (("--parquet", args.parquet), ("--paths-per-task", args.paths_per_task)):
+                if value is not None:
+                    sub.error(f"{option} needs --scheduler (use --scheduler local on one machine)")
+        elif args.max_pixels is not None:
+            sub.error("--max-pixels is not supported with --scheduler (the workers apply Pillow's limit)")
+    if args.command == "robustness":
+        from .robustness_cmds import check_robustness_usage
+
+        check_robustness_usage(args, sub)
+    check_providers(args, sub)
+    cap_workers(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "hash" and args.margins and not (args.jsonl or args.csv):
-        args.subparser.error("--margins needs --jsonl or --csv")
-    if args.command == "robustness" and not args.list_edits and not args.out:
-        args.subparser.error("--out DIR is required")
-    if args.command == "hash" and args.parquet and not args.scheduler:
-        args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
+    check_usage(args, parser)
     try:
         return args.func(args)
     except NeuralHashError as exc:

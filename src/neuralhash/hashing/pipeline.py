@@ -36,10 +36,9 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from ..errors import NeuralHashError
-from .image import decode, describe
+from .image import decode, describe, resolve_max_pixels
 
 #: Fewer items than this are decoded in the calling process (pool start-up would dominate).
 MIN_ITEMS_FOR_POOL = 2
@@ -53,10 +52,10 @@ Entry = tuple[Any, "np.ndarray | None", "str | None"]
 STALL = None
 
 
-def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
-    """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it."""
-    Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever start method is used
-    return _decode_here(item, exif_transpose=exif_transpose, fast=fast)
+def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it.
+    ``max_pixels`` is the caller's resolved limit (a worker's Pillow default may differ)."""
+    return _decode_here(item, exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels)
 
 
 def _worker_init() -> None:
@@ -64,9 +63,10 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_here(item: Any, *, exif_transpose: bool, fast: bool) -> tuple[np.ndarray | None, str | None]:
+def _decode_here(item: Any, *, exif_transpose: bool, fast: bool,
+                 max_pixels: int) -> tuple[np.ndarray | None, str | None]:
     try:
-        return decode(item, exif_transpose=exif_transpose, fast=fast), None
+        return decode(item, exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels), None
     except NeuralHashError as exc:
         return None, str(exc)
     except Exception as exc:  # a decoder bug must not stop the run either
@@ -108,16 +108,18 @@ def decoded(
     window: int,
     exif_transpose: bool = False,
     fast: bool = False,
+    max_pixels: int | None = None,
     stall_marks: bool = False,
 ) -> Iterator[Entry | None]:
     """``(item, pixels or None, error or None)`` for each input, in order (see the module docs).
 
+    ``max_pixels``: images above it are errors (None: Pillow's limit, resolved here).
     With ``stall_marks``, :data:`STALL` (None) is also yielded whenever the
     next result is still being decoded, so that the consumer can use the wait.
     """
-    task = functools.partial(decode_task, exif_transpose=exif_transpose, fast=fast,
-                             max_pixels=Image.MAX_IMAGE_PIXELS)
-    local = functools.partial(_decode_here, exif_transpose=exif_transpose, fast=fast)
+    limit = resolve_max_pixels(max_pixels)
+    task = functools.partial(decode_task, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)
+    local = functools.partial(_decode_here, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)
 
     def crashed(item: Any) -> tuple[None, str]:
         return None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)"
