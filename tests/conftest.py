@@ -10,6 +10,8 @@ every test module takes these paths from here.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,24 @@ def draw_shapes(w: int, h: int, seed: int = 0, count: int = 12, rectangles: bool
         shape = draw.rectangle if rectangles and rng.random() >= 0.5 else draw.ellipse
         shape([x0, y0, x1, y1], fill=fill)
     return img
+
+
+def blank_png(path: Path, width: int, height: int, colour=(255, 255, 255)) -> Path:
+    """A ``width`` x ``height`` RGB PNG of one colour, written row by row: a 99-megapixel
+    image costs a few hundred KB on disk and about nothing in memory to make."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(colour) * width  # filter type 0, then the pixels
+    packer = zlib.compressobj(9)
+    parts = []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        fh.write(chunk(b"IDAT", b"".join(parts)))
+        fh.write(chunk(b"IEND", b""))
+    return path

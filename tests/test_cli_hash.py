@@ -521,3 +521,22 @@ def test_too_many_workers_are_capped_with_a_warning(images, ref, monkeypatch, ca
     out, err = capsys.readouterr()
     assert seen == [8] and out == f"{ref[images[0]]}  {images[0]}\n"
     assert "neuralhash: warning: --workers 150 capped to 8 (4 per CPU; this machine has 2)" in err
+
+
+# -- --max-pixels (issue 10, item 16) ---------------------------------------------------------
+
+
+def test_a_99_megapixel_png_needs_max_pixels(tmp_path, nh, capsys):
+    from conftest import blank_png
+    from PIL import Image
+
+    big = str(blank_png(tmp_path / "big.png", 9950, 9950, (200, 120, 40)))  # 99 MP, Pillow refuses it
+    assert main(["hash", "--model", "demo", "--workers", "0", big]) == 1
+    out, err = capsys.readouterr()
+    line = err.strip().splitlines()[-1]
+    assert out == "" and line.startswith(f"neuralhash: {big}: image too large: 9950 x 9950 = 99,002,500 pixels")
+    assert "--max-pixels" in line and "MAX_IMAGE_PIXELS" not in line
+    assert main(["hash", "--model", "demo", "--workers", "0", "--max-pixels", "100000000", big]) == 0
+    out, _ = capsys.readouterr()
+    # Independent expectation: a flat image resizes to the same flat 360 x 360 image.
+    assert out == f"{nh.hash(Image.new('RGB', (360, 360), (200, 120, 40))).hex}  {big}\n"

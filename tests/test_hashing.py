@@ -835,3 +835,60 @@ def test_non_finite_outputs_in_the_commands_and_the_robustness_measure(tmp_path,
     assert [(f.image, f.edit) for f in result.failures if f.image == black][:1] == [(black, None)]
     assert all("not finite" in f.reason for f in result.failures)
     assert not any(f.image == grey for f in result.failures)
+
+
+# -- max_pixels: a documented limit instead of Pillow's global (issue 10, item 16) ------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_max_pixels_is_an_argument_passed_to_the_workers(nh, tmp_path, workers):
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    picture(200, 100).save(big)  # 20,000 pixels
+    picture(50, 40, 1).save(small)
+    before = Image.MAX_IMAGE_PIXELS
+    items = [str(small), str(big), str(small), str(big)]
+    results = list(nh.hash_many(items, workers=workers, max_pixels=10_000))
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert results[1].error == (f"{big}: image too large: 200 x 100 = 20,000 pixels, above the limit of 10,000; "
+                                "refused as a possible decompression bomb (raise the limit with --max-pixels N, "
+                                "or max_pixels= in Python)")
+    assert all(r.ok for r in nh.hash_many(items, workers=workers, max_pixels=20_000))
+    assert Image.MAX_IMAGE_PIXELS == before  # never changed, in this process at least
+
+
+def test_max_pixels_overrides_pillows_global_both_ways(nh, tmp_path, monkeypatch):
+    path = tmp_path / "p.png"
+    picture(300, 200).save(path)
+    want = nh.hash(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would refuse it (above twice the limit)
+    with pytest.raises(ImageError, match="above the limit of 1,000"):
+        nh.hash(path)
+    assert nh.hash(path, max_pixels=60_000) == want
+    assert nh.hash(path.read_bytes(), max_pixels=60_000) == want
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow: no limit
+    assert nh.hash(path) == want
+    with pytest.raises(ImageError, match="above the limit of 59,999"):
+        nh.hash(path, max_pixels=59_999)
+    with Image.open(path) as lazy:  # opened, not decoded yet: refused too
+        with pytest.raises(ImageError, match=r"^<image>: image too large"):
+            nh.hash(lazy, max_pixels=100)
+
+
+def test_max_pixels_default_of_a_model(demo_dir, cache, tmp_path):
+    path = tmp_path / "p.png"
+    picture(300, 200).save(path)
+    limited = NeuralHash.from_source(str(demo_dir), cache_dir=cache, max_pixels=50_000)
+    assert limited.max_pixels == 50_000
+    with pytest.raises(ImageError, match="above the limit of 50,000"):
+        limited.hash(path)
+    (result,) = limited.hash_many([str(path)], workers=0)
+    assert not result.ok and "above the limit of 50,000" in result.error
+    assert limited.hash(path, max_pixels=60_000).hex  # a call's own limit wins
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "100", True])
+def test_max_pixels_must_be_a_positive_integer(nh, good, bad):
+    with pytest.raises(NeuralHashError, match="max_pixels must be a positive integer"):
+        nh.hash(good[0], max_pixels=bad)
+    with pytest.raises(NeuralHashError, match="max_pixels must be a positive integer"):
+        nh.hash_many(good, max_pixels=bad)

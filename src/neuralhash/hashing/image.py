@@ -181,20 +181,19 @@ def resolve_max_pixels(max_pixels: int | None) -> int:
 
 
 def too_large(width: int, height: int, limit: int) -> str | None:
-    """The reason a ``width`` x ``height`` image is refused under ``limit`` pixels, or None."""
+    """``"W x H = N pixels, above the limit of M"`` when that image exceeds ``limit`` pixels, else None."""
     pixels = max(1, width) * max(1, height)
     if pixels <= limit:
         return None
-    return (f"image too large: {width} x {height} = {pixels:,} pixels, above the limit of {limit:,} "
-            "(refused as a possible decompression bomb; raise the limit with --max-pixels N, "
-            "or max_pixels= in Python)")
+    return f"{width} x {height} = {pixels:,} pixels, above the limit of {limit:,}"
 
 
 def check_size(img: Image.Image, limit: int) -> None:
-    """Raise :class:`ImageError`-ready ``_TooLarge`` when ``img`` has more than ``limit`` pixels."""
+    """Raise ``_TooLarge`` (its message the reason) when ``img`` has more than ``limit`` pixels."""
     reason = too_large(img.width, img.height, limit)
     if reason is not None:
-        raise _TooLarge(reason)
+        raise _TooLarge(f"image too large: {reason}; refused as a possible decompression bomb "
+                        "(raise the limit with --max-pixels N, or max_pixels= in Python)")
 
 
 class _TooLarge(Exception):

@@ -86,11 +86,12 @@ def shrink(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Sequence[str],
-                  max_pixels: int | None = None, max_side: int | None = None) -> ImageWork:
+                  max_pixels: int | None = None, max_side: int | None = None, neuralhash: bool = True) -> ImageWork:
     """Open ``path``, apply the edits, hash the classic way and prepare NeuralHash's inputs. Never raises.
 
     ``max_pixels``: the original and every edited copy stay at or below it (None:
     Pillow's limit, resolved in this process; callers pass their resolved number).
+    ``neuralhash``: also prepare NeuralHash's 360 x 360 inputs (else ``pixels`` stays None).
     """
     name = os.fsdecode(path) if isinstance(path, (str, os.PathLike)) else str(path)
     work = ImageWork()
@@ -109,7 +110,8 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
     key = image_key(original)
     rows = 1 + len(edits)
     hashers = [classic_by_name(n) for n in classic]
-    work.pixels = np.zeros((rows, 360, 360, 3), np.uint8)
+    if neuralhash:
+        work.pixels = np.zeros((rows, 360, 360, 3), np.uint8)
     work.pixels_ok = np.zeros(rows, bool)
     for h in hashers:
         work.classic[h.info.name] = np.zeros((rows, h.info.bits), bool)
@@ -121,8 +123,8 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
             predicted = edit.output_size(*original.size)
             refused = too_large(*predicted, limit)
             if refused is not None:  # before a pixel of the copy is allocated
-                work.failures.append((edit.label, f"{name}: edit {edit.label!r} not applied: {refused}; "
-                                                  "or shrink the originals with --max-side"))
+                work.failures.append((edit.label, f"{name}: edit {edit.label!r} not applied: its copy would be "
+                                                  f"{refused} (--max-pixels; or shrink the originals with --max-side)"))
                 continue
         try:
             copy = apply_edit(edit, original, seed=seed, image_key=key) if edit is not None else original
@@ -134,11 +136,12 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
             work.failures.append((edit.label, f"{name}: edit {edit.label!r} made a {copy.width} x {copy.height} "
                                               f"copy, larger than its declared {predicted[0]} x {predicted[1]}"))
             continue
-        try:
-            work.pixels[row] = decode(copy, max_pixels=limit)
-            work.pixels_ok[row] = True
-        except NeuralHashError as exc:
-            work.failures.append((edit.label if edit else None, f"NeuralHash: {exc}"))
+        if neuralhash:
+            try:
+                work.pixels[row] = decode(copy, max_pixels=limit)
+                work.pixels_ok[row] = True
+            except NeuralHashError as exc:
+                work.failures.append((edit.label if edit else None, f"NeuralHash: {exc}"))
         for h in hashers:
             try:
                 work.classic[h.info.name][row] = h.func(copy)
@@ -200,7 +203,8 @@ def measure(
     # Edits are module-level functions (or partials of them): they pickle to the workers.
     # Resolved here: a spawned worker's Pillow limit is the default, not this process's.
     local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
-                              max_side=max_side, max_pixels=resolve_max_pixels(max_pixels))
+                              max_side=max_side, max_pixels=resolve_max_pixels(max_pixels),
+                              neuralhash=NEURALHASH in hashers)
     task = local
 
     def crashed(item: Any) -> ImageWork:
