@@ -892,3 +892,90 @@ def test_max_pixels_must_be_a_positive_integer(nh, good, bad):
         nh.hash(good[0], max_pixels=bad)
     with pytest.raises(NeuralHashError, match="max_pixels must be a positive integer"):
         nh.hash_many(good, max_pixels=bad)
+
+
+# -- hash_many from a script without `if __name__ == "__main__":` (issue 10, item 12) ---------
+
+_UNGUARDED = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+nh = NeuralHash.demo()
+for r in nh.hash_many({paths!r}, workers=2):
+    print(r.hash.hex if r.ok else "ERROR " + r.error)
+"""
+
+_UNGUARDED_MAIN = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+
+def main():
+    nh = NeuralHash.demo()
+    for r in nh.hash_many({paths!r}, workers=2):
+        print(r.hash.hex if r.ok else "ERROR " + r.error)
+
+
+main()
+"""
+
+_GUARDED = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+if __name__ == "__main__":
+    import multiprocessing
+    nh = NeuralHash.demo()
+    started = 0
+    for r in nh.hash_many({paths!r}, workers=2):
+        print(r.hash.hex if r.ok else "ERROR " + r.error)
+        started = max(started, len(multiprocessing.active_children()))
+    print("workers", started)
+"""
+
+
+@pytest.mark.parametrize("template,guarded", [(_UNGUARDED, False), (_UNGUARDED_MAIN, False), (_GUARDED, True)])
+def test_hash_many_from_a_plain_script(good, cache, tmp_path, template, guarded):
+    import subprocess
+
+    script = tmp_path / "script.py"
+    paths = [str(p) for p in good[:4]]
+    script.write_text(template.format(cache=str(cache), paths=paths))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nh = NeuralHash.demo(cache_dir=cache)
+    lines = proc.stdout.split("\n")
+    assert lines[:4] == [nh.hash(p).hex for p in paths]
+    assert "Traceback" not in proc.stderr and "crashed" not in proc.stderr
+    if guarded:  # decoded in worker processes, and nothing said
+        assert lines[4] == "workers 2" and proc.stderr == ""
+    else:  # decoded here, with one warning naming the guard
+        assert proc.stderr.count("RuntimeWarning") == 1 and 'if __name__ == "__main__":' in proc.stderr
+        assert len(proc.stderr.splitlines()) <= 2  # the warning and its source line
+
+
+def test_guarded_lines_of_a_script(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import x\n"                             # 1
+        "def f():\n"                             # 2
+        "    if __name__ == '__main__':\n"       # 3: in a function, not a guard of the script
+        "        pass\n"                         # 4
+        "if '__main__' == __name__:\n"           # 5
+        "    a = 1\n"                            # 6
+        "    b = 2\n"                            # 7
+        "try:\n"                                 # 8
+        "    if __name__ != '__main__':\n"       # 9
+        "        pass\n"                         # 10
+        "    else:\n"                            # 11
+        "        c = 3\n"                        # 12
+        "except ImportError:\n"                  # 13
+        "    pass\n"                             # 14
+    )
+    assert sorted(pipeline._guarded_lines(str(script))) == [(6, 7), (12, 12)]
+    assert pipeline._guarded_lines(str(tmp_path / "missing.py")) is None

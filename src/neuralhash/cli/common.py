@@ -105,15 +105,15 @@ def non_empty(text: str) -> str:
     return text
 
 
-#: --workers above this many per CPU only add processes that wait (and memory): capped, with a warning.
-MAX_WORKERS_PER_CPU = 4
-
-
 def cap_workers(args: argparse.Namespace) -> None:
-    """``args.workers`` capped at :data:`MAX_WORKERS_PER_CPU` per CPU of this machine, with a warning."""
+    """``args.workers`` capped at ``MAX_WORKERS_PER_CPU`` (4) per CPU of this machine, with a warning."""
     workers = getattr(args, "workers", None)
+    if workers is None:
+        return
+    from ..hashing.pipeline import MAX_WORKERS_PER_CPU
+
     cap = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
-    if workers is not None and workers > cap:
+    if workers > cap:
         print(f"neuralhash: warning: --workers {workers} capped to {cap} "
               f"({MAX_WORKERS_PER_CPU} per CPU; this machine has {os.cpu_count() or 1})", file=sys.stderr, flush=True)
         args.workers = cap

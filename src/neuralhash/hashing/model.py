@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -438,10 +439,13 @@ class NeuralHash:
         bounded for any number of items. Closing the iterator early (``break``)
         stops the workers. An image of more than ``max_pixels`` pixels (None:
         the model's ``max_pixels``, else Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``)
-        is an error result, refused from its header. With worker processes, a
-        script that calls this must guard its entry point with ``if __name__ ==
-        "__main__":`` (the ``forkserver``/``spawn`` start methods import the main
-        module).
+        is an error result, refused from its header. ``workers`` is capped at
+        ``pipeline.MAX_WORKERS_PER_CPU`` (4) per CPU.
+
+        Worker processes (``forkserver``/``spawn``) import the main script
+        again: call this under ``if __name__ == "__main__":``. A script that
+        calls it at top level, unguarded, decodes in this process instead (one
+        core), with a ``RuntimeWarning`` saying so.
         """
         if isinstance(items, (str, bytes, os.PathLike)) or hasattr(items, "getpixel"):
             raise NeuralHashError("hash_many takes an iterable of images (paths, bytes, PIL images, arrays); "
@@ -452,6 +456,16 @@ class NeuralHash:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or workers < 0:
             raise NeuralHashError(f"workers must be a non-negative integer, got {workers!r}")
+        from .pipeline import MAX_WORKERS_PER_CPU, main_reruns_caller
+
+        workers = min(workers, MAX_WORKERS_PER_CPU * (os.cpu_count() or 1))
+        if workers:
+            if main_reruns_caller():
+                warnings.warn(
+                    "hash_many decodes in this process: this script calls it outside "
+                    "`if __name__ == \"__main__\":`, and worker processes would run the script again; "
+                    "put the call under that guard to decode in parallel", RuntimeWarning, stacklevel=2)
+                workers = 0
         limit = resolve_max_pixels(self._max_pixels if max_pixels is None else max_pixels)
         return self._hash_many(iter(items), batch_size, workers, exif_transpose, fast, limit)
 
