@@ -457,6 +457,8 @@ def _usage_cases(tmp: Path, image: str) -> list[tuple[list[str], str]]:
         (["hash", *m, "--max-pixels", "0", image], "--max-pixels"),
         (["hash", *m, "--workers", "-1", image], "--workers"),
         (["hash", *m, "--batch-size", "0", image], "--batch-size"),
+        (["hash", *m, "--batch-size", "100000", image], "--batch-size"),
+        (["dupes", db, "--max-distance", "2", "--model-id", ""], "--model-id"),
         (["hash", *m, "--provider", "NoSuchExecutionProvider", image], "--provider"),
         (["hash", "--model", "", image], "--model"),
         (["compare", *m, "--max-pixels", "-5", image, hexq], "--max-pixels"),

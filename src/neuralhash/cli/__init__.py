@@ -28,6 +28,10 @@ from .output import Terminated
 from .robustness_cmds import cmd_robustness
 
 
+#: --batch-size above this holds batch x 1.5 MB of network input for no gain (batches save no CPU).
+MAX_BATCH = 256
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuralhash",
@@ -86,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--margins", action="store_true",
                    help="with --jsonl or --csv: also the 96 per-bit margins |v| and the count of unstable bits")
-    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N",
-                   help="images per network run (default 4; larger batches save no CPU here and cost memory)")
+    p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
+                   help=f"images per network run (default 4, at most {MAX_BATCH}; larger batches save no CPU here and cost memory)")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="image-decoding worker processes (default: one per CPU; 0: decode in this process)")
     p.add_argument("--fast", action="store_true",
@@ -155,7 +159,8 @@ def add_index_commands(add) -> None:
     p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
     add_model(p)
-    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N")
+    p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
+                   help=f"images per network run (default 4, at most {MAX_BATCH})")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
     p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
@@ -164,7 +169,7 @@ def add_index_commands(add) -> None:
                    help="the name the imported hashes are stored under (default 'imported')")
 
     p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
-    p.add_argument("--model-id", default=None, help="only the hashes of this model")
+    p.add_argument("--model-id", default=None, type=non_empty, help="only the hashes of this model")
     _add_output_format(p)
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
@@ -174,7 +179,7 @@ def add_index_commands(add) -> None:
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
     p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
-    p.add_argument("--model-id", default=None,
+    p.add_argument("--model-id", default=None, type=non_empty,
                    help="search the stored hashes of this model (default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
@@ -183,7 +188,8 @@ def add_index_commands(add) -> None:
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
-    p.add_argument("--model-id", default=None, help="the model whose hashes to group (default: the only one)")
+    p.add_argument("--model-id", default=None, type=non_empty,
+                   help="the model whose hashes to group (default: the only one)")
     _add_output_format(p)
 
 
