@@ -327,7 +327,7 @@ def test_without_dask_the_error_says_how_to_install(paths, capsys, monkeypatch):
     assert code == 1 and out == ""
     assert err.startswith("neuralhash: error: hashing on a Dask cluster needs the optional extra: "
                           "pip install 'neuralhash-toolkit[dask]'")
-    with pytest.raises(NeuralHashError, match=r"pip install 'neuralhash\[dask\]'"):
+    with pytest.raises(NeuralHashError, match=r"pip install 'neuralhash-toolkit\[dask\]'"):
         nhd.hash_paths(paths, model="demo")
 
 

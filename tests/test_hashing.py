@@ -979,3 +979,20 @@ def test_guarded_lines_of_a_script(tmp_path):
     )
     assert sorted(pipeline._guarded_lines(str(script))) == [(6, 7), (12, 12)]
     assert pipeline._guarded_lines(str(tmp_path / "missing.py")) is None
+
+
+def test_a_package_main_run_with_dash_m_is_not_rerun(good, cache, tmp_path):
+    """`python -m pkg` runs pkg/__main__.py, which multiprocessing never re-imports: no guard needed there."""
+    import subprocess
+
+    package = tmp_path / "runner"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(_UNGUARDED.format(cache=str(cache), paths=[str(p) for p in good[:3]]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-m", "runner"], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    nh = NeuralHash.demo(cache_dir=cache)
+    assert proc.stdout.split() == [nh.hash(p).hex for p in good[:3]]

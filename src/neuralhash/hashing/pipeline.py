@@ -196,6 +196,9 @@ def main_reruns_caller() -> bool:
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__file__", None) is None:
         return False  # interactive, -c, or embedded: workers re-run nothing
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if name == "__main__" or name.endswith(".__main__"):
+        return False  # `python -m package`: multiprocessing never re-runs a package's __main__
     outer = None
     frame = sys._getframe(1)
     while frame is not None:
