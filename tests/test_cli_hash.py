@@ -542,3 +542,10 @@ def test_a_99_megapixel_png_needs_max_pixels(tmp_path, nh, capsys):
     out, _ = capsys.readouterr()
     # Independent expectation: a flat image resizes to the same flat 360 x 360 image.
     assert out == f"{nh.hash(Image.new('RGB', (360, 360), (200, 120, 40))).hex}  {big}\n"
+
+
+def test_robustness_finds_no_images_before_loading_the_model(tmp_path, capsys, no_model_loads):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["robustness", "--model", "demo", str(empty), "--out", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"no images found in {empty}")

@@ -82,12 +82,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
     edits = _choose_edits(args.edits)
     hashes = _choose_hashes(args.hashes)
-    nh = load_hasher(args) if "NeuralHash" in hashes else None
     pass_file_names_through()
     listing = Failures(Progress())
-    images = list(iter_paths(args.images, IMAGE_EXTENSIONS, listing))
+    images = list(iter_paths(args.images, IMAGE_EXTENSIONS, listing))  # before the model: a typo costs no load
     if not images:
         raise NeuralHashError("no images found in " + " ".join(args.images))
+    nh = load_hasher(args) if "NeuralHash" in hashes else None
     progress = Progress(total=len(images))
     with sigterm_unwinds():
         try:
