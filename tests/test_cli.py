@@ -85,8 +85,9 @@ def test_explicit_weights_and_shape_paths(tmp_path, capsys):
     assert info["parameters"] == 8 and info["inputs"] == {"x": [1, 4, 1, 1]}
     assert main(["convert", str(sources.net), "-o", str(tmp_path / "m.onnx"), "--weights", str(weights),
                  "--shape", str(shape)]) == 0
-    assert main(["inspect", str(sources.net), "--weights", str(other / "missing")]) == 1
-    assert "weights file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # a usage error, found before anything is read
+        main(["inspect", str(sources.net), "--weights", str(other / "missing")])
+    assert exc.value.code == 2 and f"argument --weights: no such file: {other / 'missing'}" in capsys.readouterr().err
 
 
 # -- robustness: memory bounded by the pixel limit (issue 10, item 9) -----------------------

@@ -481,6 +481,11 @@ def _usage_cases(tmp: Path, image: str) -> list[tuple[list[str], str]]:
         (["verify", str(tmp), "--seeds", "-1"], "--seeds"),
         (["verify", str(tmp), "--provider", "Nope"], "--provider"),
         (["decode", image, "-o", "-", "--max-decoded-size", "0"], "--max-decoded-size"),
+        (["verify", str(tmp), "--onnx", str(tmp / "missing.onnx")], "--onnx"),
+        (["verify", str(tmp), "--image", image, "--image", str(tmp / "missing.png")], "--image"),
+        (["convert", str(tmp), "-o", str(tmp / "o.onnx"), "--hash-head", str(tmp)], "--hash-head"),
+        (["inspect", str(tmp), "--shape", str(tmp / "x.shape")], "--shape"),
+        (["hash", *m, "--seed", str(tmp / "missing.dat"), image], "--seed"),
         (["inspect", str(tmp), "--max-decoded-size", "-3"], "--max-decoded-size"),
     ]
 

@@ -209,6 +209,13 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         from .robustness_cmds import check_robustness_usage
 
         check_robustness_usage(args, sub)
+    # Files named by options must exist: found now, not after a model is converted.
+    for option in ("onnx", "image", "shape", "weights", "seed", "hash_head"):
+        values = getattr(args, option, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value and not os.path.isfile(value):
+                what = "no such file" if not os.path.exists(value) else "not a file"
+                sub.error(f"argument --{option.replace('_', '-')}: {what}: {value}")
     check_providers(args, sub)
     cap_workers(args)
 
