@@ -497,7 +497,7 @@ def test_usage_errors_exit_2_naming_the_option_before_any_model_loads(tmp_path, 
         err = capsys.readouterr().err
         assert exc.value.code == 2, (argv, err)
         last = err.strip().splitlines()[-1]
-        assert option in last, (argv, last)
+        assert option in last and last.startswith(f"neuralhash {argv[0]}"), (argv, last)
         assert "Traceback" not in err and "max_distance" not in err and "max_pixels" not in err, (argv, err)
 
 

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)  # usage errors name the command: "neuralhash verify: error: ..."
         return p
 
     p = add("decode", cmd_decode, "write the plain JSON of a compressed .espresso.net / .espresso.shape file")
@@ -152,7 +152,7 @@ def add_index_commands(add) -> None:
 
     def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         p.add_argument("db", metavar="DB", help=db_help)
         return p
 
