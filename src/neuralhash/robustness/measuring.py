@@ -12,7 +12,8 @@ Memory per worker is bounded by the pixel limit ``max_pixels`` (Pillow's
 refused from its header, and an edit whose copy would exceed it (an upscale
 of a large photo) is refused, before any pixel is allocated, as a failure of
 that copy. The largest buffers then are the original, one copy and PDQ's
-float luminance planes: about 20 bytes per pixel of the limit at worst.
+float planes (about 21 bytes per pixel): up to ~35 bytes per pixel of the
+limit (measured: 2.8 GB on an 81-megapixel image with PDQ, 0.68 GB without).
 """
 
 from __future__ import annotations
