@@ -1,12 +1,17 @@
 """Shared test fixtures.
 
 Apple's real graph and shape files live outside the repository, in
-``../shared/fixtures/neuralhash-v3b`` seen from the project root. Tests that
-need them skip cleanly when that folder is absent.
+``../shared/fixtures/neuralhash-v3b`` seen from the project root, or under the
+folder named by ``$NEURALHASH_SHARED`` (``$NEURALHASH_SHARED/fixtures/...``)
+when it is set. Tests that need them skip cleanly when that folder is absent;
+every test module takes these paths from here.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +19,47 @@ import pytest
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
+#: Environment variable: the folder holding ``fixtures/`` (default: ``../shared`` beside the project).
+SHARED_ENV = "NEURALHASH_SHARED"
+SHARED = Path(os.environ.get(SHARED_ENV) or ROOT.parent / "shared").expanduser()
+FIXTURES = SHARED / "fixtures"
+#: The real compiled Core ML models (MIT) of ../shared/fixtures/coreml-wild.
+WILD_DIR = FIXTURES / "coreml-wild"
+REAL_DIR = FIXTURES / "neuralhash-v3b"
 REAL_NET = REAL_DIR / "NeuralHashv3b-current.espresso.net"
 REAL_SHAPE = REAL_DIR / "NeuralHashv3b-current.espresso.shape"
 REAL_SEED = REAL_DIR / "neuralhash_128x96_seed1.dat"
 
 
+def assert_close(actual, expected, rtol: float, *, what: str = "") -> None:
+    """``max |actual - expected| <= rtol * max |expected|``: a tolerance that scales with the values.
+
+    Float results differ by a few units in the last place between CPUs (AVX2,
+    AVX-512, NEON), BLAS builds and thread counts, and those units are relative
+    to the magnitude of the values: an absolute tolerance that holds for values
+    near 1 fails for values near 60. The scale is the largest |expected|, not
+    each element's, so values that cross zero are compared at the array's scale.
+    Shapes must agree and every value must be finite.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    label = f"{what}: " if what else ""
+    assert actual.shape == expected.shape, f"{label}shape {actual.shape} != {expected.shape}"
+    assert np.isfinite(actual).all() and np.isfinite(expected).all(), f"{label}non-finite values"
+    if actual.size == 0:
+        return
+    scale = float(np.abs(expected).max())
+    error = float(np.abs(actual - expected).max())
+    assert error <= rtol * scale, (
+        f"{label}max abs error {error:.3g} on values up to {scale:.3g} "
+        f"(relative {error / scale if scale else float('inf'):.3g} > rtol {rtol:g})"
+    )
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     if not REAL_NET.is_file() or not REAL_SHAPE.is_file():
-        pytest.skip(f"Apple's NeuralHash structure files are not present in {REAL_DIR}")
+        pytest.skip(f"Apple's NeuralHash structure files are not present in {REAL_DIR} (set ${SHARED_ENV})")
     return REAL_DIR
 
 
@@ -62,3 +98,24 @@ def draw_shapes(w: int, h: int, seed: int = 0, count: int = 12, rectangles: bool
         shape = draw.rectangle if rectangles and rng.random() >= 0.5 else draw.ellipse
         shape([x0, y0, x1, y1], fill=fill)
     return img
+
+
+def blank_png(path: Path, width: int, height: int, colour=(255, 255, 255)) -> Path:
+    """A ``width`` x ``height`` RGB PNG of one colour, written row by row: a 99-megapixel
+    image costs a few hundred KB on disk and about nothing in memory to make."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" + bytes(colour) * width  # filter type 0, then the pixels
+    packer = zlib.compressobj(9)
+    parts = []
+    for _ in range(height):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        fh.write(chunk(b"IDAT", b"".join(parts)))
+        fh.write(chunk(b"IEND", b""))
+    return path

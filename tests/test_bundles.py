@@ -18,7 +18,7 @@ from neuralhash.espresso import load_model, pipeline_stages
 from neuralhash.espresso.coremldata import parse_coremldata, read_coremldata
 from neuralhash.espresso.writer import write_espresso
 
-WILD = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coreml-wild"
+from conftest import WILD_DIR as WILD  # noqa: E402
 BUNDLES = ["FindFour", "UxModel", "SSDOcr"]
 
 

@@ -258,8 +258,7 @@ def test_no_system_model_is_a_helpful_error(tmp_path, images, monkeypatch, capsy
     assert "--model" in err and "NEURALHASH_MODEL_PATH" in err and str(empty) in err
 
 
-@pytest.mark.parametrize("extra", [["--model", "{tmp}/nope"], ["--model", "demo", "--seed", "{tmp}/bad.dat"],
-                                   ["--model", "demo", "--provider", "NoSuchExecutionProvider"]])
+@pytest.mark.parametrize("extra", [["--model", "{tmp}/nope"], ["--model", "demo", "--seed", "{tmp}/bad.dat"]])
 def test_model_errors_are_one_line(extra, tmp_path, images, capsys):
     (tmp_path / "bad.dat").write_bytes(b"not a seed file")
     assert main(["hash", *[x.format(tmp=tmp_path) for x in extra], images[0]]) == 1
@@ -426,3 +425,132 @@ def test_sigterm_leaves_no_worker_processes(images, tmp_path):
     assert proc.returncode == 143, err
     assert err.splitlines()[-1] == "neuralhash: terminated"
     assert not leftover, "worker processes outlived the terminated command"
+
+
+# -- usage errors: every argument checked before a model loads, exit 2 (issue 10, item 13) ---
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading a model (or Espresso files) fails the test: usage errors must come first."""
+    from neuralhash.cli import model_cmds
+    from neuralhash.hashing import NeuralHash
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(NeuralHash, "from_source", classmethod(refuse))
+    monkeypatch.setattr(model_cmds, "load_espresso", refuse)
+
+
+def _usage_cases(tmp: Path, image: str) -> list[tuple[list[str], str]]:
+    db, out_file = str(tmp / "h.db"), tmp / "a-file"
+    out_file.write_text("x")
+    m = ["--model", "demo"]
+    hexq = "59a34eabe31910abfb06f308"
+    return [
+        (["hash", *m, "--margins", image], "--margins"),
+        (["hash", *m, "--scheduler", "", image], "--scheduler"),
+        (["hash", *m, "--paths-per-task", "3", image], "--paths-per-task"),
+        (["hash", *m, "--parquet", str(tmp / "pq"), image], "--parquet"),
+        (["hash", *m, "--scheduler", "local", "--max-pixels", "1000", image], "--max-pixels"),
+        (["hash", *m, "--max-pixels", "0", image], "--max-pixels"),
+        (["hash", *m, "--workers", "-1", image], "--workers"),
+        (["hash", *m, "--batch-size", "0", image], "--batch-size"),
+        (["hash", *m, "--batch-size", "100000", image], "--batch-size"),
+        (["dupes", db, "--max-distance", "2", "--model-id", ""], "--model-id"),
+        (["hash", *m, "--provider", "NoSuchExecutionProvider", image], "--provider"),
+        (["hash", "--model", "", image], "--model"),
+        (["compare", *m, "--max-pixels", "-5", image, hexq], "--max-pixels"),
+        (["compare", *m, "--provider", "Nope", image, image], "--provider"),
+        (["match", db, hexq, "--max-distance", "200"], "--max-distance"),
+        (["match", db, image, *m, "--max-distance", "97"], "--max-distance"),
+        (["dupes", db, "--max-distance", "-1"], "--max-distance"),
+        (["index", "add", db, image, *m, "--batch-size", "0"], "--batch-size"),
+        (["index", "add", db, image, *m, "--max-pixels", "x"], "--max-pixels"),
+        (["index", "import", db, image, "--model-id", ""], "--model-id"),
+        (["robustness", *m, image, "--out", str(tmp / "r"), "--edits", "nope"], "--edits"),
+        (["robustness", *m, image, "--out", str(tmp / "r"), "--edits", ","], "--edits"),
+        (["robustness", *m, image, "--out", str(tmp / "r"), "--hashes", "SHA1"], "--hashes"),
+        (["robustness", *m, image, "--out", str(out_file)], "--out"),
+        (["robustness", *m, image], "--out"),
+        (["robustness", *m, image, "--out", str(tmp / "r"), "--max-pixels", "0"], "--max-pixels"),
+        (["verify", str(tmp), "--atol", "nan"], "--atol"),
+        (["verify", str(tmp), "--atol", "-1"], "--atol"),
+        (["verify", str(tmp), "--batch", "0"], "--batch"),
+        (["verify", str(tmp), "--seeds", "-1"], "--seeds"),
+        (["verify", str(tmp), "--provider", "Nope"], "--provider"),
+        (["decode", image, "-o", "-", "--max-decoded-size", "0"], "--max-decoded-size"),
+        (["verify", str(tmp), "--onnx", str(tmp / "missing.onnx")], "--onnx"),
+        (["verify", str(tmp), "--image", image, "--image", str(tmp / "missing.png")], "--image"),
+        (["convert", str(tmp), "-o", str(tmp / "o.onnx"), "--hash-head", str(tmp)], "--hash-head"),
+        (["inspect", str(tmp), "--shape", str(tmp / "x.shape")], "--shape"),
+        (["hash", *m, "--seed", str(tmp / "missing.dat"), image], "--seed"),
+        (["inspect", str(tmp), "--max-decoded-size", "-3"], "--max-decoded-size"),
+    ]
+
+
+def test_usage_errors_exit_2_naming_the_option_before_any_model_loads(tmp_path, images, capsys, no_model_loads):
+    for argv, option in _usage_cases(tmp_path, images[0]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exc.value.code == 2, (argv, err)
+        last = err.strip().splitlines()[-1]
+        assert option in last and last.startswith(f"neuralhash {argv[0]}"), (argv, last)
+        assert "Traceback" not in err and "max_distance" not in err and "max_pixels" not in err, (argv, err)
+
+
+def test_every_command_has_help(capsys):
+    from neuralhash.cli import build_parser
+
+    commands = ["decode", "inspect", "convert", "verify", "demo", "hash", "compare", "match", "dupes", "robustness",
+                "index add", "index import", "index export", "index info"]
+    for command in commands:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([*command.split(), "--help"])
+        assert exc.value.code == 0 and "usage: neuralhash " + command in capsys.readouterr().out
+
+
+def test_too_many_workers_are_capped_with_a_warning(images, ref, monkeypatch, capsys):
+    from neuralhash.hashing import NeuralHash
+
+    seen = []
+    original = NeuralHash.hash_many
+
+    def spy(self, items, **kwargs):
+        seen.append(kwargs["workers"])
+        return original(self, items, **kwargs)
+
+    monkeypatch.setattr(NeuralHash, "hash_many", spy)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert main(["hash", "--model", "demo", "--workers", "150", images[0]]) == 0
+    out, err = capsys.readouterr()
+    assert seen == [8] and out == f"{ref[images[0]]}  {images[0]}\n"
+    assert "neuralhash: warning: --workers 150 capped to 8 (4 per CPU; this machine has 2)" in err
+
+
+# -- --max-pixels (issue 10, item 16) ---------------------------------------------------------
+
+
+def test_a_99_megapixel_png_needs_max_pixels(tmp_path, nh, capsys):
+    from conftest import blank_png
+    from PIL import Image
+
+    big = str(blank_png(tmp_path / "big.png", 9950, 9950, (200, 120, 40)))  # 99 MP, Pillow refuses it
+    assert main(["hash", "--model", "demo", "--workers", "0", big]) == 1
+    out, err = capsys.readouterr()
+    line = err.strip().splitlines()[-1]
+    assert out == "" and line.startswith(f"neuralhash: {big}: image too large: 9950 x 9950 = 99,002,500 pixels")
+    assert "--max-pixels" in line and "MAX_IMAGE_PIXELS" not in line
+    assert main(["hash", "--model", "demo", "--workers", "0", "--max-pixels", "100000000", big]) == 0
+    out, _ = capsys.readouterr()
+    # Independent expectation: a flat image resizes to the same flat 360 x 360 image.
+    assert out == f"{nh.hash(Image.new('RGB', (360, 360), (200, 120, 40))).hex}  {big}\n"
+
+
+def test_robustness_finds_no_images_before_loading_the_model(tmp_path, capsys, no_model_loads):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["robustness", "--model", "demo", str(empty), "--out", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.strip().endswith(f"no images found in {empty}")

@@ -18,7 +18,9 @@ from neuralhash.espresso.model import iter_blob_refs
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.reference import run as reference_run
 
-ATOL = 1e-5
+from conftest import assert_close
+
+RTOL = 1e-5  # of the largest |reference value| (see conftest.assert_close)
 
 
 # -- building small models ---------------------------------------------------------------------
@@ -104,16 +106,17 @@ def max_error(model: EspressoModel, proto: onnx.ModelProto, batches=(1, 3)) -> f
         for blob in model.outputs:
             assert got[blob].shape == ref[blob].shape, blob
             assert np.isfinite(ref[blob]).all()
-            worst = max(worst, float(np.max(np.abs(got[blob].astype(np.float64) - ref[blob]))))
+            scale = float(np.abs(ref[blob]).max()) or 1.0  # relative to the values' scale
+            worst = max(worst, float(np.max(np.abs(got[blob].astype(np.float64) - ref[blob]))) / scale)
     return worst
 
 
-def assert_matches_reference(model: EspressoModel, atol: float = ATOL) -> None:
+def assert_matches_reference(model: EspressoModel, rtol: float = RTOL) -> None:
     for optimize in (False, True):
         proto = convert(model, optimize=optimize)
         onnx.checker.check_model(proto, full_check=True)
         error = max_error(model, proto)
-        assert error <= atol, f"optimize={optimize}: max abs error {error:.3g}"
+        assert error <= rtol, f"optimize={optimize}: max relative error {error:.3g}"
 
 
 # -- one model per handler case -----------------------------------------------------------------
@@ -540,7 +543,7 @@ def test_symbolic_batch(block_model):
     x = inputs_for(block_model, 8)
     batched = sess.run(["fc"], {"x": x})[0]
     single = np.concatenate([sess.run(["fc"], {"x": x[i : i + 1]})[0] for i in range(8)])
-    assert np.max(np.abs(batched - single)) <= ATOL  # images never mix
+    assert_close(batched, single, RTOL)  # images never mix
 
 
 def test_conversion_is_deterministic(block_model, tmp_path):
@@ -579,7 +582,7 @@ def test_optimize_fuses_and_keeps_outputs(block_model):
     for batch in (1, 3):
         x = inputs_for(block_model, batch, seed=7)
         a, b = run_onnx(plain, block_model, x)["fc"], run_onnx(tidy, block_model, x)["fc"]
-        assert np.max(np.abs(a - b)) <= ATOL
+        assert_close(b, a, RTOL)
 
 
 def test_fusion_skipped_when_an_intermediate_has_other_readers():
@@ -594,7 +597,7 @@ def test_fusion_skipped_when_an_intermediate_has_other_readers():
     proto = convert(model)
     ops = collections.Counter(node.op_type for node in proto.graph.node)
     assert "HardSwish" not in ops and "HardSigmoid" not in ops and ops["Clip"] == 1
-    assert max_error(model, proto) <= ATOL
+    assert max_error(model, proto) <= RTOL
 
 
 def test_hard_sigmoid_used_elsewhere_is_fused_alone():
@@ -607,7 +610,7 @@ def test_hard_sigmoid_used_elsewhere_is_fused_alone():
     proto = convert(model)
     ops = collections.Counter(node.op_type for node in proto.graph.node)
     assert ops["HardSigmoid"] == 1 and "HardSwish" not in ops and "Clip" not in ops
-    assert max_error(model, proto) <= ATOL
+    assert max_error(model, proto) <= RTOL
 
 
 def test_hash_head_bits():
@@ -627,7 +630,7 @@ def test_hash_head_bits():
     got = run_onnx(proto, model, x)
     logits = got["leaf/logits"].reshape(8, 128)
     v = logits.astype(np.float64) @ seed.T.astype(np.float64)
-    assert np.max(np.abs(got["hash_projection"] - v)) <= 1e-4
+    assert_close(got["hash_projection"], v, 1e-5)
     assert got["hash_bits"].dtype == np.uint8
     assert np.array_equal(got["hash_bits"], (got["hash_projection"] >= 0).astype(np.uint8))
     clear = np.abs(v) > 1e-4
@@ -773,7 +776,7 @@ def test_real_graph_matches_reference(real_model, real_conversions, real_referen
     for batch in (1, 4):
         (out,) = sess.run(["leaf/logits"], {"image": x[:batch]})
         assert out.shape == (batch, 128, 1, 1)
-        assert np.max(np.abs(out - ref[:batch])) <= 1e-4
+        assert_close(out, ref[:batch], 1e-4)
 
 
 def test_real_graph_structure(real_model, real_conversions):
@@ -793,7 +796,7 @@ def test_real_graph_hash_head(real_model, real_reference):
     x, ref = real_reference
     got = session(proto).run(["hash_projection", "hash_bits"], {"image": x[:2]})
     v = ref[:2].reshape(2, 128).astype(np.float64) @ seed.T.astype(np.float64)
-    assert np.max(np.abs(got[0] - v)) <= 1e-3
+    assert_close(got[0], v, 1e-4)
     clear = np.abs(v) > 1e-3
     assert np.array_equal(got[1][clear], (v >= 0).astype(np.uint8)[clear])
 
@@ -824,7 +827,7 @@ def test_real_ranks_at_the_graph_boundary():
     assert [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim] == ["batch", 6, 5]
     x = inputs_for(grey, 2)
     assert x.shape == (2, 6, 5)
-    np.testing.assert_allclose(run_onnx(proto, grey, x)["c"], reference_run(grey, x)["c"], rtol=1e-5, atol=ATOL)
+    assert_close(run_onnx(proto, grey, x)["c"], reference_run(grey, x)["c"], rtol=RTOL)
 
 
 def test_random_fields_of_the_new_layers_convert_and_run_alike():
@@ -866,6 +869,6 @@ def test_random_fields_of_the_new_layers_convert_and_run_alike():
         got, want = outcomes
         assert (got is None) == (want is None), layer
         if got is not None:
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=str(layer))
+            assert_close(got, want, rtol=1e-4, what=str(layer))
             agreed += 1
     assert agreed > 40  # the draw exercises real conversions, not only refusals

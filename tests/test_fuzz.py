@@ -27,10 +27,7 @@ from neuralhash.espresso.model import decode_json_bytes, shapes_document
 from neuralhash.espresso.writer import graph_document
 from neuralhash.synthetic import neuralhash_v3b_layers, neuralhash_v3b_shapes, synthetic_blobs
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_DIR = ROOT.parent / "shared" / "fixtures" / "neuralhash-v3b"
-REAL_NET = REAL_DIR / "NeuralHashv3b-current.espresso.net"
-REAL_SHAPE = REAL_DIR / "NeuralHashv3b-current.espresso.shape"
+from conftest import REAL_DIR, REAL_NET, REAL_SHAPE
 
 # NEURALHASH_FUZZ_EXAMPLES=5000 for a deeper (slower) search.
 FUZZ = settings(
@@ -373,7 +370,7 @@ def test_edited_shape_entries(shape_edits, blob):
 
 # -- real compiled bundles (coreml-wild) and their coremldata.bin --------------------------------------
 
-WILD = ROOT.parent / "shared" / "fixtures" / "coreml-wild"
+from conftest import WILD_DIR as WILD  # noqa: E402
 WILD_FILES = ("model.espresso.net", "model.espresso.shape", "model.espresso.weights", "coremldata.bin")
 # What loading a 3 MB model may allocate (Python and numpy, as tracemalloc sees them), whatever the files claim.
 MEMORY_BOUND = 64 * 1024 * 1024

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageOps, features
 from neuralhash.hashing import NeuralHash
 from neuralhash.hashing.seed import default_seed_matrix
 
-from conftest import draw_shapes
+from conftest import assert_close, draw_shapes
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -314,7 +314,7 @@ def test_batching_does_not_change_bits_or_values(nh, images):
     many = list(nh.hash_many(paths, batch_size=16, workers=0))
     assert [r.hash.hex for r in one] == [r.hash.hex for r in many]
     for a, b in zip(one, many):
-        np.testing.assert_allclose(a.hash.values, b.hash.values, rtol=0, atol=1e-6)
+        assert_close(b.hash.values, a.hash.values, 1e-6)
 
 
 def test_onnx_outputs_of_batch_1_and_16_agree(nh):
@@ -322,7 +322,7 @@ def test_onnx_outputs_of_batch_1_and_16_agree(nh):
     batch = rng.uniform(-1, 1, (16, 3, 360, 360)).astype(np.float32)
     together = nh.logits(batch)
     alone = np.concatenate([nh.logits(batch[i : i + 1]) for i in range(16)])
-    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
+    assert_close(together, alone, 1e-6)
 
 
 def test_workers_do_not_change_results(nh, images):

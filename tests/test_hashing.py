@@ -444,7 +444,7 @@ def test_heic_without_pillow_heif_names_the_extra(nh, heic_bytes, tmp_path, monk
     disguised.write_bytes(heic_bytes)
     named = tmp_path / "photo.HEIC"
     named.write_bytes(heic_bytes)
-    message = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash[heif]'"
+    message = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash-toolkit[heif]'"
     for source, name in ((disguised, str(disguised)), (named, str(named)), (heic_bytes, "<bytes>")):
         with pytest.raises(ImageError) as info:
             nh.hash(source)
@@ -717,3 +717,282 @@ def test_missing_provider_is_not_mistaken_for_a_bad_cache(nh, demo_dir, cache):
     with pytest.raises(ProviderError, match="NoSuchExecutionProvider is not installed"):
         NeuralHash.from_espresso(demo_dir, cache_dir=cache, providers=["NoSuchExecutionProvider"])
     assert {p: p.stat().st_mtime_ns for p in cached} == before  # not converted again and rewritten
+
+
+# -- a non-finite network output is an error, never a hash (issue 10, item 4) -----------------
+
+
+def _tiny_onnx(path: Path, *, log_of_brightness: bool) -> Path:
+    """A model NeuralHash accepts: [batch, 3, 360, 360] -> [batch, 128] from the per-channel means.
+
+    ``log_of_brightness``: logits = log(mean + 1) @ W, -inf (then NaN) for an
+    all-black image only. Otherwise logits = (mean + 2) @ W with W = 1e37: every
+    logit is finite, but the float32 projection seed @ logits overflows.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 128)).astype(np.float32) if log_of_brightness else np.full((3, 128), 1e37, np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Add", ["mean", "shift"], ["shifted"]),
+    ]
+    if log_of_brightness:
+        nodes.append(helper.make_node("Log", ["shifted"], ["features"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["shifted"], ["features"]))
+    nodes.append(helper.make_node("MatMul", ["features", "w"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 360, 360])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 128])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+                     numpy_helper.from_array(np.float32(1.0 if log_of_brightness else 2.0), "shift"),
+                     numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def brightness_images(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("nonfinite")
+    out = {}
+    for name, colour in (("black", (0, 0, 0)), ("grey", (128, 128, 128)), ("orange", (250, 140, 10))):
+        out[name] = folder / f"{name}.png"
+        Image.new("RGB", (40, 30), colour).save(out[name])
+    return out
+
+
+def _expected_hash(nh: NeuralHash, path: Path) -> Hash:
+    """The hash computed by hand: the network's logits, then seed @ logits (float32), bit = v >= 0."""
+    pixels = image_module.decode(path)
+    logits = nh.logits(image_module.to_input(pixels)[None])[0]
+    v = nh.seed.dot(logits)
+    assert np.isfinite(v).all()
+    return Hash.from_bits((v >= 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nan_output_is_a_per_image_error(tmp_path, brightness_images, workers):
+    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    black, grey, orange = (str(brightness_images[k]) for k in ("black", "grey", "orange"))
+    assert not np.isfinite(nh.logits(image_module.to_input(image_module.decode(black))[None])).all()
+    results = list(nh.hash_many([grey, black, orange, black], workers=workers, batch_size=4))
+    assert [r.ok for r in results] == [True, False, True, False]
+    for r in (results[1], results[3]):
+        assert r.hash is None and r.error.startswith(f"{black}: the network's output is not finite")
+        assert "NaN" in r.error or "infinity" in r.error
+    assert results[0].hash == _expected_hash(nh, grey) and results[2].hash == _expected_hash(nh, orange)
+    assert results[0].hash != results[2].hash
+    with pytest.raises(NeuralHashError, match=f"^{black}: the network's output is not finite"):
+        nh.hash(black)
+    with pytest.raises(NeuralHashError, match="^image 1 of 2: the network's output is not finite"):
+        nh.hash_pixels([image_module.decode(grey), image_module.decode(black)])
+
+
+def test_overflowing_projection_is_an_error(tmp_path, brightness_images):
+    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "huge.onnx", log_of_brightness=False))
+    grey = brightness_images["grey"]
+    logits = nh.logits(image_module.to_input(image_module.decode(grey))[None])
+    assert np.isfinite(logits).all() and np.abs(logits).max() > 1e37  # finite, but seed @ logits is not
+    with pytest.raises(NeuralHashError, match="the projection seed @ logits is not finite"):
+        nh.hash(grey)
+    (result,) = nh.hash_many([str(grey)], workers=0)
+    assert not result.ok and "not finite" in result.error
+
+
+@pytest.mark.parametrize("values", [np.full(96, np.nan), np.r_[np.ones(95), np.inf]])
+def test_hash_refuses_non_finite_projected_values(values):
+    with pytest.raises(NeuralHashError, match="not finite"):
+        Hash.from_projection(values)
+    with pytest.raises(NeuralHashError, match="not finite"):
+        Hash.from_bits(np.zeros(96, np.uint8), values)
+
+
+def test_non_finite_outputs_in_the_commands_and_the_robustness_measure(tmp_path, brightness_images, capsys):
+    from neuralhash.cli import main
+    from neuralhash.robustness import default_edits, measure
+
+    model = str(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    nh = NeuralHash.from_onnx(model)
+    black, grey = str(brightness_images["black"]), str(brightness_images["grey"])
+    assert main(["hash", "--model", model, "--workers", "0", black, grey]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{_expected_hash(nh, grey).hex}  {grey}"]
+    assert err.startswith(f"neuralhash: {black}: the network's output is not finite")
+    assert main(["compare", "--model", model, black, grey]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "not finite" in err and len(err.splitlines()) == 1
+
+    edits = [e for e in default_edits() if e.family in ("brightness", "hflip")]
+    result = measure([grey, black], nh, edits=edits, hashers=["NeuralHash"], workers=0)
+    # the black original and its copies have no hash; the grey ones all hash (to the same bits: flat images)
+    assert [(f.image, f.edit) for f in result.failures if f.image == black][:1] == [(black, None)]
+    assert all("not finite" in f.reason for f in result.failures)
+    assert not any(f.image == grey for f in result.failures)
+
+
+# -- max_pixels: a documented limit instead of Pillow's global (issue 10, item 16) ------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_max_pixels_is_an_argument_passed_to_the_workers(nh, tmp_path, workers):
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    picture(200, 100).save(big)  # 20,000 pixels
+    picture(50, 40, 1).save(small)
+    before = Image.MAX_IMAGE_PIXELS
+    items = [str(small), str(big), str(small), str(big)]
+    results = list(nh.hash_many(items, workers=workers, max_pixels=10_000))
+    assert [r.ok for r in results] == [True, False, True, False]
+    assert results[1].error == (f"{big}: image too large: 200 x 100 = 20,000 pixels, above the limit of 10,000; "
+                                "refused as a possible decompression bomb (raise the limit with --max-pixels N, "
+                                "or max_pixels= in Python)")
+    assert all(r.ok for r in nh.hash_many(items, workers=workers, max_pixels=20_000))
+    assert Image.MAX_IMAGE_PIXELS == before  # never changed, in this process at least
+
+
+def test_max_pixels_overrides_pillows_global_both_ways(nh, tmp_path, monkeypatch):
+    path = tmp_path / "p.png"
+    picture(300, 200).save(path)
+    want = nh.hash(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow would refuse it (above twice the limit)
+    with pytest.raises(ImageError, match="above the limit of 1,000"):
+        nh.hash(path)
+    assert nh.hash(path, max_pixels=60_000) == want
+    assert nh.hash(path.read_bytes(), max_pixels=60_000) == want
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow: no limit
+    assert nh.hash(path) == want
+    with pytest.raises(ImageError, match="above the limit of 59,999"):
+        nh.hash(path, max_pixels=59_999)
+    with Image.open(path) as lazy:  # opened, not decoded yet: refused too
+        with pytest.raises(ImageError, match=r"^<image>: image too large"):
+            nh.hash(lazy, max_pixels=100)
+
+
+def test_max_pixels_default_of_a_model(demo_dir, cache, tmp_path):
+    path = tmp_path / "p.png"
+    picture(300, 200).save(path)
+    limited = NeuralHash.from_source(str(demo_dir), cache_dir=cache, max_pixels=50_000)
+    assert limited.max_pixels == 50_000
+    with pytest.raises(ImageError, match="above the limit of 50,000"):
+        limited.hash(path)
+    (result,) = limited.hash_many([str(path)], workers=0)
+    assert not result.ok and "above the limit of 50,000" in result.error
+    assert limited.hash(path, max_pixels=60_000).hex  # a call's own limit wins
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "100", True])
+def test_max_pixels_must_be_a_positive_integer(nh, good, bad):
+    with pytest.raises(NeuralHashError, match="max_pixels must be a positive integer"):
+        nh.hash(good[0], max_pixels=bad)
+    with pytest.raises(NeuralHashError, match="max_pixels must be a positive integer"):
+        nh.hash_many(good, max_pixels=bad)
+
+
+# -- hash_many from a script without `if __name__ == "__main__":` (issue 10, item 12) ---------
+
+_UNGUARDED = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+nh = NeuralHash.demo()
+for r in nh.hash_many({paths!r}, workers=2):
+    print(r.hash.hex if r.ok else "ERROR " + r.error)
+"""
+
+_UNGUARDED_MAIN = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+
+def main():
+    nh = NeuralHash.demo()
+    for r in nh.hash_many({paths!r}, workers=2):
+        print(r.hash.hex if r.ok else "ERROR " + r.error)
+
+
+main()
+"""
+
+_GUARDED = """
+import os
+os.environ["NEURALHASH_CACHE"] = {cache!r}
+from neuralhash import NeuralHash
+
+if __name__ == "__main__":
+    import multiprocessing
+    nh = NeuralHash.demo()
+    started = 0
+    for r in nh.hash_many({paths!r}, workers=2):
+        print(r.hash.hex if r.ok else "ERROR " + r.error)
+        started = max(started, len(multiprocessing.active_children()))
+    print("workers", started)
+"""
+
+
+@pytest.mark.parametrize("template,guarded", [(_UNGUARDED, False), (_UNGUARDED_MAIN, False), (_GUARDED, True)])
+def test_hash_many_from_a_plain_script(good, cache, tmp_path, template, guarded):
+    import subprocess
+
+    script = tmp_path / "script.py"
+    paths = [str(p) for p in good[:4]]
+    script.write_text(template.format(cache=str(cache), paths=paths))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    nh = NeuralHash.demo(cache_dir=cache)
+    lines = proc.stdout.split("\n")
+    assert lines[:4] == [nh.hash(p).hex for p in paths]
+    assert "Traceback" not in proc.stderr and "crashed" not in proc.stderr
+    if guarded:  # decoded in worker processes, and nothing said
+        assert lines[4] == "workers 2" and proc.stderr == ""
+    else:  # decoded here, with one warning naming the guard
+        assert proc.stderr.count("RuntimeWarning") == 1 and 'if __name__ == "__main__":' in proc.stderr
+        assert len(proc.stderr.splitlines()) <= 2  # the warning and its source line
+
+
+def test_guarded_lines_of_a_script(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import x\n"                             # 1
+        "def f():\n"                             # 2
+        "    if __name__ == '__main__':\n"       # 3: in a function, not a guard of the script
+        "        pass\n"                         # 4
+        "if '__main__' == __name__:\n"           # 5
+        "    a = 1\n"                            # 6
+        "    b = 2\n"                            # 7
+        "try:\n"                                 # 8
+        "    if __name__ != '__main__':\n"       # 9
+        "        pass\n"                         # 10
+        "    else:\n"                            # 11
+        "        c = 3\n"                        # 12
+        "except ImportError:\n"                  # 13
+        "    pass\n"                             # 14
+    )
+    assert sorted(pipeline._guarded_lines(str(script))) == [(6, 7), (12, 12)]
+    assert pipeline._guarded_lines(str(tmp_path / "missing.py")) is None
+
+
+def test_a_package_main_run_with_dash_m_is_not_rerun(good, cache, tmp_path):
+    """`python -m pkg` runs pkg/__main__.py, which multiprocessing never re-imports: no guard needed there."""
+    import subprocess
+
+    package = tmp_path / "runner"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(_UNGUARDED.format(cache=str(cache), paths=[str(p) for p in good[:3]]))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+                                                        str(tmp_path)])}
+    proc = subprocess.run([sys.executable, "-m", "runner"], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    nh = NeuralHash.demo(cache_dir=cache)
+    assert proc.stdout.split() == [nh.hash(p).hex for p in good[:3]]

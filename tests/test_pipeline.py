@@ -17,6 +17,8 @@ from neuralhash.reference import run as reference_run
 from neuralhash.runtime import make_session
 from neuralhash.synthetic import write_neuralhash_v3b
 
+from conftest import assert_close
+
 
 @pytest.fixture(scope="module")
 def fp16_folder(tmp_path_factory):
@@ -36,7 +38,7 @@ def test_float16_files_convert_and_match_reference(fp16_folder, optimize):
         ref = reference_run(model, x)["leaf/logits"]
         got = session.run(["leaf/logits"], {"image": x})[0]
         assert got.shape == (batch, 128, 1, 1)
-        assert np.abs(ref - got).max() < 1e-4
+        assert_close(got, ref, 1e-4)
 
 
 def test_hash_head_on_float16_model(fp16_folder):
@@ -46,7 +48,7 @@ def test_hash_head_on_float16_model(fp16_folder):
     x = np.random.default_rng(7).uniform(-1, 1, (2, 3, 360, 360)).astype(np.float32)
     logits, projection, bits = session.run(["leaf/logits", HASH_PROJECTION, HASH_BITS], {"image": x})
     expected = logits.reshape(2, 128) @ seed.T
-    np.testing.assert_allclose(projection, expected, atol=1e-5)
+    assert_close(projection, expected, 1e-5)
     assert bits.dtype == np.uint8 and np.array_equal(bits, (projection >= 0).astype(np.uint8))
 
 

@@ -17,6 +17,7 @@ from neuralhash.convert import convert
 from neuralhash.errors import GraphError, WeightsError
 from neuralhash.espresso import EspressoModel, encode_weights, load_model
 from neuralhash.espresso.writer import write_espresso
+from conftest import assert_close  # noqa: E402
 
 SHAPES = {"x": (1, 3, 5, 5)}
 
@@ -132,7 +133,7 @@ def test_lut_ranges_convolution():
     expected = np.empty((4, 3, 3, 3), np.float64)
     for c in range(4):  # min + q / 255 * (max - min), channel by channel
         expected[c] = low[c] + Q_CONV[c].astype(np.float64) / 255.0 * (float(high[c]) - float(low[c]))
-    np.testing.assert_allclose(got, expected.astype(np.float32), rtol=1e-6, atol=1e-7)
+    assert_close(got, expected.astype(np.float32), rtol=1e-6)
     assert got[0].min() >= -1.0 and got[3].max() <= -2.0  # values stay inside each channel's range
 
 

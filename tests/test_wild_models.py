@@ -18,7 +18,7 @@ import re
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, assert_close
 
 from neuralhash.cli import main
 from neuralhash.convert import convert, unsupported_layers
@@ -29,7 +29,7 @@ from neuralhash.reference import run as reference_run
 from neuralhash.runtime import make_session
 from neuralhash.verify import image_inputs, verify
 
-WILD = ROOT.parent / "shared" / "fixtures" / "coreml-wild"
+from conftest import WILD_DIR as WILD  # noqa: E402
 MODELS = ("FindFour", "UxModel", "SSDOcr")
 RTOL = 1e-5  # float32 sums of probabilities, relative to 1
 
@@ -160,8 +160,8 @@ def test_ssdocr_lowered_softmax_and_scores(photo_batches):
     scores = got["scores"].astype(np.float64)
     assert scores.shape == (len(x), 3420, 10) and (scores >= 0).all()
     assert (scores.sum(axis=2) <= 1 + RTOL).all()
-    np.testing.assert_allclose(scores, full[:, :, 1:, 0, 0], rtol=RTOL, atol=1e-7)  # background dropped
-    np.testing.assert_allclose(got["594"].reshape(len(x), 3420), scores.sum(axis=2), rtol=RTOL, atol=1e-7)
+    assert_close(scores, full[:, :, 1:, 0, 0], rtol=RTOL)  # background dropped
+    assert_close(got["594"].reshape(len(x), 3420), scores.sum(axis=2), rtol=RTOL)
     assert np.isfinite(got["boxes"]).all()
 
 

@@ -8,7 +8,7 @@
     to_parquet(df, "s3://bucket/hashes/")          # written partition by partition, by the workers
     frame = df.compute()                           # or all of it here, in input order
 
-Needs the optional extra (``pip install 'neuralhash[dask]'``); importing this
+Needs the optional extra (``pip install 'neuralhash-toolkit[dask]'``); importing this
 module does not import Dask. How a run goes:
 
 - The client expands the input into a list of path strings and holds it
@@ -76,7 +76,7 @@ COLUMNS = ("path", "path_bytes", "hash", "margins", "error")
 #: Paths per task unless told otherwise (fewer for small inputs, so that every worker gets some).
 MAX_PATHS_PER_TASK = 64
 
-DASK_EXTRA_MESSAGE = "hashing on a Dask cluster needs the optional extra: pip install 'neuralhash[dask]'"
+DASK_EXTRA_MESSAGE = "hashing on a Dask cluster needs the optional extra: pip install 'neuralhash-toolkit[dask]'"
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _GLOB_MAGIC = re.compile(r"[*?\[]")

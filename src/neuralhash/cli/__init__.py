@@ -20,13 +20,18 @@ from typing import Sequence
 from .. import __version__
 from ..errors import NeuralHashError
 from .audit_cmds import add_audit_command
-from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
+from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
+                     int_at_least, int_between, non_empty, positive_float)
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from ..pathnames import display
 from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
 from .robustness_cmds import cmd_robustness
+
+
+#: --batch-size above this holds batch x 1.5 MB of network input for no gain (batches save no CPU).
+MAX_BATCH = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)  # usage errors name the command: "neuralhash verify: error: ..."
         return p
 
     p = add("decode", cmd_decode, "write the plain JSON of a compressed .espresso.net / .espresso.shape file")
@@ -65,12 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help=SRC_HELP)
     p.add_argument("--onnx", help="an already converted model (default: convert in memory)")
     p.add_argument("--image", action="append", metavar="PATH", help="also compare on this image (repeatable)")
-    p.add_argument("--seeds", type=int_at_least(0), default=2,
+    p.add_argument("--seeds", type=int_at_least(0), default=2, metavar="N",
                    help="number of seeded random inputs (default 2; 0 needs --image)")
-    p.add_argument("--batch", type=int_at_least(1), default=1, help="batch size of the random inputs (default 1)")
+    p.add_argument("--batch", type=int_at_least(1), default=1, metavar="N",
+                   help="batch size of the random inputs (default 1)")
     p.add_argument("--max-input-size", type=int_at_least(1), default=64 << 20, metavar="BYTES",
                    help="refuse inputs larger than this as float32, batch included (default 64 MiB)")
-    p.add_argument("--atol", type=float, default=1e-4, help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
+    p.add_argument("--atol", type=positive_float, default=1e-4, metavar="X", help="tolerance on outputs of order 1, scaled by larger outputs (default 1e-4)")
     p.add_argument("--no-optimize", action="store_true", help="verify the untidied conversion")
     add_provider(p)
     add_files(p)
@@ -90,16 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
     p.add_argument("--margins", action="store_true",
                    help="with --jsonl or --csv: also the 96 per-bit margins |v| and the count of unstable bits")
-    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N",
-                   help="images per network run (default 4; larger batches save no CPU here and cost memory)")
+    p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
+                   help=f"images per network run (default 4, at most {MAX_BATCH}; larger batches save no CPU here and cost memory)")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="image-decoding worker processes (default: one per CPU; 0: decode in this process)")
     p.add_argument("--fast", action="store_true",
                    help="faster image loading that may change a few bits (not the reference pipeline)")
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply the EXIF orientation first (the reference pipeline does not)")
-    cluster = p.add_argument_group("on a Dask cluster (pip install 'neuralhash[dask]')")
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
+    cluster = p.add_argument_group("on a Dask cluster (pip install 'neuralhash-toolkit[dask]')")
+    cluster.add_argument("--scheduler", metavar="ADDRESS", type=non_empty,
                          help="hash on a Dask cluster: its scheduler address (tcp://host:8786), "
                               "or 'local' for a LocalCluster on this machine")
     cluster.add_argument("--parquet", metavar="DIR",
@@ -153,23 +159,24 @@ def add_index_commands(add) -> None:
 
     def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         p.add_argument("db", metavar="DB", help=db_help)
         return p
 
     p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
     add_model(p)
-    p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N")
+    p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
+                   help=f"images per network run (default 4, at most {MAX_BATCH})")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
     p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--model-id", default="imported",
+    p.add_argument("--model-id", default="imported", type=non_empty,
                    help="the name the imported hashes are stored under (default 'imported')")
 
     p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
-    p.add_argument("--model-id", default=None, help="only the hashes of this model")
+    p.add_argument("--model-id", default=None, type=non_empty, help="only the hashes of this model")
     _add_output_format(p)
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
@@ -178,8 +185,8 @@ def add_index_commands(add) -> None:
     p = add("match", cmd_match, "stored hashes within a distance of images or hashes, nearest first")
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
-    p.add_argument("--model-id", default=None,
+    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--model-id", default=None, type=non_empty,
                    help="search the stored hashes of this model (default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
@@ -189,22 +196,45 @@ def add_index_commands(add) -> None:
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
     p.add_argument("db", metavar="DB", help=db_help)
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
-    p.add_argument("--model-id", default=None, help="the model whose hashes to group (default: the only one)")
+    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--model-id", default=None, type=non_empty,
+                   help="the model whose hashes to group (default: the only one)")
     _add_output_format(p)
+
+
+def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What argparse cannot check alone, before anything is loaded: usage errors exit 2 naming the option."""
+    sub = getattr(args, "subparser", parser)
+    if args.command == "hash":
+        if args.margins and not (args.jsonl or args.csv):
+            sub.error("--margins needs --jsonl or --csv")
+        if not args.scheduler:
+            for option, value in (("--parquet", args.parquet), ("--paths-per-task", args.paths_per_task)):
+                if value is not None:
+                    sub.error(f"{option} needs --scheduler (use --scheduler local on one machine)")
+        elif args.max_pixels is not None:
+            sub.error("--max-pixels is not supported with --scheduler (the workers apply Pillow's limit)")
+    if args.command == "verify" and args.seeds == 0 and not args.image:
+        sub.error("--seeds 0 needs at least one --image: there would be nothing to compare")
+    if args.command == "robustness":
+        from .robustness_cmds import check_robustness_usage
+
+        check_robustness_usage(args, sub)
+    # Files named by options must exist: found now, not after a model is converted.
+    for option in ("onnx", "image", "shape", "weights", "seed", "hash_head"):
+        values = getattr(args, option, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value and not os.path.isfile(value):
+                what = "no such file" if not os.path.exists(value) else "not a file"
+                sub.error(f"argument --{option.replace('_', '-')}: {what}: {value}")
+    check_providers(args, sub)
+    cap_workers(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "hash" and args.margins and not (args.jsonl or args.csv):
-        args.subparser.error("--margins needs --jsonl or --csv")
-    if args.command == "robustness" and not args.list_edits and not args.out:
-        args.subparser.error("--out DIR is required")
-    if args.command == "verify" and args.seeds == 0 and not args.image:
-        args.subparser.error("--seeds 0 needs at least one --image: there would be nothing to compare")
-    if args.command == "hash" and args.parquet and not args.scheduler:
-        args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
+    check_usage(args, parser)
     pass_file_names_through()  # undecodable bytes of a file name in a message print as themselves
     stdout = sys.stdout = CheckedStdout(sys.stdout)
     try:

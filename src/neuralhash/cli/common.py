@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -34,6 +35,9 @@ def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, str
                       strict=strict)
 
 
+#: Pillow's default MAX_IMAGE_PIXELS (the help text states it without importing Pillow).
+PILLOW_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
 SYNTHETIC_WARNING = "neuralhash: warning: the demo model has synthetic weights; its hashes carry no perceptual meaning"
 
 
@@ -43,7 +47,8 @@ def load_hasher(args: argparse.Namespace):
     from ..hashing import NeuralHash
 
     try:
-        nh = NeuralHash.from_source(args.model, seed=args.seed, providers=getattr(args, "provider", None))
+        nh = NeuralHash.from_source(args.model, seed=args.seed, providers=getattr(args, "provider", None),
+                                    max_pixels=getattr(args, "max_pixels", None))
     except ModelNotFoundError as exc:
         if args.model is not None:
             raise
@@ -72,8 +77,64 @@ def int_at_least(minimum: int):
     return parse
 
 
+def int_between(minimum: int, maximum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, not {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, not {text!r}")
+    return value
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def cap_workers(args: argparse.Namespace) -> None:
+    """``args.workers`` capped at ``MAX_WORKERS_PER_CPU`` (4) per CPU of this machine, with a warning."""
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        return
+    from ..hashing.pipeline import MAX_WORKERS_PER_CPU
+
+    cap = MAX_WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if workers > cap:
+        print(f"neuralhash: warning: --workers {workers} capped to {cap} "
+              f"({MAX_WORKERS_PER_CPU} per CPU; this machine has {os.cpu_count() or 1})", file=sys.stderr, flush=True)
+        args.workers = cap
+
+
+def check_providers(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """--provider names an installed onnxruntime execution provider (before any model is loaded)."""
+    wanted = getattr(args, "provider", None)
+    if not wanted:
+        return
+    from ..runtime import available_providers
+
+    installed = available_providers()
+    missing = [p for p in wanted if p not in installed]
+    if missing:
+        parser.error(f"argument --provider: {missing[0]!r} is not installed (installed: {', '.join(installed)})")
+
+
 def add_cap(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-decoded-size", type=int, default=DEFAULT_MAX_DECODED_SIZE, metavar="BYTES",
+    p.add_argument("--max-decoded-size", type=int_at_least(1), default=DEFAULT_MAX_DECODED_SIZE, metavar="BYTES",
                    help="refuse compressed files that decode to more than this (default 64 MiB)")
 
 
@@ -89,10 +150,17 @@ def add_provider(p: argparse.ArgumentParser) -> None:
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
-    """--model / --seed / --provider: which NeuralHash computes image hashes."""
-    p.add_argument("--model", metavar="SRC", default=None, help=MODEL_HELP)
-    p.add_argument("--seed", metavar="FILE", default=None, help=SEED_HELP)
+    """--model / --seed / --provider / --max-pixels: which NeuralHash computes image hashes, on what."""
+    p.add_argument("--model", metavar="SRC", default=None, type=non_empty, help=MODEL_HELP)
+    p.add_argument("--seed", metavar="FILE", default=None, type=non_empty, help=SEED_HELP)
     add_provider(p)
+    add_max_pixels(p)
+
+
+def add_max_pixels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-pixels", type=int_at_least(1), default=None, metavar="N",
+                   help="refuse images of more than N pixels, from their header (default: Pillow's limit, "
+                        f"{PILLOW_MAX_PIXELS:,}; decompression bombs)")
 
 
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{24}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 
 from ..errors import NeuralHashError
@@ -11,7 +12,7 @@ from .common import error_reason, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
-HINT = "pip install 'neuralhash[robustness]'"
+HINT = "pip install 'neuralhash-toolkit[robustness]'"
 
 
 def _choose_edits(spec: str | None):
@@ -22,6 +23,8 @@ def _choose_edits(spec: str | None):
         return edits
     families = edit_families(edits)
     wanted = [f.strip() for f in spec.split(",") if f.strip()]
+    if not wanted:
+        raise NeuralHashError(f"--edits: no edit family in {spec!r}; the families: {', '.join(families)}")
     unknown = [f for f in wanted if f not in families]
     if unknown:
         raise NeuralHashError(f"--edits: unknown edit family {unknown[0]!r}; the families: {', '.join(families)}")
@@ -35,10 +38,29 @@ def _choose_hashes(spec: str | None) -> list[str]:
         return list(HASHER_NAMES)
     by_lower = {n.lower(): n for n in HASHER_NAMES}
     wanted = [f.strip() for f in spec.split(",") if f.strip()]
+    if not wanted:
+        raise NeuralHashError(f"--hashes: no hash in {spec!r}; choose among {', '.join(HASHER_NAMES)}")
     unknown = [f for f in wanted if f.lower() not in by_lower]
     if unknown:
         raise NeuralHashError(f"--hashes: unknown hash {unknown[0]!r}; choose among {', '.join(HASHER_NAMES)}")
     return [by_lower[f.lower()] for f in wanted]
+
+
+def check_robustness_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Every option checked before a model is loaded or an image read: exit 2 naming the option."""
+    if args.list_edits:
+        return
+    if not args.out:
+        parser.error("--out DIR is required")
+    if not args.images:
+        parser.error("IMAGES are required (or --list-edits)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"argument --out: {args.out} exists and is not a folder")
+    for choose, spec in ((_choose_edits, args.edits), (_choose_hashes, args.hashes)):
+        try:
+            choose(spec)
+        except NeuralHashError as exc:
+            parser.error(str(exc))
 
 
 def cmd_list_edits() -> int:
@@ -52,8 +74,6 @@ def cmd_list_edits() -> int:
 def cmd_robustness(args: argparse.Namespace) -> int:
     if args.list_edits:
         return cmd_list_edits()
-    if not args.images:
-        args.subparser.error("IMAGES are required (or --list-edits)")
     from ..hashing import IMAGE_EXTENSIONS
 
     if importlib.util.find_spec("matplotlib") is None:  # checked first: it must not cost a whole run
@@ -62,17 +82,17 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 
     edits = _choose_edits(args.edits)
     hashes = _choose_hashes(args.hashes)
-    nh = load_hasher(args) if "NeuralHash" in hashes else None
     pass_file_names_through()
     listing = Failures(Progress())
-    images = list(iter_paths(args.images, IMAGE_EXTENSIONS, listing))
+    images = list(iter_paths(args.images, IMAGE_EXTENSIONS, listing))  # before the model: a typo costs no load
     if not images:
         raise NeuralHashError("no images found in " + " ".join(args.images))
+    nh = load_hasher(args) if "NeuralHash" in hashes else None
     progress = Progress(total=len(images))
     with sigterm_unwinds():
         try:
             result = measure(images, nh, edits=edits, seed=args.random_seed, hashers=hashes, workers=args.workers,
-                             max_side=args.max_side,
+                             max_side=args.max_side, max_pixels=args.max_pixels,
                              progress=lambda done, total: progress.update(True))
         finally:
             progress.clear()

@@ -26,3 +26,20 @@ __all__ = [
     "save_model",
     "unsupported_layers",
 ]
+
+
+# `from neuralhash import convert` must give something callable, but the import system
+# binds this subpackage over that name in `neuralhash` as soon as it is imported: so the
+# package itself is callable, as the function (neuralhash.convert(model) == convert(model)).
+import inspect as _inspect
+import sys as _sys
+import types as _types
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
+__signature__ = _inspect.signature(convert)

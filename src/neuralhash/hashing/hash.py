@@ -63,6 +63,7 @@ class Hash:
             vals = np.array(values, dtype=np.float32).reshape(-1)
             if vals.shape != (HASH_BITS,):
                 raise NeuralHashError(f"a NeuralHash has {HASH_BITS} projected values, got {vals.size}")
+            _require_finite(vals)
             vals.flags.writeable = False
         object.__setattr__(self, "_bits", arr)
         object.__setattr__(self, "_values", vals)
@@ -87,8 +88,14 @@ class Hash:
 
     @classmethod
     def from_projection(cls, values: np.ndarray) -> "Hash":
-        """From the projected values ``v``: bit i is 1 when ``v[i] >= 0``."""
+        """From the projected values ``v``: bit i is 1 when ``v[i] >= 0``.
+
+        Non-finite values raise :class:`NeuralHashError`: ``NaN >= 0`` is False,
+        so they would otherwise become 0 bits silently (an all-zero hash that
+        matches every other broken one).
+        """
         vals = np.asarray(values, dtype=np.float32).reshape(-1)
+        _require_finite(vals)
         return cls((vals >= 0).astype(np.uint8), vals)
 
     # -- views --------------------------------------------------------------------------------
@@ -170,6 +177,15 @@ class Hash:
 
     def __reduce__(self):
         return (Hash, (self._bits.copy(), None if self._values is None else self._values.copy()))
+
+
+def _require_finite(values: np.ndarray) -> None:
+    bad = ~np.isfinite(values)
+    if bad.any():
+        kinds = " and ".join(k for k, present in (("NaN", np.isnan(values).any()), ("infinity", np.isinf(values).any()))
+                             if present)
+        raise NeuralHashError(f"{int(bad.sum())} of the {values.size} projected values are not finite ({kinds}): "
+                              "no hash")
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,12 @@ Options, both off by default:
 
 Unreadable inputs raise :class:`~neuralhash.errors.ImageError` whose message
 starts with the path (or ``<bytes>``, ``<image>``, ``<array>``) and gives the
-reason. Decompression bombs (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels,
-which Pillow only warns about below twice that) and truncated files are
-errors; ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left alone.
+reason. Truncated files are errors (``ImageFile.LOAD_TRUNCATED_IMAGES`` is
+left alone), and so are images of more than ``max_pixels`` pixels, refused
+from their header before anything is decoded (decompression bombs: a 236 KB
+PNG can claim 81 megapixels). ``max_pixels`` None means Pillow's limit,
+``PIL.Image.MAX_IMAGE_PIXELS`` (89,478,485 unless the program changed it);
+Pillow itself only warns between that and twice that, here both are errors.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import contextlib
 import functools
 import io
 import os
+import sys
 import threading
 import warnings
 from typing import Any, Iterator
@@ -44,7 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from ..errors import ImageError
+from ..errors import ImageError, NeuralHashError
 
 SIZE = 360
 
@@ -66,7 +70,7 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 
-HEIF_EXTRA_MESSAGE = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash[heif]'"
+HEIF_EXTRA_MESSAGE = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash-toolkit[heif]'"
 AVIF_MESSAGE = "AVIF support needs a Pillow built with libavif (pip install -U Pillow, 11.3 or later)"
 
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
@@ -143,15 +147,57 @@ def _captured_warnings() -> Iterator[list[warnings.WarningMessage]]:
         yield caught
 
 
-def _check_size(img: Image.Image, caught: list[warnings.WarningMessage]) -> None:
-    """Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those images too."""
-    for w in caught:
-        if issubclass(w.category, Image.DecompressionBombWarning):
-            raise Image.DecompressionBombWarning(str(w.message))
-    limit = Image.MAX_IMAGE_PIXELS
-    pixels = max(1, img.width) * max(1, img.height)
-    if limit is not None and pixels > limit:
-        raise Image.DecompressionBombWarning(f"Image size ({pixels} pixels) exceeds limit of {limit} pixels")
+@contextlib.contextmanager
+def _opening() -> Iterator[list[warnings.WarningMessage]]:
+    """Around ``Image.open``: warnings captured, and Pillow's own size check off (``check_size``
+    applies ``max_pixels`` instead, with one message whatever the size). The global is restored
+    before the lock is released; the lock keeps our own threads from seeing it changed."""
+    with _captured_warnings() as caught:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield caught
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+#: ``max_pixels`` resolved to "no limit" (Pillow's MAX_IMAGE_PIXELS was set to None).
+NO_LIMIT = sys.maxsize
+
+
+def resolve_max_pixels(max_pixels: int | None) -> int:
+    """The pixel limit to apply: ``max_pixels``, or with None Pillow's current
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (:data:`NO_LIMIT` when that is None).
+
+    Resolve once in the calling process and pass the number on: worker
+    processes started with ``spawn`` have Pillow's default, not the caller's.
+    """
+    if max_pixels is None:
+        limit = Image.MAX_IMAGE_PIXELS
+        return NO_LIMIT if limit is None else int(limit)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise NeuralHashError(f"max_pixels must be a positive integer (or None for Pillow's limit), got {max_pixels!r}")
+    return max_pixels
+
+
+def too_large(width: int, height: int, limit: int) -> str | None:
+    """``"W x H = N pixels, above the limit of M"`` when that image exceeds ``limit`` pixels, else None."""
+    pixels = max(1, width) * max(1, height)
+    if pixels <= limit:
+        return None
+    return f"{width} x {height} = {pixels:,} pixels, above the limit of {limit:,}"
+
+
+def check_size(img: Image.Image, limit: int) -> None:
+    """Raise ``_TooLarge`` (its message the reason) when ``img`` has more than ``limit`` pixels."""
+    reason = too_large(img.width, img.height, limit)
+    if reason is not None:
+        raise _TooLarge(f"image too large: {reason}; refused as a possible decompression bomb "
+                        "(raise the limit with --max-pixels N, or max_pixels= in Python)")
+
+
+class _TooLarge(Exception):
+    """Internal: an image above the pixel limit (its message is the reason)."""
 
 
 def describe(source: Any) -> str:
@@ -173,12 +219,12 @@ def _fail(name: str, reason: str) -> ImageError:
 
 def _reason(exc: BaseException) -> str:
     """A readable reason for an exception raised while opening or decoding."""
+    if isinstance(exc, _TooLarge):
+        return str(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        # Raised by a Pillow plugin of its own accord (our check runs first, with Pillow's off).
         detail = str(exc).split(", could be")[0].rstrip(".")
-        return (
-            f"image too large, refused as a possible decompression bomb ({detail}); "
-            "raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
-        )
+        return f"image too large, refused as a possible decompression bomb ({detail}); raise the limit with --max-pixels N"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image, or a format Pillow cannot read"
     text = str(exc) or type(exc).__name__
@@ -244,16 +290,21 @@ def decode(
     *,
     exif_transpose: bool = False,
     fast: bool = False,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """``source`` opened, converted to RGB and resized as the reference does: uint8 [360, 360, 3].
 
     ``source``: a path (str or PathLike), encoded image bytes, a Pillow image
     or a NumPy array (H x W x 3 uint8 RGB, or H x W uint8 grayscale).
+    ``max_pixels``: files, bytes and Pillow images larger than this are refused
+    before decoding (None: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``).
     Raises :class:`ImageError` naming the input and the reason.
     """
     name = describe(source)
+    limit = resolve_max_pixels(max_pixels)
     if isinstance(source, Image.Image):
         try:
+            check_size(source, limit)  # may be opened but not decoded yet
             return _prepared(source, exif_transpose=exif_transpose, fast=fast, may_draft=False)
         except Exception as exc:
             raise _fail(name, _reason(exc)) from None
@@ -268,7 +319,7 @@ def decode(
         if not data:
             raise _fail(name, "empty (0 bytes)")
         _check_container(data[:_SNIFF_BYTES], name, "")
-        return _decode_stream(io.BytesIO(data), name, "", exif_transpose, fast)
+        return _decode_stream(io.BytesIO(data), name, "", exif_transpose, fast, limit)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         ext = os.path.splitext(os.fsdecode(path))[1].lower()
@@ -281,16 +332,16 @@ def decode(
             if not header:
                 raise _fail(name, "empty file (0 bytes)")
             _check_container(header, name, ext)
-            return _decode_stream(fh, name, ext, exif_transpose, fast)
+            return _decode_stream(fh, name, ext, exif_transpose, fast, limit)
     raise _fail(name, f"unsupported input type {type(source).__name__} (expected a path, bytes, a PIL image or an array)")
 
 
-def _decode_stream(fh, name: str, ext: str, exif_transpose: bool, fast: bool) -> np.ndarray:
+def _decode_stream(fh, name: str, ext: str, exif_transpose: bool, fast: bool, limit: int) -> np.ndarray:
     try:
-        with _captured_warnings() as caught:
+        with _opening():
             img = Image.open(fh)
         with img:
-            _check_size(img, caught)
+            check_size(img, limit)
             return _prepared(img, exif_transpose=exif_transpose, fast=fast, may_draft=True)
     except UnidentifiedImageError:
         if ext in _HEIF_EXTENSIONS and not heif_available():
@@ -325,16 +376,20 @@ def to_input(pixels: np.ndarray) -> np.ndarray:
 # -- the original helpers (used by verify, the demo and calibration) ------------------------
 
 
-def load_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
-    """Open ``source`` (a path, encoded bytes or a Pillow image) as RGB (not resized)."""
+def load_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: int | None = None) -> Image.Image:
+    """Open ``source`` (a path, encoded bytes or a Pillow image) as RGB (not resized).
+
+    ``max_pixels`` as in :func:`decode` (files and bytes only: a Pillow image is in memory already).
+    """
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     name = describe(source)
+    limit = resolve_max_pixels(max_pixels)
     try:
-        with _captured_warnings() as caught:
+        with _opening():
             img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         with img:
-            _check_size(img, caught)
+            check_size(img, limit)
             img.load()
             with _captured_warnings():
                 return img.convert("RGB")
@@ -365,6 +420,7 @@ __all__ = [
     "describe",
     "load_image",
     "preprocess",
+    "resolve_max_pixels",
     "sniff_container",
     "to_input",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -25,7 +26,7 @@ import numpy as np
 from ..errors import ModelNotFoundError, NeuralHashError, ProviderError
 from ..runtime import make_session
 from .hash import Hash, HashResult
-from .image import SIZE, decode, describe, to_input
+from .image import SIZE, decode, describe, resolve_max_pixels, to_input
 from .seed import FEATURES, HASH_BITS, default_seed_matrix, is_apple_seed, read_seed_file
 
 #: Environment variable: folders (``os.pathsep``-separated) searched for Apple's model
@@ -135,11 +136,16 @@ class NeuralHash:
         description: str | None = None,
         is_synthetic: bool = False,
         threads: int | None = None,
+        max_pixels: int | None = None,
     ):
         """Prefer the ``from_*`` constructors. ``onnx_path`` or ``onnx_bytes`` is the model to run;
-        ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core)."""
+        ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core);
+        ``max_pixels``: the default limit of :meth:`hash` and :meth:`hash_many` (None: Pillow's)."""
         if onnx_path is None and onnx_bytes is None:
             raise NeuralHashError("NeuralHash needs an ONNX model (a path or bytes)")
+        if max_pixels is not None:
+            resolve_max_pixels(max_pixels)  # validated now, not at the first image
+        self._max_pixels = max_pixels
         self._onnx_path = Path(onnx_path) if onnx_path is not None else None
         if onnx_bytes is None:
             try:
@@ -148,11 +154,11 @@ class NeuralHash:
                 raise NeuralHashError(f"{self._onnx_path}: no such ONNX file") from None
             except OSError as exc:
                 raise NeuralHashError(f"{self._onnx_path}: cannot read ({exc.strerror or exc})") from None
+        self._seed, seed_label = _seed_matrix(seed)  # before the session: a bad seed fails fast
         # A file is given to ONNX Runtime by path (external weights beside it then load too).
         # No idle spinning: inference alternates with image decoding on the same cores.
         self._session = make_session(self._onnx_path if self._onnx_path is not None else onnx_bytes, providers,
                                      threads=threads, spinning=False)
-        self._seed, seed_label = _seed_matrix(seed)
         self._seed.flags.writeable = False
         self._is_synthetic = bool(is_synthetic)
 
@@ -179,12 +185,16 @@ class NeuralHash:
         *,
         seed: Any = None,
         providers: Sequence[str] | None = None,
+        max_pixels: int | None = None,
     ) -> "NeuralHash":
         """An ONNX model (with or without a hash head: its first output, the 128 logits, is used).
 
         ``seed``: None (Apple's matrix, rebuilt), a seed ``.dat`` file, or a [96, 128] array.
+        ``max_pixels``: images with more pixels are refused, unless a call says otherwise
+        (None: Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``, 89,478,485 by default).
         """
-        return cls(path, seed=seed, providers=providers, description=f"ONNX model {os.fsdecode(path)}")
+        return cls(path, seed=seed, providers=providers, description=f"ONNX model {os.fsdecode(path)}",
+                   max_pixels=max_pixels)
 
     @classmethod
     def from_espresso(
@@ -194,6 +204,7 @@ class NeuralHash:
         seed: Any = None,
         providers: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        max_pixels: int | None = None,
         _synthetic: bool = False,
     ) -> "NeuralHash":
         """Apple's Espresso model (a folder or one of its files), converted once and cached.
@@ -204,11 +215,15 @@ class NeuralHash:
         later constructions load the cached file without converting. With
         ``seed`` None, the seed file beside the model
         (``neuralhash_128x96_seed1.dat``) is used when present, else Apple's
-        matrix rebuilt.
+        matrix rebuilt. ``max_pixels``: as in :meth:`from_onnx`.
         """
         from ..demo import cache_root
         from ..espresso import locate
 
+        if max_pixels is not None:
+            resolve_max_pixels(max_pixels)  # a bad value is found before a model is converted
+        if seed is not None:
+            _seed_matrix(seed)  # likewise a missing or malformed seed file (49 KB: read twice)
         sources = locate(src)
         digests = sources.sha256()
         root = Path(cache_dir) if cache_dir is not None else cache_root()
@@ -224,7 +239,8 @@ class NeuralHash:
 
         if path.is_file():
             try:
-                return cls(path, seed=seed, providers=providers, description=description, is_synthetic=_synthetic)
+                return cls(path, seed=seed, providers=providers, description=description, is_synthetic=_synthetic,
+                           max_pixels=max_pixels)
             except ProviderError:
                 raise  # not the cached file's fault
             except NeuralHashError:
@@ -238,9 +254,9 @@ class NeuralHash:
         except (OSError, NeuralHashError):
             # No writable cache: run from memory (the next construction converts again).
             return cls(None, onnx_bytes=data, seed=seed, providers=providers, description=description,
-                       is_synthetic=_synthetic)
+                       is_synthetic=_synthetic, max_pixels=max_pixels)
         return cls(path, onnx_bytes=data, seed=seed, providers=providers, description=description,
-                   is_synthetic=_synthetic)
+                   is_synthetic=_synthetic, max_pixels=max_pixels)
 
     @classmethod
     def demo(
@@ -249,12 +265,14 @@ class NeuralHash:
         cache_dir: str | os.PathLike | None = None,
         providers: Sequence[str] | None = None,
         seed: Any = None,
+        max_pixels: int | None = None,
     ) -> "NeuralHash":
         """The built-in synthetic model (written once to the cache). Its hashes mean nothing perceptually."""
         from ..demo import demo_model_dir
 
         folder = demo_model_dir(Path(cache_dir) if cache_dir is not None else None)
-        return cls.from_espresso(folder, seed=seed, providers=providers, cache_dir=cache_dir, _synthetic=True)
+        return cls.from_espresso(folder, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels,
+                                 _synthetic=True)
 
     @classmethod
     def from_source(
@@ -264,17 +282,20 @@ class NeuralHash:
         seed: Any = None,
         providers: Sequence[str] | None = None,
         cache_dir: str | os.PathLike | None = None,
+        max_pixels: int | None = None,
     ) -> "NeuralHash":
         """``"demo"``: the synthetic model; ``*.onnx``: :meth:`from_onnx`; any other path:
-        :meth:`from_espresso`; None: Apple's model found by :func:`find_system_model`."""
+        :meth:`from_espresso`; None: Apple's model found by :func:`find_system_model`.
+        ``max_pixels``: the default pixel limit of the images hashed (see :meth:`from_onnx`)."""
         if spec is None:
-            return cls.from_espresso(find_system_model(), seed=seed, providers=providers, cache_dir=cache_dir)
+            return cls.from_espresso(find_system_model(), seed=seed, providers=providers, cache_dir=cache_dir,
+                                     max_pixels=max_pixels)
         text = os.fsdecode(spec)
         if text == "demo":
-            return cls.demo(cache_dir=cache_dir, providers=providers, seed=seed)
+            return cls.demo(cache_dir=cache_dir, providers=providers, seed=seed, max_pixels=max_pixels)
         if text.lower().endswith(".onnx"):
-            return cls.from_onnx(text, seed=seed, providers=providers)
-        return cls.from_espresso(text, seed=seed, providers=providers, cache_dir=cache_dir)
+            return cls.from_onnx(text, seed=seed, providers=providers, max_pixels=max_pixels)
+        return cls.from_espresso(text, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels)
 
     # -- properties ---------------------------------------------------------------------------
 
@@ -301,6 +322,11 @@ class NeuralHash:
     def onnx_path(self) -> Path | None:
         """The ONNX file run (None when the model runs from memory only)."""
         return self._onnx_path
+
+    @property
+    def max_pixels(self) -> int | None:
+        """The default pixel limit of :meth:`hash` and :meth:`hash_many` (None: Pillow's ``MAX_IMAGE_PIXELS``)."""
+        return self._max_pixels
 
     @property
     def seed(self) -> np.ndarray:
@@ -345,21 +371,53 @@ class NeuralHash:
 
     def hash_pixels(self, pixels: Sequence[np.ndarray]) -> list[Hash]:
         """The hashes of images already preprocessed by :func:`~neuralhash.hashing.image.decode`
-        (uint8 [360, 360, 3] each), run through the network as one batch."""
-        if not pixels:
+        (uint8 [360, 360, 3] each), run through the network as one batch.
+
+        A network output that is not finite (NaN or infinity in the logits, or a
+        projection that overflows float32) raises :class:`NeuralHashError`
+        naming the image's position in ``pixels``: it is never turned into bits.
+        """
+        out = self._hashes_or_errors(pixels)
+        for i, h in enumerate(out):
+            if isinstance(h, str):
+                raise NeuralHashError(f"image {i} of {len(out)}: {h}")
+        return out  # type: ignore[return-value]
+
+    def _hashes_or_errors(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
+        """Per image, its Hash or the reason there is none (a non-finite network output)."""
+        if not len(pixels):
             return []
         batch = np.stack([to_input(p) for p in pixels])
         logits = self.logits(batch)
-        # Exactly the reference's seed.dot(outs[0].flatten()), one image at a time.
-        return [Hash.from_projection(self._seed.dot(logits[i].flatten())) for i in range(len(pixels))]
+        finite = np.isfinite(logits).all(axis=1)
+        out: list[Hash | str] = []
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked below, per image
+            for i in range(len(pixels)):
+                if not finite[i]:
+                    out.append(_non_finite("the network's output", logits[i]))
+                    continue
+                # Exactly the reference's seed.dot(outs[0].flatten()), one image at a time.
+                v = self._seed.dot(logits[i].flatten())
+                if not np.isfinite(v).all():  # huge finite logits: the float32 projection overflows
+                    out.append(_non_finite("the projection seed @ logits", v))
+                    continue
+                out.append(Hash.from_projection(v))
+        return out
 
-    def hash(self, image: Any, *, exif_transpose: bool = False, fast: bool = False) -> Hash:
+    def hash(self, image: Any, *, exif_transpose: bool = False, fast: bool = False,
+             max_pixels: int | None = None) -> Hash:
         """The hash of one image: a path, encoded bytes, a PIL image or a uint8 array.
 
         Raises :class:`~neuralhash.errors.ImageError` (naming the input and the
-        reason) when the image cannot be read.
+        reason) when the image cannot be read or has more than ``max_pixels``
+        pixels (None: the model's ``max_pixels``, else Pillow's limit), and
+        :class:`NeuralHashError` when the network's output for it is not finite.
         """
-        return self.hash_pixels([decode(image, exif_transpose=exif_transpose, fast=fast)])[0]
+        limit = self._max_pixels if max_pixels is None else max_pixels
+        h = self._hashes_or_errors([decode(image, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)])[0]
+        if isinstance(h, str):
+            raise NeuralHashError(f"{describe(image)}: {h}")
+        return h
 
     def hash_many(
         self,
@@ -369,6 +427,7 @@ class NeuralHash:
         workers: int | None = None,
         exif_transpose: bool = False,
         fast: bool = False,
+        max_pixels: int | None = None,
     ) -> Iterator[HashResult]:
         """Hash every item of ``items`` (any iterable, consumed lazily), yielding results in input order.
 
@@ -378,9 +437,15 @@ class NeuralHash:
         ``batch_size`` (None: ``os.cpu_count()``; 0: decode here, no processes).
         At most ``workers * 4 + batch_size`` items are in flight, so memory stays
         bounded for any number of items. Closing the iterator early (``break``)
-        stops the workers. With worker processes, a script that calls this must
-        guard its entry point with ``if __name__ == "__main__":`` (the
-        ``forkserver``/``spawn`` start methods import the main module).
+        stops the workers. An image of more than ``max_pixels`` pixels (None:
+        the model's ``max_pixels``, else Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``)
+        is an error result, refused from its header. ``workers`` is capped at
+        ``pipeline.MAX_WORKERS_PER_CPU`` (4) per CPU.
+
+        Worker processes (``forkserver``/``spawn``) import the main script
+        again: call this under ``if __name__ == "__main__":``. A script that
+        calls it at top level, unguarded, decodes in this process instead (one
+        core), with a ``RuntimeWarning`` saying so.
         """
         if isinstance(items, (str, bytes, os.PathLike)) or hasattr(items, "getpixel"):
             raise NeuralHashError("hash_many takes an iterable of images (paths, bytes, PIL images, arrays); "
@@ -391,14 +456,25 @@ class NeuralHash:
             workers = os.cpu_count() or 1
         if not isinstance(workers, int) or workers < 0:
             raise NeuralHashError(f"workers must be a non-negative integer, got {workers!r}")
-        return self._hash_many(iter(items), batch_size, workers, exif_transpose, fast)
+        from .pipeline import MAX_WORKERS_PER_CPU, main_reruns_caller
+
+        workers = min(workers, MAX_WORKERS_PER_CPU * (os.cpu_count() or 1))
+        if workers:
+            if main_reruns_caller():
+                warnings.warn(
+                    "hash_many decodes in this process: this script calls it outside "
+                    "`if __name__ == \"__main__\":`, and worker processes would run the script again; "
+                    "put the call under that guard to decode in parallel", RuntimeWarning, stacklevel=2)
+                workers = 0
+        limit = resolve_max_pixels(self._max_pixels if max_pixels is None else max_pixels)
+        return self._hash_many(iter(items), batch_size, workers, exif_transpose, fast, limit)
 
     def _hash_many(self, items: Iterator[Any], batch_size: int, workers: int, exif_transpose: bool,
-                   fast: bool) -> Iterator[HashResult]:
+                   fast: bool, max_pixels: int) -> Iterator[HashResult]:
         from .pipeline import decoded
 
         stream = decoded(items, workers=workers, window=workers * 4 + batch_size,
-                         exif_transpose=exif_transpose, fast=fast, stall_marks=True)
+                         exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels, stall_marks=True)
         pending: list[tuple[Any, np.ndarray | None, str | None]] = []
         try:
             for entry in stream:
@@ -416,13 +492,24 @@ class NeuralHash:
             stream.close()
 
     def _finish(self, pending: list[tuple[Any, np.ndarray | None, str | None]]) -> Iterator[HashResult]:
-        hashes = iter(self.hash_pixels([pixels for _, pixels, _ in pending if pixels is not None]))
+        hashes = iter(self._hashes_or_errors([pixels for _, pixels, _ in pending if pixels is not None]))
         for item, pixels, error in pending:
             if pixels is None:
                 yield HashResult(_result_item(item), None, error)
+                continue
+            h = next(hashes)
+            if isinstance(h, str):  # a non-finite network output: this image's error, never a hash
+                yield HashResult(_result_item(item), None, f"{describe(item)}: {h}")
             else:
-                yield HashResult(_result_item(item), next(hashes), None)
+                yield HashResult(_result_item(item), h, None)
 
+
+
+def _non_finite(what: str, values: np.ndarray) -> str:
+    kinds = " and ".join(k for k, present in (("NaN", np.isnan(values).any()), ("infinity", np.isinf(values).any()))
+                         if present)
+    return (f"{what} is not finite ({kinds} in {int((~np.isfinite(values)).sum())} of {values.size} values): "
+            "the model's weights are broken or overflow on this image; no hash")
 
 
 def _result_item(item: Any) -> Any:

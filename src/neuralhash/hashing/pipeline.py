@@ -30,19 +30,22 @@ import functools
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
 from ..errors import NeuralHashError
-from .image import decode, describe
+from .image import decode, describe, resolve_max_pixels
 
 #: Fewer items than this are decoded in the calling process (pool start-up would dominate).
 MIN_ITEMS_FOR_POOL = 2
+
+#: Worker processes above this many per CPU only add idle processes and memory: capped.
+MAX_WORKERS_PER_CPU = 4
 
 #: Consecutive worker deaths (on retried items, one at a time) after which the run stops.
 MAX_CONSECUTIVE_CRASHES = 3
@@ -53,10 +56,10 @@ Entry = tuple[Any, "np.ndarray | None", "str | None"]
 STALL = None
 
 
-def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int | None) -> tuple[np.ndarray | None, str | None]:
-    """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it."""
-    Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever start method is used
-    return _decode_here(item, exif_transpose=exif_transpose, fast=fast)
+def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    """Run in a worker: (pixels, None) or (None, reason). Top level, so ``spawn`` can import it.
+    ``max_pixels`` is the caller's resolved limit (a worker's Pillow default may differ)."""
+    return _decode_here(item, exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels)
 
 
 def _worker_init() -> None:
@@ -64,9 +67,10 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_here(item: Any, *, exif_transpose: bool, fast: bool) -> tuple[np.ndarray | None, str | None]:
+def _decode_here(item: Any, *, exif_transpose: bool, fast: bool,
+                 max_pixels: int) -> tuple[np.ndarray | None, str | None]:
     try:
-        return decode(item, exif_transpose=exif_transpose, fast=fast), None
+        return decode(item, exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels), None
     except NeuralHashError as exc:
         return None, str(exc)
     except Exception as exc:  # a decoder bug must not stop the run either
@@ -108,16 +112,18 @@ def decoded(
     window: int,
     exif_transpose: bool = False,
     fast: bool = False,
+    max_pixels: int | None = None,
     stall_marks: bool = False,
 ) -> Iterator[Entry | None]:
     """``(item, pixels or None, error or None)`` for each input, in order (see the module docs).
 
+    ``max_pixels``: images above it are errors (None: Pillow's limit, resolved here).
     With ``stall_marks``, :data:`STALL` (None) is also yielded whenever the
     next result is still being decoded, so that the consumer can use the wait.
     """
-    task = functools.partial(decode_task, exif_transpose=exif_transpose, fast=fast,
-                             max_pixels=Image.MAX_IMAGE_PIXELS)
-    local = functools.partial(_decode_here, exif_transpose=exif_transpose, fast=fast)
+    limit = resolve_max_pixels(max_pixels)
+    task = functools.partial(decode_task, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)
+    local = functools.partial(_decode_here, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)
 
     def crashed(item: Any) -> tuple[None, str]:
         return None, f"{describe(item)}: the image decoder crashed on this file (its worker process died)"
@@ -152,7 +158,7 @@ def ordered_map(
             head.append(item)
             if len(head) >= MIN_ITEMS_FOR_POOL:
                 break
-    if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL or not _main_importable():
+    if workers == 0 or len(head) < MIN_ITEMS_FOR_POOL or not _main_importable() or main_reruns_caller():
         for source in (head, items):
             for item in source:
                 yield item, local(item)
@@ -168,13 +174,79 @@ def _main_importable() -> bool:
     does not exist; every worker would die on start. Such callers decode in
     this process instead: slower, but correct.
     """
-    import sys
-
     main = sys.modules.get("__main__")
     if main is None or getattr(main, "__spec__", None) is not None:
         return True  # python -m: workers import it by name
     path = getattr(main, "__file__", None)
     return path is None or os.path.isfile(path)  # None: an interactive session, nothing to re-import
+
+
+def main_reruns_caller() -> bool:
+    """Whether worker processes would re-run the code that is calling this, from the top.
+
+    ``spawn`` and ``forkserver`` start each worker by importing the main script
+    (as ``__mp_main__``): its top-level code runs again, except what sits under
+    ``if __name__ == "__main__":``. A script that hashes at top level, unguarded,
+    would make every worker load the model and start a pool of its own, which
+    multiprocessing refuses: pages of errors, and every image reported as a
+    crash. Detected here from the call stack: the main module's top-level frame
+    and whether its current line lies in a ``__name__ == "__main__"`` block.
+    Unknown cases (no source, an interactive session) count as guarded.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__file__", None) is None:
+        return False  # interactive, -c, or embedded: workers re-run nothing
+    name = getattr(getattr(main, "__spec__", None), "name", None) or ""
+    if name == "__main__" or name.endswith(".__main__"):
+        return False  # `python -m package`: multiprocessing never re-runs a package's __main__
+    outer = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            outer = frame
+        frame = frame.f_back
+    if outer is None:
+        return False  # not called while the main script's top level runs (e.g. from a thread, a callback)
+    guarded = _guarded_lines(outer.f_code.co_filename)
+    if guarded is None:
+        return False
+    line = outer.f_lineno
+    return not any(start <= line <= end for start, end in guarded)
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded_lines(filename: str) -> tuple[tuple[int, int], ...] | None:
+    """Line ranges of the ``if __name__ == "__main__":`` blocks of a script (None: unreadable)."""
+    import ast
+
+    try:
+        with open(filename, "rb") as fh:
+            tree = ast.parse(fh.read(), filename)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+    def is_main_test(test: ast.expr, op: type) -> bool:
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], op)):
+            return False
+        sides = [test.left, test.comparators[0]]
+        return (any(isinstance(x, ast.Name) and x.id == "__name__" for x in sides)
+                and any(isinstance(x, ast.Constant) and x.value == "__main__" for x in sides))
+
+    ranges = []
+    stack = list(tree.body)
+    while stack:  # module level only: function and class bodies do not run on import
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.If):
+            block = node.body if is_main_test(node.test, ast.Eq) else node.orelse if is_main_test(node.test, ast.NotEq) \
+                else None
+            if block:
+                ranges.append((block[0].lineno, max(n.end_lineno or n.lineno for n in block)))
+                continue
+        for field in ("body", "orelse", "finalbody", "handlers"):
+            stack.extend(getattr(node, field, None) or [])
+    return tuple(ranges)
 
 
 def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:

@@ -43,6 +43,8 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 from ..errors import ImageError
 
 EditFunc = Callable[[Image.Image, float, np.random.Generator], Image.Image]
+#: (width, height, strength) -> the edited copy's (width, height), computed before any pixel is touched.
+SizeFunc = Callable[[int, int, float], tuple[int, int]]
 
 #: Blur and sharpening radii are given at this image size (the NeuralHash input side).
 REFERENCE_SIDE = 360
@@ -62,6 +64,14 @@ class Edit:
     label: str        # unique short name, an identifier in CSV files and tables
     description: str  # one line: what is done exactly
     func: EditFunc = field(compare=False, repr=False)
+    #: The copy's size from the original's (at most that: crops are smaller); None: the original's
+    #: size or smaller. Lets a run refuse an edit whose copy would be too large before allocating
+    #: it (a 3x upscale of 81 MP is 729 MP); a copy larger than this says is an error.
+    size: SizeFunc | None = field(default=None, compare=False, repr=False)
+
+    def output_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size of this edit's copy of a ``width`` x ``height`` image."""
+        return (width, height) if self.size is None else self.size(width, height, self.strength)
 
     def apply(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         """RGB image in, a new RGB image out (mode ``"RGB"``); never modifies the input."""
@@ -95,14 +105,20 @@ def _relative_radius(image: Image.Image, strength: float) -> float:
 # -- geometry ------------------------------------------------------------------------------
 
 
+def _scale_size(w: int, h: int, strength: float) -> tuple[int, int]:
+    return _size(w * strength), _size(h * strength)
+
+
 def _scale(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    w, h = image.size
-    return image.resize((_size(w * strength), _size(h * strength)), Image.Resampling.LANCZOS)
+    return image.resize(_scale_size(*image.size, strength), Image.Resampling.LANCZOS)
+
+
+def _aspect_size(w: int, h: int, strength: float) -> tuple[int, int]:
+    return _size(w * strength), h
 
 
 def _aspect(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    w, h = image.size
-    return image.resize((_size(w * strength), h), Image.Resampling.LANCZOS)
+    return image.resize(_aspect_size(*image.size, strength), Image.Resampling.LANCZOS)
 
 
 def _crop(image: Image.Image, strength: float, rng: np.random.Generator, *, edge: str) -> Image.Image:
@@ -118,22 +134,31 @@ def _crop(image: Image.Image, strength: float, rng: np.random.Generator, *, edge
     return image.crop((0, n, w, h) if edge == "top" else (0, 0, w, h - n))
 
 
+def _pad_size(w: int, h: int, strength: float) -> tuple[int, int]:
+    b = _size(min(w, h) * strength)
+    return w + 2 * b, h + 2 * b
+
+
 def _pad(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
     w, h = image.size
-    b = _size(min(w, h) * strength)
-    out = Image.new("RGB", (w + 2 * b, h + 2 * b), _WHITE)
+    out = Image.new("RGB", _pad_size(w, h, strength), _WHITE)
+    b = (out.width - w) // 2
     out.paste(image, (b, b))
     return out
 
 
-def _letterbox(image: Image.Image, strength: float, rng: np.random.Generator, *, num: int, den: int) -> Image.Image:
+def _letterbox_size(w: int, h: int, strength: float, *, num: int, den: int) -> tuple[int, int]:
     # Integer arithmetic: the frame aspect is exactly num:den, rounded half up.
-    w, h = image.size
     if w * den < h * num:  # narrower than the frame: bars left and right
         fw, fh = (2 * h * num + den) // (2 * den), h
     else:  # wider (or equal): bars top and bottom
         fw, fh = w, (2 * w * den + num) // (2 * num)
-    fw, fh = max(fw, w), max(fh, h)
+    return max(fw, w), max(fh, h)
+
+
+def _letterbox(image: Image.Image, strength: float, rng: np.random.Generator, *, num: int, den: int) -> Image.Image:
+    w, h = image.size
+    fw, fh = _letterbox_size(w, h, strength, num=num, den=den)
     out = Image.new("RGB", (fw, fh), _BLACK)
     out.paste(image, ((fw - w) // 2, (fh - h) // 2))
     return out
@@ -148,6 +173,10 @@ _TRANSPOSES = {
     180: Image.Transpose.ROTATE_180,
     270: Image.Transpose.ROTATE_270,
 }
+
+
+def _right_angle_size(w: int, h: int, strength: float) -> tuple[int, int]:
+    return (h, w) if int(strength) in (90, 270) else (w, h)
 
 
 def _rotate_right_angle(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
@@ -337,10 +366,15 @@ def screenshot_frame(width: int, height: int, strength: float) -> tuple[int, int
     return border, extra - border, extra
 
 
+def _screenshot_size(w: int, h: int, strength: float) -> tuple[int, int]:
+    border, _title, extra = screenshot_frame(w, h, strength)
+    return w + 2 * border, h + extra
+
+
 def _screenshot(image: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
     w, h = image.size
     border, title, extra = screenshot_frame(w, h, strength)
-    out = Image.new("RGB", (w + 2 * border, h + extra), _FRAME)
+    out = Image.new("RGB", _screenshot_size(w, h, strength), _FRAME)
     draw = ImageDraw.Draw(out)
     draw.rectangle((0, 0, out.width - 1, title - 1), fill=_TITLE_BAR)
     d = max(1, _round(0.45 * title))  # dot diameter
@@ -367,18 +401,19 @@ def default_edits() -> list[Edit]:
     """The fixed catalogue: stable order, unique labels, families contiguous, strengths ascending."""
     edits: list[Edit] = []
 
-    def add(family: str, strength: float, unit: str, label: str, description: str, func: EditFunc) -> None:
-        edits.append(Edit(family, float(strength), unit, label, description, func))
+    def add(family: str, strength: float, unit: str, label: str, description: str, func: EditFunc,
+            size: SizeFunc | None = None) -> None:
+        edits.append(Edit(family, float(strength), unit, label, description, func, size))
 
     for s in (0.25, 0.5, 0.75):
         add("downscale", s, "scale", f"downscale {_num(s)}x",
-            f"both sides scaled by {_num(s)} (LANCZOS, sizes rounded half up, at least 1 px)", _scale)
+            f"both sides scaled by {_num(s)} (LANCZOS, sizes rounded half up, at least 1 px)", _scale, _scale_size)
     for s in (1.5, 2, 3):
         add("upscale", s, "scale", f"upscale {_num(s)}x",
-            f"both sides scaled by {_num(s)} (LANCZOS, sizes rounded half up)", _scale)
+            f"both sides scaled by {_num(s)} (LANCZOS, sizes rounded half up)", _scale, _scale_size)
     for s in (0.75, 0.9, 1.1, 1.33):
         add("aspect", s, "scale", f"aspect {_num(s)}x",
-            f"width alone scaled by {_num(s)}, height kept (LANCZOS, rounded half up)", _aspect)
+            f"width alone scaled by {_num(s)}, height kept (LANCZOS, rounded half up)", _aspect, _aspect_size)
     for q in (10, 20, 35, 50, 75, 95):
         add("jpeg", q, "quality", f"jpeg q{q}",
             f"JPEG at quality {q} (Pillow, 4:2:0, baseline), decoded again", _jpeg)
@@ -397,18 +432,18 @@ def default_edits() -> list[Edit]:
             partial(_crop, edge="center"))
     for f in (0.05, 0.1, 0.2):
         add("pad", f, "fraction", f"pad {_pct(f)}",
-            f"white border on every side, {_pct(f)} of the shorter side thick (at least 1 px)", _pad)
+            f"white border on every side, {_pct(f)} of the shorter side thick (at least 1 px)", _pad, _pad_size)
     for num, den in ((9, 16), (1, 1), (4, 3), (16, 9)):
         add("letterbox", num / den, "aspect", f"letterbox {num}:{den}",
             f"image unscaled, centred in the smallest {num}:{den} frame holding it, black bars",
-            partial(_letterbox, num=num, den=den))
+            partial(_letterbox, num=num, den=den), partial(_letterbox_size, num=num, den=den))
     for deg in (1, 2, 5, 10, 15):
         add("rotate", deg, "degrees", f"rotate {deg} deg",
             f"rotated {deg} degrees counter-clockwise about the centre, same canvas, corners black (BICUBIC)",
             _rotate)
     for deg in (90, 180, 270):
         add("rotate-right-angle", deg, "degrees", f"rotate {deg} deg",
-            f"exact {deg}-degree counter-clockwise turn (Image.transpose)", _rotate_right_angle)
+            f"exact {deg}-degree counter-clockwise turn (Image.transpose)", _rotate_right_angle, _right_angle_size)
     add("hflip", 1, "none", "hflip", "mirrored left to right (exact)", _hflip)
     add("vflip", 1, "none", "vflip", "mirrored top to bottom (exact)", _vflip)
     add("grayscale", 1, "none", "grayscale", "converted to Pillow's L (ITU-R 601-2 luma) and back to RGB", _grayscale)
@@ -449,7 +484,7 @@ def default_edits() -> list[Edit]:
     for f in (0.05, 0.1, 0.2):
         add("screenshot", f, "fraction", f"screenshot {_pct(f)}",
             f"window frame: title bar with three dots plus thin side and bottom borders, "
-            f"{_pct(f)} extra height, image unscaled inside", _screenshot)
+            f"{_pct(f)} extra height, image unscaled inside", _screenshot, _screenshot_size)
     return edits
 
 

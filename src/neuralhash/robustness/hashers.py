@@ -17,7 +17,7 @@ from PIL import Image
 from .results import HasherInfo
 
 NEURALHASH = "NeuralHash"
-INSTALL_HINT = "pip install 'neuralhash[robustness]'"
+INSTALL_HINT = "pip install 'neuralhash-toolkit[robustness]'"
 
 
 def _phash(image: Image.Image) -> np.ndarray:

@@ -6,6 +6,14 @@ Python/Pillow part); this process runs the ONNX model on those inputs and
 turns bits into distances as the images come back, so only the originals'
 hashes are kept for the distinct-pair baseline and memory stays flat in the
 number of images.
+
+Memory per worker is bounded by the pixel limit ``max_pixels`` (Pillow's
+89.5 MP by default), not by what a file claims: an original above it is
+refused from its header, and an edit whose copy would exceed it (an upscale
+of a large photo) is refused, before any pixel is allocated, as a failure of
+that copy. The largest buffers then are the original, one copy and PDQ's
+float planes (about 21 bytes per pixel): up to ~35 bytes per pixel of the
+limit (measured: 2.8 GB on an 81-megapixel image with PDQ, 0.68 GB without).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import NeuralHashError
-from ..hashing.image import decode, load_image
+from ..hashing.image import decode, load_image, resolve_max_pixels, too_large
 from ..hashing.pipeline import ordered_map
 from ..hashing.seed import HASH_BITS
 from .edits import Edit, apply_edit, default_edits
@@ -47,11 +55,25 @@ class ImageWork:
     failures: list[tuple[str | None, str]] = field(default_factory=list)  # (edit label, reason)
 
 
+#: Rows of pixels hashed at a time by image_key (bounds its copy of a huge image).
+_KEY_ROWS_BYTES = 16 << 20
+
+
 def image_key(image: Image.Image) -> str:
-    """What seeds an image's random edits: its pixels, so neither its name nor the order matters."""
+    """What seeds an image's random edits: its pixels, so neither its name nor the order matters.
+
+    sha256 of the mode, the size and ``image.tobytes()``, computed strip by
+    strip (rows are contiguous in ``tobytes``) so that a huge image is not copied whole.
+    """
     digest = hashlib.sha256()
     digest.update(f"{image.mode} {image.width}x{image.height}".encode())
-    digest.update(image.tobytes())
+    row_bytes = max(1, len(image.mode) * image.width)  # an upper bound for 1-bit and packed modes
+    step = max(1, _KEY_ROWS_BYTES // row_bytes)
+    if step >= image.height:
+        digest.update(image.tobytes())
+    else:
+        for top in range(0, image.height, step):
+            digest.update(image.crop((0, top, image.width, min(image.height, top + step))).tobytes())
     return digest.hexdigest()
 
 
@@ -65,14 +87,18 @@ def shrink(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Sequence[str],
-                  max_pixels: int | None = None, max_side: int | None = None) -> ImageWork:
-    """Open ``path``, apply the edits, hash the classic way and prepare NeuralHash's inputs. Never raises."""
-    if max_pixels is not None:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # the parent's limit, whatever the start method
+                  max_pixels: int | None = None, max_side: int | None = None, neuralhash: bool = True) -> ImageWork:
+    """Open ``path``, apply the edits, hash the classic way and prepare NeuralHash's inputs. Never raises.
+
+    ``max_pixels``: the original and every edited copy stay at or below it (None:
+    Pillow's limit, resolved in this process; callers pass their resolved number).
+    ``neuralhash``: also prepare NeuralHash's 360 x 360 inputs (else ``pixels`` stays None).
+    """
     name = os.fsdecode(path) if isinstance(path, (str, os.PathLike)) else str(path)
     work = ImageWork()
     try:
-        original = load_image(path)
+        limit = resolve_max_pixels(max_pixels)
+        original = load_image(path, max_pixels=limit)
     except NeuralHashError as exc:
         work.error = str(exc)
         return work
@@ -85,7 +111,8 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
     key = image_key(original)
     rows = 1 + len(edits)
     hashers = [classic_by_name(n) for n in classic]
-    work.pixels = np.zeros((rows, 360, 360, 3), np.uint8)
+    if neuralhash:
+        work.pixels = np.zeros((rows, 360, 360, 3), np.uint8)
     work.pixels_ok = np.zeros(rows, bool)
     for h in hashers:
         work.classic[h.info.name] = np.zeros((rows, h.info.bits), bool)
@@ -93,16 +120,29 @@ def measure_image(path: Any, *, edits: Sequence[Edit], seed: int, classic: Seque
 
     for row in range(rows):
         edit = edits[row - 1] if row else None
+        if edit is not None:
+            predicted = edit.output_size(*original.size)
+            refused = too_large(*predicted, limit)
+            if refused is not None:  # before a pixel of the copy is allocated
+                work.failures.append((edit.label, f"{name}: edit {edit.label!r} not applied: its copy would be "
+                                                  f"{refused} (--max-pixels; or shrink the originals with --max-side)"))
+                continue
         try:
             copy = apply_edit(edit, original, seed=seed, image_key=key) if edit is not None else original
         except NeuralHashError as exc:
             work.failures.append((edit.label, str(exc)))
             continue
-        try:
-            work.pixels[row] = decode(copy)
-            work.pixels_ok[row] = True
-        except NeuralHashError as exc:
-            work.failures.append((edit.label if edit else None, f"NeuralHash: {exc}"))
+        if edit is not None and copy.width * copy.height > predicted[0] * predicted[1]:
+            # The edit's size function is wrong: say so rather than measure an unbounded copy.
+            work.failures.append((edit.label, f"{name}: edit {edit.label!r} made a {copy.width} x {copy.height} "
+                                              f"copy, larger than its declared {predicted[0]} x {predicted[1]}"))
+            continue
+        if neuralhash:
+            try:
+                work.pixels[row] = decode(copy, max_pixels=limit)
+                work.pixels_ok[row] = True
+            except NeuralHashError as exc:
+                work.failures.append((edit.label if edit else None, f"NeuralHash: {exc}"))
         for h in hashers:
             try:
                 work.classic[h.info.name][row] = h.func(copy)
@@ -123,6 +163,7 @@ def measure(
     hashers: Sequence[str] = HASHER_NAMES,
     workers: int | None = None,
     max_side: int | None = None,
+    max_pixels: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RobustnessResult:
     """Apply every edit to every image and measure every hash's distance to the original's.
@@ -135,6 +176,9 @@ def measure(
     original so that its longer side is at most this many pixels before
     editing (a 12 MP photo at 1024: ~13x less work; NeuralHash sees 360 x 360
     anyway, but the originals' hashes are then those of the shrunk images).
+    ``max_pixels``: originals and edited copies above this many pixels are
+    refused, as failures of that image or copy (None: Pillow's
+    ``PIL.Image.MAX_IMAGE_PIXELS``); it bounds the memory of each worker.
     ``progress(done, total)`` is
     called after each image. The same images, edits and ``seed`` give the same
     result, in any order and with any number of workers.
@@ -158,9 +202,11 @@ def measure(
     if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
         raise NeuralHashError(f"max_side must be a positive integer, got {max_side!r}")
     # Edits are module-level functions (or partials of them): they pickle to the workers.
+    # Resolved here: a spawned worker's Pillow limit is the default, not this process's.
     local = functools.partial(measure_image, edits=edits, seed=seed, classic=[h.info.name for h in classic],
-                              max_side=max_side)
-    task = functools.partial(local, max_pixels=Image.MAX_IMAGE_PIXELS)
+                              max_side=max_side, max_pixels=resolve_max_pixels(max_pixels),
+                              neuralhash=NEURALHASH in hashers)
+    task = local
 
     def crashed(item: Any) -> ImageWork:
         return ImageWork(error=f"{os.fsdecode(item)}: a worker process died on this image (decoder crash or out of memory)")
@@ -182,8 +228,8 @@ def measure(
             if work.error is not None:
                 failures.append(Failure(labels[i], None, work.error))
             else:
+                bits = _bits_of(work, model, names, edits)
                 failures.extend(Failure(labels[i], e, r) for e, r in work.failures)
-                bits = _bits_of(work, model, names)
                 for name, (rows, ok) in bits.items():
                     if ok[0]:
                         originals[name][i] = rows[0]
@@ -211,17 +257,35 @@ def measure(
     )
 
 
-def _bits_of(work: ImageWork, model, names: Sequence[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (bits [1 + edits, bits], ok [1 + edits]) for every hash."""
+def _bits_of(work: ImageWork, model, names: Sequence[str],
+             edits: Sequence[Edit]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (bits [1 + edits, bits], ok [1 + edits]) for every hash.
+
+    A copy whose network output is not finite is a failure of that copy
+    (added to ``work.failures``), never a hash.
+    """
     out = {}
     if NEURALHASH in names:
-        ok = work.pixels_ok
+        ok = work.pixels_ok.copy()
         rows = np.zeros((len(ok), HASH_BITS), bool)
         index = np.flatnonzero(ok)
         for start in range(0, len(index), BATCH):
             chunk = index[start:start + BATCH]
-            for row, h in zip(chunk, model.hash_pixels(list(work.pixels[chunk]))):
-                rows[row] = h.bits
+            try:
+                hashes = model.hash_pixels(list(work.pixels[chunk]))
+            except NeuralHashError:  # some copy's output is not finite: find it, one at a time
+                hashes = []
+                for row in chunk:
+                    try:
+                        hashes.append(model.hash_pixels([work.pixels[row]])[0])
+                    except NeuralHashError as exc:
+                        hashes.append(None)
+                        ok[row] = False
+                        reason = str(exc).removeprefix("image 0 of 1: ")
+                        work.failures.append((edits[row - 1].label if row else None, f"NeuralHash: {reason}"))
+            for row, h in zip(chunk, hashes):
+                if h is not None:
+                    rows[row] = h.bits
         out[NEURALHASH] = (rows, ok)
     for name in names:
         if name != NEURALHASH:

@@ -33,7 +33,7 @@ from .results import MISSING, HasherInfo, RobustnessResult
 
 __all__ = ["terminal_summary", "write_report"]
 
-INSTALL_HINT = "pip install 'neuralhash[robustness]'"
+INSTALL_HINT = "pip install 'neuralhash-toolkit[robustness]'"
 
 # One colour per hash, in the order of result.hashers, the same in every plot.
 PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
