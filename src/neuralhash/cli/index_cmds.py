@@ -137,7 +137,7 @@ def cmd_match(args) -> int:
                 continue
             try:
                 if getattr(args, "dihedral", False):
-                    queries.append((q, [h.bytes for h in dihedral_hashes(nh, q, exif_transpose=args.exif_transpose)]))
+                    queries.append((q, [h.bytes for h in dihedral_hashes(nh, q, exif_transpose=args.exif_transpose, max_pixels=getattr(args, "max_pixels", None))]))
                 else:
                     queries.append((q, nh.hash(q, exif_transpose=args.exif_transpose).bytes))
             except NeuralHashError as exc:

@@ -23,14 +23,13 @@ image is a mirrored copy of the query. Rotations are counter-clockwise, as in Pi
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import ImageError, NeuralHashError
+from ..errors import NeuralHashError
 from . import image as _image
 from .hash import Hash
 
@@ -65,75 +64,24 @@ def _position(name: str) -> int:
         raise NeuralHashError(f"unknown orientation {name!r}; choose among {', '.join(ORIENTATIONS)}") from None
 
 
-def load_rgb(source: Any, *, exif_transpose: bool = False) -> Image.Image:
+def load_rgb(source: Any, *, exif_transpose: bool = False, max_pixels: int | None = None) -> Image.Image:
     """``source`` (a path, encoded bytes, a Pillow image or an RGB / grayscale uint8 array)
-    decoded at full size and converted to RGB, with the checks of
-    :func:`neuralhash.hashing.image.decode` (size limit, HEIF support, clear reasons)."""
-    name = _image.describe(source)
-    if isinstance(source, np.ndarray):
-        return _image._array_image(source).convert("RGB")
-    if isinstance(source, Image.Image):
-        img = source
-        try:
-            img.load()
-            if exif_transpose:
-                img = ImageOps.exif_transpose(img)
-            return img if img.mode == "RGB" else img.convert("RGB")
-        except Exception as exc:
-            raise _image._fail(name, _image._reason(exc)) from None
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
-            raise _image._fail(name, "empty (0 bytes)")
-        _image._check_container(data[:_image._SNIFF_BYTES], name, "")
-        import io
-
-        return _open_stream(io.BytesIO(data), name, exif_transpose)
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        ext = os.path.splitext(os.fsdecode(path))[1].lower()
-        with _image._open_file(path, name) as fh:
-            try:
-                header = fh.read(_image._SNIFF_BYTES)
-                fh.seek(0)
-            except OSError as exc:
-                raise _image._fail(name, f"cannot read ({exc.strerror or exc})") from None
-            if not header:
-                raise _image._fail(name, "empty file (0 bytes)")
-            _image._check_container(header, name, ext)
-            return _open_stream(fh, name, exif_transpose)
-    raise _image._fail(name, f"unsupported input type {type(source).__name__}")
+    decoded at full size and converted to RGB, by :func:`neuralhash.hashing.image.decode`
+    itself (the same checks, size limit and reasons), stopped before the resize."""
+    pixels = _image.decode(source, exif_transpose=exif_transpose, max_pixels=max_pixels, resize=False)
+    return Image.fromarray(pixels, "RGB")
 
 
-def _open_stream(fh, name: str, exif_transpose: bool) -> Image.Image:
-    try:
-        with _image._captured_warnings() as caught:
-            img = Image.open(fh)
-        with img:
-            _image._check_size(img, caught)
-            img.load()
-            with _image._captured_warnings():
-                if exif_transpose:
-                    img = ImageOps.exif_transpose(img)
-                return img.convert("RGB")  # a copy: independent of the file once closed
-    except UnidentifiedImageError:
-        raise _image._fail(name, "not an image, or a format Pillow cannot read") from None
-    except ImageError:
-        raise
-    except Exception as exc:
-        raise _image._fail(name, _image._reason(exc)) from None
-
-
-def oriented_pixels(source: Any, *, exif_transpose: bool = False) -> np.ndarray:
+def oriented_pixels(source: Any, *, exif_transpose: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """uint8 [8, 360, 360, 3]: the pipeline's input pixels of each orientation, in ORIENTATIONS order."""
-    img = load_rgb(source, exif_transpose=exif_transpose)
+    img = load_rgb(source, exif_transpose=exif_transpose, max_pixels=max_pixels)
     return np.stack([_image.decode(orient(img, k)) for k in range(len(ORIENTATIONS))])
 
 
-def dihedral_hashes(model, source: Any, *, exif_transpose: bool = False) -> list[Hash]:
+def dihedral_hashes(model, source: Any, *, exif_transpose: bool = False, max_pixels: int | None = None) -> list[Hash]:
     """The 8 hashes of ``source`` under ``model`` (a :class:`~neuralhash.hashing.NeuralHash`),
     in :data:`ORIENTATIONS` order; the first is the plain hash."""
-    return model.hash_pixels(list(oriented_pixels(source, exif_transpose=exif_transpose)))
+    return model.hash_pixels(list(oriented_pixels(source, exif_transpose=exif_transpose, max_pixels=max_pixels)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -265,8 +265,11 @@ def _check_container(header: bytes, name: str, ext: str) -> None:
         heif_available()  # an unrecognised header under a HEIF name: let pillow-heif try too
 
 
-def _prepared(img: Image.Image, *, exif_transpose: bool, fast: bool, may_draft: bool) -> np.ndarray:
-    """The reference steps on an opened image: convert("RGB"), resize((360, 360)), uint8 pixels."""
+def _prepared(img: Image.Image, *, exif_transpose: bool, fast: bool, may_draft: bool,
+              resize: bool = True) -> np.ndarray:
+    """The reference steps on an opened image: convert("RGB"), resize((360, 360)), uint8 pixels.
+
+    ``resize=False`` stops before the resize: the full-size RGB pixels."""
     if fast and may_draft and img.format == "JPEG":
         # DCT scaling to no less than twice the target: half the pixel error (and
         # about half the changed bits) of drafting to 360, for ~16% more decode time.
@@ -277,6 +280,8 @@ def _prepared(img: Image.Image, *, exif_transpose: bool, fast: bool, may_draft: 
             img = ImageOps.exif_transpose(img)
         if img.mode != "RGB":  # convert("RGB") of an RGB image is an identical 36 MB copy at 12 MP
             img = img.convert("RGB")
+    if not resize:
+        return np.array(img)
     if fast:
         factor = min(img.width // (2 * SIZE), img.height // (2 * SIZE))
         if factor >= 2:
@@ -291,8 +296,12 @@ def decode(
     exif_transpose: bool = False,
     fast: bool = False,
     max_pixels: int | None = None,
+    resize: bool = True,
 ) -> np.ndarray:
     """``source`` opened, converted to RGB and resized as the reference does: uint8 [360, 360, 3].
+
+    ``resize=False`` returns the full-size RGB pixels instead, uint8 [H, W, 3], with
+    the same checks and the same decoding (``fast`` is then refused: it drafts for the resize).
 
     ``source``: a path (str or PathLike), encoded image bytes, a Pillow image
     or a NumPy array (H x W x 3 uint8 RGB, or H x W uint8 grayscale).
@@ -302,16 +311,18 @@ def decode(
     """
     name = describe(source)
     limit = resolve_max_pixels(max_pixels)
+    if fast and not resize:
+        raise NeuralHashError("fast decoding drafts for the 360 x 360 resize; it cannot go with resize=False")
     if isinstance(source, Image.Image):
         try:
             check_size(source, limit)  # may be opened but not decoded yet
-            return _prepared(source, exif_transpose=exif_transpose, fast=fast, may_draft=False)
+            return _prepared(source, exif_transpose=exif_transpose, fast=fast, may_draft=False, resize=resize)
         except Exception as exc:
             raise _fail(name, _reason(exc)) from None
     if isinstance(source, np.ndarray):
         img = _array_image(source)
         try:
-            return _prepared(img, exif_transpose=False, fast=fast, may_draft=False)
+            return _prepared(img, exif_transpose=False, fast=fast, may_draft=False, resize=resize)
         except Exception as exc:
             raise _fail(name, _reason(exc)) from None
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -319,7 +330,7 @@ def decode(
         if not data:
             raise _fail(name, "empty (0 bytes)")
         _check_container(data[:_SNIFF_BYTES], name, "")
-        return _decode_stream(io.BytesIO(data), name, "", exif_transpose, fast, limit)
+        return _decode_stream(io.BytesIO(data), name, "", exif_transpose, fast, limit, resize)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         ext = os.path.splitext(os.fsdecode(path))[1].lower()
@@ -332,17 +343,18 @@ def decode(
             if not header:
                 raise _fail(name, "empty file (0 bytes)")
             _check_container(header, name, ext)
-            return _decode_stream(fh, name, ext, exif_transpose, fast, limit)
+            return _decode_stream(fh, name, ext, exif_transpose, fast, limit, resize)
     raise _fail(name, f"unsupported input type {type(source).__name__} (expected a path, bytes, a PIL image or an array)")
 
 
-def _decode_stream(fh, name: str, ext: str, exif_transpose: bool, fast: bool, limit: int) -> np.ndarray:
+def _decode_stream(fh, name: str, ext: str, exif_transpose: bool, fast: bool, limit: int,
+                   resize: bool = True) -> np.ndarray:
     try:
         with _opening():
             img = Image.open(fh)
         with img:
             check_size(img, limit)
-            return _prepared(img, exif_transpose=exif_transpose, fast=fast, may_draft=True)
+            return _prepared(img, exif_transpose=exif_transpose, fast=fast, may_draft=True, resize=resize)
     except UnidentifiedImageError:
         if ext in _HEIF_EXTENSIONS and not heif_available():
             raise _fail(name, f"not readable without HEIF support; {HEIF_EXTRA_MESSAGE}") from None
