@@ -58,6 +58,8 @@ class Batch:
     names: list[str] = field(default_factory=list)
     digests: bytearray = field(default_factory=bytearray)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    raw: list[bytes] | None = None  # the names' bytes, when at hand
+    utf8: bool = False  # every name is valid UTF-8
 
     def __len__(self) -> int:
         return len(self.names)
@@ -161,36 +163,36 @@ def _text_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[B
     lineno = 0
     for chunk in lines:
         batch = Batch()
-        # The common line, "HEX  NAME" as sha256sum writes it, goes through a vectorised path.
-        fast_lines: list[int] = []
-        fast_hex: list[bytes] = []
-        fast_names: list[bytes] = []
-        slow: list[tuple[int, bytes | None]] = []
-        for raw in chunk:
-            lineno += 1
-            if raw is not None and len(raw) > 26 and raw[24:26] == b"  " and raw[0] != 92 and raw[26] != 13:
-                fast_lines.append(lineno)
-                fast_hex.append(raw[:24])
-                fast_names.append(raw[26:-1] if raw[-1] == 13 else raw[26:])
-            else:
-                slow.append((lineno, raw))
-        if fast_hex:
-            nib = _NIBBLE[np.frombuffer(b"".join(fast_hex), np.uint8)].reshape(-1, HEX_DIGITS)
-            bad = (nib == 255).any(axis=1)
-            good = np.flatnonzero(~bad)
-            packed = (nib[good, 0::2] << 4) | nib[good, 1::2]
-            if bad.any():
-                for k in np.flatnonzero(bad).tolist():
-                    slow.append((fast_lines[k], fast_hex[k] + b"  " + fast_names[k]))
-                slow.sort(key=lambda item: item[0])
-                batch.lines = [fast_lines[k] for k in good.tolist()]
-                batch.names = [_decode(fast_names[k]) for k in good.tolist()]
-            else:
-                batch.lines = fast_lines
-                batch.names = [_decode(n) for n in fast_names]
-            batch.digests = bytearray(packed.tobytes())
-            # Empty names among the fast lines cannot happen (len > 26), so no relabelling here.
-        for ln, raw in slow:
+        k = len(chunk)
+        first = lineno + 1
+        lineno += k
+        # The common line, "HEX  NAME" as sha256sum writes it, is parsed for the whole chunk at once.
+        lens = np.fromiter((-1 if raw is None else len(raw) for raw in chunk), np.int64, k)
+        buf = np.frombuffer(b"\n".join(raw or b"" for raw in chunk) + b"\n" * 27, np.uint8)
+        starts = np.concatenate(([0], np.cumsum(np.maximum(lens, 0) + 1)[:-1]))
+        fast = (lens > 26) & (buf[starts + 24] == 32) & (buf[starts + 25] == 32) & (buf[starts] != 92)
+        fast &= buf[starts + 26] != 13
+        cand = np.flatnonzero(fast)
+        nib = _NIBBLE[buf[starts[cand, None] + np.arange(HEX_DIGITS)]]
+        good = ~(nib == 255).any(axis=1)
+        cand, nib = cand[good], nib[good]
+        fast[:] = False
+        fast[cand] = True
+        if cand.size:
+            batch.digests = bytearray(((nib[:, 0::2] << 4) | nib[:, 1::2]).tobytes())
+            raws = [chunk[j][26:] for j in cand.tolist()]
+            raws = [r[:-1] if r[-1:] == b"\r" else r for r in raws]
+            batch.raw = raws
+            joined = b"\n".join(raws)
+            try:
+                batch.names = joined.decode("utf-8").split("\n")
+                batch.utf8 = True
+            except UnicodeDecodeError:
+                batch.names = [_decode(r) for r in raws]
+            batch.lines = (cand + first).tolist()
+        slow = np.flatnonzero(~fast)
+        for j in slow.tolist():
+            raw, ln = chunk[j], first + j
             if raw is None:
                 batch.skipped.append((ln, _TOO_LONG))
                 continue
@@ -202,8 +204,16 @@ def _text_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[B
             except PathNameError as exc:
                 batch.skipped.append((ln, str(exc)))
                 continue
-            batch.add(ln, entry(hex_text, name, label, ln))
-        if slow and fast_hex:
+            got = entry(hex_text, name, label, ln)
+            if isinstance(got, str):
+                batch.skipped.append((ln, got))
+            else:
+                batch.lines.append(ln)
+                batch.names.append(got[0])
+                batch.digests += got[1]
+                batch.raw = None
+                batch.utf8 = False
+        if slow.size and cand.size:
             _restore_order(batch)
         yield batch
 
@@ -213,6 +223,7 @@ def _restore_order(batch: Batch) -> None:
     if all(a < b for a, b in zip(batch.lines, batch.lines[1:])):
         return
     order = sorted(range(len(batch.lines)), key=batch.lines.__getitem__)
+    batch.raw = None
     digests = np.frombuffer(bytes(batch.digests), np.uint8).reshape(-1, 12)[order]
     batch.lines = [batch.lines[k] for k in order]
     batch.names = [batch.names[k] for k in order]
