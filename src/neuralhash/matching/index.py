@@ -717,7 +717,9 @@ class HashIndex:
         return cost
 
     def _join_brute(self, r: int):
-        rows = 2048
+        # Rows a chunk: at most about _PAIR_BUDGET cells, so that a chunk of pairs stays
+        # bounded even when every pair is within the radius.
+        rows = int(min(2048, max(16, _PAIR_BUDGET // max(self._n, 1))))
         for a in range(0, self._n, rows):
             b = min(a + rows, self._n)
             qi, idx, d = self._brute(self._hi[a:b], self._lo[a:b], r, col_start=a + 1)
