@@ -552,3 +552,72 @@ def test_undecodable_text_written_by_another_tool_does_not_crash(tmp_path):
     with HashStore(db) as store:
         (row,) = store.export()
         assert os.fsencode(row.path) == b"f\xff.jpg"
+
+
+# -- hash lists: hostile and random input gives only skipped lines or the project's own errors -------
+
+import io  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from neuralhash import hashlists  # noqa: E402
+
+_PIECES = [b"59a34eabe31910abfb06f308", b"59A34EABE31910ABFB06F308", b"59a34eabe31910abfb06f30", b"zz" * 12,
+           b"  ", b" *", b"\t", b" ", b"\\", b"\\n", b"\\q", b"\r", b"\n", b",", b'"', b"{", b"}", b"[1]",
+           b'{"hash": "59a34eabe31910abfb06f308", "path": "a"}', b'{"hash": 5}', b'{"path_b64": "!!"}',
+           b"path,hash,error", b"hash", b"#", "\u2028".encode(), "\u0085".encode(), b"\xff\xfe", b"\xef\xbb\xbf",
+           b"a.jpg", b"\x00"]
+
+
+def _check_entries(data: bytes) -> None:
+    try:
+        entries = list(hashlists.iter_entries(io.BytesIO(data), label="fuzz"))
+    except hashlists.HashListError as exc:
+        assert "\n" not in str(exc)
+        return
+    lines = [ln for ln, _ in entries]
+    assert lines == sorted(lines) and all(isinstance(ln, int) and ln >= 1 for ln in lines)
+    for _, e in entries:
+        if isinstance(e, str):
+            assert e and "\n" not in e
+        else:
+            name, digest = e
+            assert isinstance(name, str) and name and isinstance(digest, bytes) and len(digest) == 12
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_fuzz_hash_list_random_bytes(data):
+    _check_entries(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join), max_size=30))
+def test_fuzz_hash_list_hostile_lines(lines):
+    _check_entries(b"\n".join(lines))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join), max_size=20))
+def test_fuzz_import_keeps_the_store_consistent(tmp_path, lines):
+    db = tmp_path / "fuzz.sqlite"
+    with HashStore(db, create=True) as store:
+        try:
+            report = store.import_file(io.BytesIO(b"\n".join(lines)), list_name="f", model_id="m")
+        except StoreError as exc:
+            assert "\n" not in str(exc)
+        else:
+            assert report.imported == len({h.path for h in store.export(list_name="f")})
+        assert store.verify_index()
+    for suffix in ("", "-wal", "-shm", ".nhindex"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+
+
+def test_an_over_long_line_is_skipped_and_reading_goes_on():
+    data = b"59a34eabe31910abfb06f308  a.jpg\n" + b"x" * (hashlists.MAX_LINE * 3) + b"\n" + \
+        b"32dac883f7b91bbf45a48296  b.jpg\n"
+    got = list(hashlists.iter_entries(io.BytesIO(data)))
+    assert [(ln, e if isinstance(e, str) else e[0]) for ln, e in got] == [
+        (1, "a.jpg"), (2, f"a line longer than {hashlists.MAX_LINE} bytes"), (3, "b.jpg")]

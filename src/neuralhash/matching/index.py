@@ -701,9 +701,22 @@ class HashIndex:
         from .components import connected_components
 
         labels = np.arange(self._n, dtype=np.int64)
+        # Pairs are buffered up to a budget before each fold: a fold costs passes over all N labels.
+        buf_i, buf_j, held = [], [], 0
+
+        def fold(labels):
+            if not held:
+                return labels
+            return connected_components((np.concatenate(buf_i), np.concatenate(buf_j)), self._n, parent=labels)
+
         for i, j, _ in self.iter_pairs(max_distance, method=method):
-            labels = connected_components((i, j), self._n, parent=labels)
-        return labels
+            buf_i.append(i)
+            buf_j.append(j)
+            held += i.size
+            if held >= 4 * _PAIR_BUDGET:
+                labels = fold(labels)
+                buf_i, buf_j, held = [], [], 0
+        return fold(labels)
 
     def _join_index_cost(self, r: int) -> float:
         if not self.indexable(r):

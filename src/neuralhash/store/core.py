@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 import threading
@@ -125,12 +126,25 @@ class _Write:
         if k == 0:
             return range(0)
         ids = range(self.next_id, self.next_id + k)
-        blobs = np.frombuffer(bytes(digests), dtype="V12").tolist()  # 12-byte bytes objects, made in C
-        values = names if utf8 else map(sql_value, names)
-        if extra is None:
+        if not utf8 and extra is None:
+            try:
+                "".join(names).encode("utf-8")
+                utf8 = True
+            except UnicodeEncodeError:
+                pass
+        if extra is None and utf8:
+            # One statement a batch: SQLite walks a JSON array of the names and slices the
+            # hashes from one blob, twice as fast as binding every row from Python.
+            self.db.execute("INSERT INTO images (id, list, path, hash) "
+                            "SELECT ? + key, ?, value, substr(?, 12 * key + 1, 12) FROM json_each(?)",
+                            (ids.start, list_key, bytes(digests), json.dumps(list(names), ensure_ascii=False)))
+        elif extra is None:
+            blobs = np.frombuffer(bytes(digests), dtype="V12").tolist()  # 12-byte bytes objects, made in C
             self.db.executemany("INSERT INTO images (id, list, path, hash) VALUES (?, ?, ?, ?)",
-                                zip(ids, [list_key] * k, values, blobs))
+                                zip(ids, [list_key] * k, map(sql_value, names), blobs))
         else:
+            blobs = np.frombuffer(bytes(digests), dtype="V12").tolist()
+            values = map(sql_value, names)
             self.db.executemany(
                 "INSERT INTO images (id, list, path, hash, size, mtime_ns, sha256) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 ((i, list_key, v, b, *e) for i, v, b, e in zip(ids, values, blobs, extra)))
