@@ -690,9 +690,12 @@ class HashIndex:
         elif method == "index" and not self.indexable(r):
             method = "brute"
         chunks = self._join_brute(r) if method == "brute" else self._join_index(r)
-        for i, j, d in chunks:
-            if i.size:
-                yield i, j, d
+        try:
+            for i, j, d in chunks:
+                if i.size:
+                    yield i, j, d
+        finally:
+            self._words_t = None
 
     def components(self, max_distance: int, *, method: str = "auto") -> np.ndarray:
         """Component labels (as :func:`~neuralhash.matching.connected_components`) of the
@@ -769,6 +772,16 @@ class HashIndex:
                 yield from self._verify_pairs(t, plan, r, self._tables.order, pos, np.repeat(ts, lsizes),
                                               np.repeat(te - ts, lsizes), True)
 
+    def _block_words(self, t: int):
+        """(hi, lo) permuted into block ``t``'s bucket order, and the block's offset in ``order``
+        (one block's copy is kept at a time)."""
+        cached = getattr(self, "_words_t", None)
+        if cached is None or cached[0] != t:
+            n = self._n
+            perm = self._tables.order[t * n:(t + 1) * n]
+            self._words_t = cached = (t, self._hi[perm], self._lo[perm], t * n)
+        return cached[1], cached[2], cached[3]
+
     def _verify_pairs(self, t, plan, r, order, pos, pstart, pcount, swap):
         """Expand (position, partner range) lists into candidate pairs, by chunks of
         about ``_PAIR_BUDGET``, and keep the verified ones not found by an earlier block."""
@@ -787,13 +800,18 @@ class HashIndex:
             k0 = k1
             if left.size == 0:
                 continue
-            i = order[left].astype(np.int64)
-            j = order[right].astype(np.int64)
-            xh = self._hi[i] ^ self._hi[j]
-            xl = self._lo[i] ^ self._lo[j]
+            # Words in this block's bucket order: a bucket's hashes lie side by side, so
+            # verifying its pairs reads memory in order instead of at random.
+            hi_t, lo_t, base = self._block_words(t)
+            left -= base
+            right -= base
+            xh = hi_t[left] ^ hi_t[right]
+            xl = lo_t[left] ^ lo_t[right]
             d = np.bitwise_count(xh) + np.bitwise_count(xl)
-            keep = d <= r
-            i, j, d, xh, xl = i[keep], j[keep], d[keep], xh[keep], xl[keep]
+            keep = np.flatnonzero(d <= r)
+            d, xh, xl = d[keep], xh[keep], xl[keep]
+            i = order[left[keep] + base].astype(np.int64)
+            j = order[right[keep] + base].astype(np.int64)
             if t > plan[0][0] and i.size:
                 keep = ~self._earlier_block_hit(t, plan, xh, xl)
                 i, j, d = i[keep], j[keep], d[keep]

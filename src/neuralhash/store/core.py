@@ -899,16 +899,21 @@ class HashStore:
         listcol = packed.columns["list"][pos]
         with self._lock, self._sql():
             paths = self._paths_of(rowids[members].tolist())
-        out = []
+        hexes = from_words(hi[members], lo[members]).tobytes().hex()
+        rows, lkeys = rowids[members].tolist(), listcol[members].tolist()
+        out, k = [], 0
         for g in groups:
-            hexes = from_words(hi[g], lo[g]).tobytes().hex()
-            out.append(sorted(
-                (StoredHash(int(rowids[i]), paths[int(rowids[i])], hexes[24 * k:24 * k + 24], model.model_id,
-                            names.get(int(listcol[i]), "")) for k, i in enumerate(g.tolist())
-                 if int(rowids[i]) in paths),
-                key=lambda h: (to_bytes(h.path), h.row)))
-        out = [g for g in out if len(g) >= 2]
-        out.sort(key=lambda g: (-len(g), to_bytes(g[0].path)))
+            group = []
+            for _ in range(g.size):
+                rid = rows[k]
+                if rid in paths:  # a row deleted since the index was read is left out
+                    group.append(StoredHash(rid, paths[rid], hexes[24 * k:24 * k + 24], model.model_id,
+                                            names.get(lkeys[k], "")))
+                k += 1
+            if len(group) >= 2:
+                group.sort(key=lambda h: (h.path, h.row))
+                out.append(group)
+        out.sort(key=lambda g: (-len(g), g[0].path))
         return out
 
 
@@ -967,55 +972,52 @@ class Matcher:
         self._want_build = False
 
     def __len__(self) -> int:
-        packed = self._refresh()
+        packed, _, _ = self._refresh()
         return int(np.isin(packed.columns["list"][:packed.header.n], self._keys).sum())
 
     def build(self) -> "Matcher":
         """Build the multi-index tables now (a service does this once, then answers in milliseconds)."""
         self._want_build = True
         self._refresh()
-        if self._index is not None:
-            self._index.build()
         return self
 
     def _refresh(self):
+        """(packed index, main HashIndex, entries it covers), as of the rows committed now."""
         store = self.store
         with store._lock:
             with store._sql():
                 version = store._db.execute("PRAGMA data_version").fetchone()[0]
             seen = (version, store._writes)
-            if self._packed is not None and seen == self._seen:
-                return self._packed
-            packed = store._packed_for_read()
-            n = packed.header.n
-            if packed is not self._packed or n < self._base or n - self._base > self._DELTA_MAX:
-                self._packed = packed
-                self._base = n
-                self._index = HashIndex.from_words(packed.columns["hi"][:n], packed.columns["lo"][:n])
-                if self._want_build:
-                    self._index.build()
-            self._seen = seen
-            return packed
+            if self._packed is None or seen != self._seen:
+                packed = store._packed_for_read()
+                n = packed.header.n
+                if packed is not self._packed or n < self._base or n - self._base > self._DELTA_MAX:
+                    self._packed = packed
+                    self._base = n
+                    self._index = HashIndex.from_words(packed.columns["hi"][:n], packed.columns["lo"][:n])
+                self._seen = seen
+            if self._want_build and not self._index.built:
+                self._index.build()
+            return self._packed, self._index, self._base
 
     def query(self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None) -> list[list["Match"]]:
         """Per query (12-byte digests), the stored hashes within ``max_distance``: nearest first,
-        ties by row; at most ``limit`` a query when given."""
+        ties by row; at most ``limit`` a query when given. Safe to call from several threads."""
         r = check_radius(max_distance)
         q = _as_packed(queries, self.store.where)
         out: list[list[Match]] = [[] for _ in range(q.shape[0])]
         if q.shape[0] == 0:
             return out
-        packed = self._refresh()
         self._queries += q.shape[0]
-        if self._queries >= self._BUILD_AFTER and self._index is not None and not self._index.built:
-            self._want_build = True
-            self._index.build()
+        if self._queries >= self._BUILD_AFTER:
+            self._want_build = True  # enough queries to pay for the tables
+        packed, index, base = self._refresh()
         n = packed.header.n
-        qi, idx, d = self._index._run(q, r, "auto") if self._base else (np.zeros(0, np.int64),) * 3
-        if n > self._base:
-            delta = HashIndex.from_words(packed.columns["hi"][self._base:n], packed.columns["lo"][self._base:n])
+        qi, idx, d = index._run(q, r, "auto") if base else (np.zeros(0, np.int64),) * 3
+        if n > base:
+            delta = HashIndex.from_words(packed.columns["hi"][base:n], packed.columns["lo"][base:n])
             dq, di, dd = delta._run(q, r, "brute")
-            qi, idx, d = np.concatenate([qi, dq]), np.concatenate([idx, di + self._base]), np.concatenate([d, dd])
+            qi, idx, d = np.concatenate([qi, dq]), np.concatenate([idx, di + base]), np.concatenate([d, dd])
         lists = packed.columns["list"][idx]
         keep = np.isin(lists, self._keys)
         qi, idx, d, lists = qi[keep], idx[keep], d[keep].astype(np.int64), lists[keep]

@@ -143,9 +143,8 @@ class PackedFile:
             return False
 
     def close(self) -> None:
-        # Arrays may still view the map; dropping our references lets it close with them.
-        self.columns = {}
-        self._mm = None
+        # The map is not closed: arrays (a matcher's, another thread's) may still view it; it goes
+        # away with the last of them.
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
