@@ -621,3 +621,26 @@ def test_an_over_long_line_is_skipped_and_reading_goes_on():
     got = list(hashlists.iter_entries(io.BytesIO(data)))
     assert [(ln, e if isinstance(e, str) else e[0]) for ln, e in got] == [
         (1, "a.jpg"), (2, f"a line longer than {hashlists.MAX_LINE} bytes"), (3, "b.jpg")]
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """Two processes adding to one database at once (a service and an `index add`): every row, a true index."""
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.create_list("p0", "m")
+    script = textwrap.dedent(f"""
+        import sys
+        from neuralhash.store import HashStore
+        k = int(sys.argv[1])
+        with HashStore({str(db)!r}, create=True) as s:
+            for b in range(25):
+                s.add_hashes(f"p{{k}}", [(f"{{k}}-{{b}}-{{i}}", bytes([k, b, i]) + bytes(9)) for i in range(40)],
+                             model_id="m")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)]) for k in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with HashStore(db) as store:
+        assert {(x.name, x.count) for x in store.lists()} == {("p0", 1000), ("p1", 1000)}
+        assert store.verify_index()
+        hits = store.matcher("m").query([bytes([1, 24, 39]) + bytes(9)], 0)[0]
+        assert [h.path for h in hits] == ["1-24-39"]

@@ -231,9 +231,10 @@ def cmd_match(args) -> int:
             print(f"neuralhash: {display(label)}: no match within {args.max_distance} bits", file=sys.stderr)
         for m in hits:
             if write is None:
+                # sha256sum's rule: a line holding an escaped name starts with a backslash.
                 line = text_line(m.hex, m.path)
-                escaped = line.startswith("\\")
-                sys.stdout.write(f"{display(label)}  {m.distance}  {line[1:] if escaped else line}")
+                mark, line = ("\\", line[1:]) if line.startswith("\\") else ("", line)
+                sys.stdout.write(f"{mark}{display(label)}  {m.distance}  {line}")
             else:
                 write({"query": label, "query_hash": digest.hex(), "distance": m.distance, "hash": m.hex,
                        "path": m.path, "list": m.list})
