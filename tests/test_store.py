@@ -563,7 +563,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from neuralhash import hashlists  # noqa: E402
 
-_PIECES = [b"59a34eabe31910abfb06f308", b"59A34EABE31910ABFB06F308", b"59a34eabe31910abfb06f30", b"zz" * 12,
+_PIECES = [b"59a34eabe31910abfb06f308  a\x00b", b"59A34EABE31910ABFB06F308", b"59a34eabe31910abfb06f30", b"zz" * 12,
            b"  ", b" *", b"\t", b" ", b"\\", b"\\n", b"\\q", b"\r", b"\n", b",", b'"', b"{", b"}", b"[1]",
            b'{"hash": "59a34eabe31910abfb06f308", "path": "a"}', b'{"hash": 5}', b'{"path_b64": "!!"}',
            b"path,hash,error", b"hash", b"#", "\u2028".encode(), "\u0085".encode(), b"\xff\xfe", b"\xef\xbb\xbf",
@@ -603,13 +603,19 @@ def test_fuzz_hash_list_hostile_lines(lines):
 @given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join), max_size=20))
 def test_fuzz_import_keeps_the_store_consistent(tmp_path, lines):
     db = tmp_path / "fuzz.sqlite"
+    data = b"\n".join(lines)
     with HashStore(db, create=True) as store:
         try:
-            report = store.import_file(io.BytesIO(b"\n".join(lines)), list_name="f", model_id="m")
+            report = store.import_file(io.BytesIO(data), list_name="f", model_id="m")
         except StoreError as exc:
             assert "\n" not in str(exc)
         else:
-            assert report.imported == len({h.path for h in store.export(list_name="f")})
+            expected = {}  # the parser's entries, a later line winning
+            for _, e in hashlists.iter_entries(io.BytesIO(data), label="-"):
+                if not isinstance(e, str):
+                    expected[e[0]] = e[1].hex()
+            assert {h.path: h.hex for h in store.export(list_name="f")} == expected
+            assert report.imported == len(expected)
         assert store.verify_index()
     for suffix in ("", "-wal", "-shm", ".nhindex"):
         Path(str(db) + suffix).unlink(missing_ok=True)

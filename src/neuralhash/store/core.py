@@ -126,12 +126,18 @@ class _Write:
         if k == 0:
             return range(0)
         ids = range(self.next_id, self.next_id + k)
-        if not utf8 and extra is None:
-            try:
-                "".join(names).encode("utf-8")
-                utf8 = True
-            except UnicodeEncodeError:
-                pass
+        if extra is None:
+            joined = "".join(names)
+            # SQLite's JSON text ends at a NUL: such names (and non-UTF-8 ones) are bound row by row.
+            plain = "\x00" not in joined
+            if plain and not utf8:
+                try:
+                    joined.encode("utf-8")
+                    utf8 = True
+                except UnicodeEncodeError:
+                    pass
+            utf8 = utf8 and plain
+            del joined
         if extra is None and utf8:
             # One statement a batch: SQLite walks a JSON array of the names and slices the
             # hashes from one blob, twice as fast as binding every row from Python.
