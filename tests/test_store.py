@@ -650,3 +650,22 @@ def test_concurrent_writers_lose_nothing(tmp_path):
         assert store.verify_index()
         hits = store.matcher("m").query([bytes([1, 24, 39]) + bytes(9)], 0)[0]
         assert [h.path for h in hits] == ["1-24-39"]
+
+
+def test_the_packed_index_grows_past_its_capacity_under_a_reader(tmp_path):
+    db = tmp_path / "db.sqlite"
+    rng = np.random.default_rng(11)
+    digests = rng.integers(0, 256, (90_000, 12), dtype=np.uint8)
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("first", bytes(digests[0]))], model_id="m")
+        with HashStore(db) as reader:
+            m = reader.matcher("m")
+            assert len(m) == 1
+            for b in range(3):  # past the first file's 65,536 entries: the file is rewritten bigger
+                store.add_hashes("a", [(f"{b}-{i}", bytes(digests[30_000 * b + i])) for i in range(30_000)],
+                                 model_id="m")
+                assert len(m) == 1 + 30_000 * (b + 1)
+            q = digests[[5, 45_000, 89_999]]
+            hits = m.query([bytes(x) for x in q], 0)
+            assert [[h.path for h in hs if h.path != "first"] for hs in hits] == [["0-5"], ["1-15000"], ["2-29999"]]
+        assert store.verify_index()

@@ -402,12 +402,14 @@ class HashStore:
         """Copy the first ``count`` entries into a bigger file renamed over the old one."""
         h = packed.header
         cols = {name: packed.columns[name][:count] for name in pk.column_names()}
-        # The copy keeps the committed count and generation: entries past it stay pending.
-        pk.write_new(self.index_path, pk.Header(h.uuid, h.generation, h.n, capacity, h.dirty), None)
+        # Dirty until the copy is complete (a reader must not use the empty columns), then the
+        # committed count and generation again: entries past the count stay pending.
+        pk.write_new(self.index_path, pk.Header(h.uuid, h.generation, h.n, capacity, True), None)
         new = pk.PackedFile(self.index_path, writable=True)
         for start in range(0, count, 1 << 20):
             self._pwrite_cols(new, start, {k: v[start:start + (1 << 20)] for k, v in cols.items()})
         del cols
+        new.write_header(pk.Header(h.uuid, h.generation, h.n, capacity, h.dirty), sync=True)
         packed.close()
         self._packed = new
 
