@@ -297,3 +297,21 @@ def test_import_streams_under_a_memory_limit(tmp_path):
     with HashStore(db) as store:
         assert store.lists()[0].count == n
         assert store.verify_index()
+
+
+def test_index_add_with_a_non_utf8_file_name_completes(tmp_path, demo):
+    folder = tmp_path / "imgs"
+    files = _images(folder, 2, seed=8)
+    raw = os.fsencode(str(folder)) + b"/photo \xff\xfe.png"
+    os.rename(files[1], raw)
+    db = str(tmp_path / "db.sqlite")
+    got = _cli("index", "add", db, str(folder), "--model", "demo", "--workers", "0")
+    assert got.returncode == 0, got.stderr
+    assert b"2 added" in got.stderr
+    got = _cli("index", "export", db, "--jsonl")
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    by_bytes = {(__import__("base64").b64decode(r["path_b64"]) if "path_b64" in r else os.fsencode(r["path"])): r
+                for r in rows}
+    assert raw in by_bytes and by_bytes[raw]["hash"] == demo.hash(os.fsdecode(raw)).hex
+    got = _cli("index", "export", db)  # text: the name's bytes as they are
+    assert raw in got.stdout
