@@ -669,3 +669,13 @@ def test_the_packed_index_grows_past_its_capacity_under_a_reader(tmp_path):
             hits = m.query([bytes(x) for x in q], 0)
             assert [[h.path for h in hs if h.path != "first"] for hs in hits] == [["0-5"], ["1-15000"], ["2-29999"]]
         assert store.verify_index()
+
+
+def test_a_file_of_garbage_reports_a_bounded_list_of_lines(tmp_path):
+    from neuralhash.store.core import MAX_SKIPPED
+
+    data = b"not a hash\n" * (MAX_SKIPPED + 5000) + b"59a34eabe31910abfb06f308  last.jpg\n"
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        report = store.import_file(io.BytesIO(data), list_name="g", model_id="m")
+    assert report.imported == 1 and report.skipped_total == MAX_SKIPPED + 5000
+    assert len(report.skipped) == MAX_SKIPPED and report.skipped[0][0] == 1

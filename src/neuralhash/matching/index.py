@@ -704,8 +704,10 @@ class HashIndex:
         from .components import connected_components
 
         labels = np.arange(self._n, dtype=np.int64)
-        # Pairs are buffered up to a budget before each fold: a fold costs passes over all N labels.
+        # Pairs are buffered before each fold, as many as there are hashes (at least a chunk's
+        # worth): a fold costs passes over all N labels, so this keeps folding O(N + pairs).
         buf_i, buf_j, held = [], [], 0
+        budget = max(_PAIR_BUDGET, self._n)
 
         def fold(labels):
             if not held:
@@ -716,7 +718,7 @@ class HashIndex:
             buf_i.append(i)
             buf_j.append(j)
             held += i.size
-            if held >= 4 * _PAIR_BUDGET:
+            if held >= budget:
                 labels = fold(labels)
                 buf_i, buf_j, held = [], [], 0
         return fold(labels)

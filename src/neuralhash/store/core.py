@@ -26,6 +26,7 @@ from .db import StoreError
 IMPORTED_MODEL = "imported"
 DEFAULT_LIST = "images"
 _IN_CHUNK = 900  # SQLite's bound-parameter limit is 999
+MAX_SKIPPED = 10_000  # malformed lines an import report lists one by one
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ class AddReport:
 class ImportReport:
     imported: int = 0
     replaced: int = 0
-    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason), the first MAX_SKIPPED
     list: str = ""
+    skipped_total: int = 0  # malformed lines in all (a file of garbage must not fill memory with reasons)
     model_id: str = ""
 
 
@@ -767,7 +769,10 @@ class HashStore:
                     tx._ensure(min(os.path.getsize(source) // 40, 1 << 28))
             try:
                 for batch in hashlists.iter_batches(source, label=label):
-                    report.skipped += batch.skipped
+                    report.skipped_total += len(batch.skipped)
+                    room = MAX_SKIPPED - len(report.skipped)
+                    if room > 0:
+                        report.skipped += batch.skipped[:room]
                     if batch.names:
                         tx.append(key, batch.names, batch.digests, raw_names=batch.raw, utf8=batch.utf8)
             except hashlists.HashListError as exc:
