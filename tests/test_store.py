@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -679,3 +680,21 @@ def test_a_file_of_garbage_reports_a_bounded_list_of_lines(tmp_path):
         report = store.import_file(io.BytesIO(data), list_name="g", model_id="m")
     assert report.imported == 1 and report.skipped_total == MAX_SKIPPED + 5000
     assert len(report.skipped) == MAX_SKIPPED and report.skipped[0][0] == 1
+
+
+def test_a_read_only_database_file_is_a_one_line_error(tmp_path):
+    """Read-only even for root: an immutable file (chattr +i); skipped where that is not possible."""
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12))], model_id="m")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here (chattr +i needs root and a supporting file system)")
+    try:
+        with HashStore(db, create=True) as store:
+            with pytest.raises(StoreError) as info:
+                store.add_hashes("a", [("y", bytes(12))], model_id="m")
+        assert str(info.value).startswith(str(db)) and "read-only" in str(info.value)
+        with HashStore(db) as store:  # reading still works
+            assert [h.path for h in store.matcher("m").query([bytes(12)], 0)[0]] == ["x"]
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
