@@ -750,11 +750,18 @@ class HashIndex:
         for t, st in plan:
             values, starts, ends = self._tables.runs(t)
             sizes = ends - starts
-            # Pairs inside one bucket: position p pairs with p+1 .. end-1.
-            big = sizes >= 2
-            pos = _expand(starts[big], sizes[big])
-            yield from self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
-                                          np.repeat(ends[big], sizes[big]) - pos - 1, False)
+            # Pairs inside one bucket: position p pairs with p+1 .. end-1; buckets a slice
+            # of about _PAIR_BUDGET positions at a time, so the position lists stay small.
+            big = np.flatnonzero(sizes >= 2)
+            cut = np.searchsorted(np.cumsum(sizes[big]), np.arange(_PAIR_BUDGET, int(sizes[big].sum()) + 1,
+                                                                   _PAIR_BUDGET), "right")
+            for part in np.split(big, np.unique(cut)):
+                if part.size == 0:
+                    continue
+                pos = _expand(starts[part], sizes[part])
+                yield from self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
+                                              np.repeat(ends[part], sizes[part]) - pos - 1, False)
+            del big, cut
             # Pairs of buckets u and u ^ f for each mask f != 0, each unordered pair of
             # buckets once (the one without f's highest bit on the left); as many
             # masks at once as keep the (bucket, mask) grid within budget.
