@@ -162,12 +162,6 @@ class PackedFile:
             h = self.header
             self.write_header(Header(h.uuid, h.generation, h.n, h.capacity, True), sync=True)
 
-    def put(self, start: int, cols: dict[str, np.ndarray]) -> None:
-        """Write entries ``start .. start+k`` (beyond the header's count: invisible until committed)."""
-        k = len(cols["rowid"])
-        for name, dtype in _COLUMNS:
-            self.columns[name][start:start + k] = cols[name]
-
 
 def write_new(path: str, header: Header, cols: dict[str, np.ndarray] | None) -> None:
     """A complete packed file at ``path`` (written beside it, synced, renamed over it)."""
