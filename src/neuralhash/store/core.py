@@ -687,10 +687,11 @@ class HashStore:
             if not pending:
                 return
             with self._writing(f"adding to list {list_name!r}") as tx:
-                old = [known[p][0] for p, _, _ in pending if p in known]
-                tx.delete(np.array(old, np.int64))
-                ids = tx.append(key, [p for p, _, _ in pending], b"".join(d for _, d, _ in pending),
-                                [e for _, _, e in pending])
+                # By name, not by what this run saw: another process may have added the same file.
+                first = tx.next_id
+                self._replace_append(tx, key, [p for p, _, _ in pending], b"".join(d for _, d, _ in pending),
+                                     [e for _, _, e in pending])
+                ids = range(first, first + len(pending))
             for rid, (p, _, e) in zip(ids, pending):
                 known[p] = (rid, e[0], e[1])
             pending.clear()
