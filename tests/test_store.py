@@ -698,3 +698,32 @@ def test_a_read_only_database_file_is_a_one_line_error(tmp_path):
             assert [h.path for h in store.matcher("m").query([bytes(12)], 0)[0]] == ["x"]
     finally:
         subprocess.run(["chattr", "-i", str(db)])
+
+
+@pytest.mark.parametrize("slice_size", [4, 1 << 21])
+def test_reimport_replaces_by_name_in_key_slices(tmp_path, monkeypatch, slice_size):
+    """Re-imports and duplicate lines, with the search for equal names cut into many key ranges."""
+    from neuralhash.store import core
+
+    monkeypatch.setattr(core, "_DEDUPE_SLICE", slice_size)
+    rng = np.random.default_rng(5)
+    names = [f"n{k}" for k in range(300)]
+    first = {n: rng.integers(0, 256, 12, dtype=np.uint8).tobytes() for n in names}
+    second = {n: rng.integers(0, 256, 12, dtype=np.uint8).tobytes() for n in names[::3]}
+    lines1 = "".join(f"{d.hex()}  {n}\n" for n, d in first.items()) + f"{bytes(12).hex()}  n7\n"  # n7 twice
+    lines2 = "".join(f"{d.hex()}  {n}\n" for n, d in second.items())
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        r1 = store.import_file(io.BytesIO(lines1.encode()), list_name="l", model_id="m")
+        assert (r1.imported, r1.replaced) == (300, 0)
+        r2 = store.import_file(io.BytesIO(lines2.encode()), list_name="l", model_id="m")
+        assert (r2.imported, r2.replaced) == (100, 100)
+        want = {n: d.hex() for n, d in first.items()}
+        want["n7"] = "00" * 12
+        want.update({n: d.hex() for n, d in second.items()})
+        assert {h.path: h.hex for h in store.export(list_name="l")} == want
+        assert store.lists()[0].count == 300 and store.verify_index()
+        r3 = store.import_file(io.BytesIO(b"".join(b"%s  n%d\n" % (b"ab" * 12, k) for k in (1, 2, 299, 300, 301))),
+                               list_name="l", model_id="m")  # a few names into a bigger list
+        assert (r3.imported, r3.replaced) == (5, 3) and store.lists()[0].count == 302
+        assert {h.path: h.hex for h in store.export(list_name="l") if h.hex == "ab" * 12} == {
+            f"n{k}": "ab" * 12 for k in (1, 2, 299, 300, 301)}

@@ -27,6 +27,7 @@ IMPORTED_MODEL = "imported"
 DEFAULT_LIST = "images"
 _IN_CHUNK = 900  # SQLite's bound-parameter limit is 999
 MAX_SKIPPED = 10_000  # malformed lines an import report lists one by one
+_DEDUPE_SLICE = 1 << 21  # entries sorted at once when looking for names imported twice
 
 
 @dataclass(frozen=True)
@@ -799,37 +800,56 @@ class HashStore:
         if added == 0:
             return 0, 0
         cols = tx.packed.columns
-        new_keys = cols["pkey"][start:start + added]
-        pos = np.arange(start, start + added)
-        if start:
-            old = np.flatnonzero(cols["list"][:start] == key)
-            if old.size:
-                old = old[np.isin(cols["pkey"][old], new_keys)]
-                pos = np.concatenate([old, pos])
-        keys = cols["pkey"][pos]
-        order = np.argsort(keys, kind="stable")
-        sk = keys[order]
-        same = np.flatnonzero(sk[1:] == sk[:-1])
-        if same.size == 0:
-            return 0, 0
-        cand = pos[_sorted_unique(np.concatenate([order[same], order[same + 1]]))]
-        first_new = int(cols["rowid"][start])
+        old = np.flatnonzero(cols["list"][:start] == key) if start else np.zeros(0, np.int64)
+        if 0 < added <= old.size // 16:  # a few names into a big list: only its entries of those keys
+            old = old[np.isin(cols["pkey"][old], cols["pkey"][start:start + added])]
+        # Key ranges (by the key's top bits) a pass at a time, so that the sort behind the
+        # search for equal keys holds a slice of the entries, not all of them.
+        passes = 1
+        while passes * _DEDUPE_SLICE < old.size + added:
+            passes *= 2
+        shift = np.uint64(64 - max(passes.bit_length() - 1, 0)) if passes > 1 else None
         db = self._db
         db.execute("CREATE TEMP TABLE IF NOT EXISTS nh_candidates (id INTEGER PRIMARY KEY, pkey INTEGER NOT NULL)")
         db.execute("DELETE FROM temp.nh_candidates")
-        for a in range(0, cand.size, 1 << 17):
-            chunk = cand[a:a + (1 << 17)]
-            pairs = np.column_stack([cols["rowid"][chunk], cols["pkey"][chunk]]).tolist()
-            db.execute("INSERT INTO temp.nh_candidates SELECT value ->> 0, value ->> 1 FROM json_each(?)",
-                       (json.dumps(pairs),))
-        db.execute("CREATE INDEX IF NOT EXISTS temp.nh_candidates_key ON nh_candidates (pkey)")
-        doomed = np.array([rid for (rid,) in db.execute(
-            "SELECT DISTINCT a.id FROM temp.nh_candidates a JOIN temp.nh_candidates b "
-            "ON b.pkey = a.pkey AND b.id > a.id JOIN images ia ON ia.id = a.id JOIN images ib ON ib.id = b.id "
-            "WHERE ia.path = ib.path")], np.int64)
+        found = 0
+        for part in range(passes):
+            if shift is None:
+                pos = np.concatenate([old, np.arange(start, start + added)])
+            else:
+                top = np.uint64(part)
+                pos = np.concatenate([
+                    old[(cols["pkey"][old].view(np.uint64) >> shift) == top],
+                    start + np.flatnonzero((cols["pkey"][start:start + added].view(np.uint64) >> shift) == top)])
+            keys = cols["pkey"][pos]
+            order = np.argsort(keys, kind="stable")
+            sk = keys[order]
+            same = np.flatnonzero(sk[1:] == sk[:-1])
+            del keys, sk
+            if same.size == 0:
+                continue
+            cand = pos[_sorted_unique(np.concatenate([order[same], order[same + 1]]))]
+            del pos, order, same
+            found += cand.size
+            for a in range(0, cand.size, 1 << 17):
+                chunk = cand[a:a + (1 << 17)]
+                pairs = np.column_stack([cols["rowid"][chunk], cols["pkey"][chunk]]).tolist()
+                db.execute("INSERT INTO temp.nh_candidates SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+                           (json.dumps(pairs),))
+        replaced = dropped = 0
+        if found:
+            db.execute("CREATE INDEX IF NOT EXISTS temp.nh_candidates_key ON nh_candidates (pkey)")
+            cursor = db.execute(
+                "SELECT DISTINCT a.id FROM temp.nh_candidates a JOIN temp.nh_candidates b "
+                "ON b.pkey = a.pkey AND b.id > a.id JOIN images ia ON ia.id = a.id JOIN images ib ON ib.id = b.id "
+                "WHERE ia.path = ib.path")
+            doomed = np.fromiter((rid for (rid,) in cursor), np.int64)
+            first_new = int(cols["rowid"][start])
+            for a in range(0, doomed.size, 1 << 20):  # in slices: the deletion's arrays stay small
+                chunk = doomed[a:a + (1 << 20)]
+                replaced += tx.delete(chunk[chunk < first_new])
+                dropped += tx.delete(chunk[chunk >= first_new])
         db.execute("DROP TABLE temp.nh_candidates")
-        replaced = tx.delete(doomed[doomed < first_new])
-        dropped = tx.delete(doomed[doomed >= first_new])
         return replaced, dropped
 
     def export(self, *, list_name: str | None = None, model_id: str | None = None) -> Iterator[StoredHash]:
