@@ -27,6 +27,7 @@ TARGETS = {  # step -> (seconds, MB)
     "match 1 hex hash (r=8)": (1.0, 400.0),
     "match again (r=8)": (1.0, 400.0),
     "dupes --max-distance 4": (20.0, None),
+    "import again (replaces)": (None, None),
 }
 
 
@@ -92,6 +93,8 @@ def main() -> int:
             ("match 1 hex hash (r=8)", cli + ["match", str(db), some[0], "--max-distance", "8"]),
             ("match again (r=8)", cli + ["match", str(db), some[-1], "--max-distance", "8"]),
             ("dupes --max-distance 4", cli + ["dupes", str(db), "--max-distance", "4"]),
+            # No target: every name compared with the stored one (a list republished in full).
+            ("import again (replaces)", cli + ["index", "import", str(db), str(listing), "--list", "big"]),
         ]
         print(f"| {'step':<24} | {'seconds':>8} | {'CPU s':>7} | {'target s':>8} | {'peak MB':>8} | "
               f"{'target MB':>9} | exit | load | note")
@@ -99,8 +102,8 @@ def main() -> int:
         for name, cmd in steps:
             seconds, cpu, mb, code, note = run(cmd)
             ts, tm = TARGETS[name]
-            ok = seconds <= ts and (tm is None or mb <= tm) and code in (0, 1)
-            print(f"| {name:<24} | {seconds:8.2f} | {cpu:7.2f} | {ts:8.0f} | {mb:8.0f} | {tm or '-':>9} | {code:>4} | "
+            ok = (ts is None or seconds <= ts) and (tm is None or mb <= tm) and code in (0, 1)
+            print(f"| {name:<24} | {seconds:8.2f} | {cpu:7.2f} | {ts or '-':>8} | {mb:8.0f} | {tm or '-':>9} | {code:>4} | "
                   f"{os.getloadavg()[0]:4.1f} | {'ok' if ok else 'MISSED'}: {note[:80]}", flush=True)
         sizes = {p.name: p.stat().st_size / 1e6 for p in work.iterdir() if p.name.startswith("db")}
         print("# files (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items())))
