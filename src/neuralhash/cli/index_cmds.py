@@ -63,15 +63,13 @@ def _split_lists(text: str | None) -> list[str] | None:
 
 
 def _model_id(store, given: str | None) -> str | None:
-    """A model id as given, or the full id of the stored model it is a unique prefix of."""
+    """The full id of the stored model ``given`` names (exactly or as a unique start), else ``given``
+    itself: a new model name. The start of several ids is an error, never a new name."""
     if given is None:
         return None
-    from ..store import StoreError
-
-    try:
+    if any(m.model_id.startswith(given) for m in store.models()):
         return store.resolve_model(given).model_id
-    except StoreError:
-        return given
+    return given
 
 
 # -- index add / import / export / lists / info ------------------------------------------------
