@@ -727,3 +727,23 @@ def test_reimport_replaces_by_name_in_key_slices(tmp_path, monkeypatch, slice_si
         assert (r3.imported, r3.replaced) == (5, 3) and store.lists()[0].count == 302
         assert {h.path: h.hex for h in store.export(list_name="l") if h.hex == "ab" * 12} == {
             f"n{k}": "ab" * 12 for k in (1, 2, 299, 300, 301)}
+
+
+def test_index_upgrade_rebuilds_an_index_altered_behind_its_header(tmp_path):
+    """Columns changed with a valid header (no crash can do this; a hand edit can): verify finds it."""
+    from neuralhash.cli import main
+
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12)), ("y", b"\x01" * 12)], model_id="m")
+    index = Path(str(db) + ".nhindex")
+    hi = packed_mod._offsets(packed_mod.read_header(os.open(index, os.O_RDONLY), "x").capacity)["hi"]
+    with open(index, "r+b") as fh:
+        fh.seek(hi)
+        fh.write(b"\xff" * 8)
+    with HashStore(db) as store:
+        assert not store.verify_index()
+    assert main(["index", "upgrade", str(db)]) == 0
+    with HashStore(db) as store:
+        assert store.verify_index()
+        assert [h.path for h in store.matcher("m").query([bytes(12)], 0)[0]] == ["x"]

@@ -171,8 +171,11 @@ def cmd_index_upgrade(args) -> int:
     from ..store import SCHEMA_VERSION
 
     with _open(args.db, create=True) as store:
-        store.verify_index()
-    print(f"neuralhash: {display(args.db)}: schema {SCHEMA_VERSION}, packed index verified", file=sys.stderr)
+        state = "verified"
+        if not store.verify_index():
+            store.rebuild_index()  # it matched the rows' generation, not the rows: altered by hand?
+            state = "rebuilt (it disagreed with the rows)"
+    print(f"neuralhash: {display(args.db)}: schema {SCHEMA_VERSION}, packed index {state}", file=sys.stderr)
     return 0
 
 

@@ -479,6 +479,21 @@ class HashStore:
             self._memory = _MemoryPacked.from_rows(self, generation)
             return self._memory
 
+    def rebuild_index(self) -> None:
+        """Write the packed index anew from the rows (what an open does by itself when they disagree)."""
+        self._require_writable()
+        with self._lock, self._sql("rebuilding the packed index"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._packed is not None:
+                    self._packed.close()
+                    self._packed = None
+                self._rebuild_file(int(self._meta("generation")))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
     def verify_index(self) -> bool:
         """Whether the packed index holds exactly the stored rows (a full comparison; for tests and repair)."""
         with self._lock, self._sql("verifying the packed index"):
