@@ -242,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NeuralHashError as exc:
         print(f"neuralhash: error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print("neuralhash: error: out of memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("neuralhash: interrupted", file=sys.stderr)
         return 130

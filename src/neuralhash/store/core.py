@@ -1018,6 +1018,11 @@ class Matcher:
     rows are searched as a small delta beside the main index, deleted ones are
     filtered out, and the main index is rebuilt once the delta grows. After
     many queries the multi-index tables are built (or call :meth:`build`).
+
+    Queries from several threads are safe. A store's connection serves one
+    transaction at a time: a service that imports while it answers should
+    match through a read-only ``HashStore`` of its own, so that lookups never
+    wait for an import to commit.
     """
 
     _DELTA_MAX = 1 << 16
