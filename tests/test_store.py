@@ -747,3 +747,19 @@ def test_index_upgrade_rebuilds_an_index_altered_behind_its_header(tmp_path):
     with HashStore(db) as store:
         assert store.verify_index()
         assert [h.path for h in store.matcher("m").query([bytes(12)], 0)[0]] == ["x"]
+
+
+def test_adding_one_at_a_time_finds_names_through_the_sorted_keys(tmp_path, monkeypatch):
+    """A long-lived store keeps the name keys sorted; entries appended since (by it or others) are scanned."""
+    monkeypatch.setattr(HashStore, "_KEYS_SCAN", 8)
+    db = tmp_path / "db.sqlite"
+    want: dict[str, str] = {}
+    rng = np.random.default_rng(2)
+    with HashStore(db, create=True) as store, HashStore(db, create=True) as other:
+        for step in range(120):
+            name = f"n{int(rng.integers(0, 40))}"
+            digest = rng.integers(0, 256, 12, dtype=np.uint8).tobytes()
+            (store if step % 3 else other).add_hashes("a", [(name, digest)], model_id="m")
+            want[name] = digest.hex()
+        assert {h.path: h.hex for h in store.export()} == want
+        assert store.lists()[0].count == len(want) and store.verify_index()

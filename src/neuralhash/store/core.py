@@ -204,10 +204,8 @@ class _Write:
     def positions_of(self, list_key: int, pkeys: np.ndarray, upto: int | None = None) -> np.ndarray:
         """Positions of live entries of the list whose name key is in ``pkeys``."""
         total = self.n0 + self.pending if upto is None else upto
-        cols = self.packed.columns
-        hit = np.isin(cols["pkey"][:total], pkeys)
-        pos = np.flatnonzero(hit)
-        return pos[cols["list"][pos] == list_key]
+        pos = self.store._key_positions(self.packed, np.asarray(pkeys, np.int64), total)
+        return pos[self.packed.columns["list"][pos] == list_key]
 
     def finish(self) -> None:
         self.generation += 1
@@ -238,6 +236,7 @@ class HashStore:
         self._lock = threading.RLock()
         self._packed: pk.PackedFile | None = None
         self._memory: pk.PackedFile | None = None  # an in-memory rebuild (read-only opens)
+        self._keys_sorted: tuple | None = None  # (packed file, entries covered, sorted keys, their positions)
         self._writes = 0  # commits made through this connection
         if not create and not os.path.isfile(self.path):
             raise StoreError(f"{self.where}: no such database")
@@ -439,6 +438,29 @@ class HashStore:
             sel = positions[(positions >= lo) & (positions < hi)]
             window[sel - lo] = pk.DELETED
             os.pwrite(packed.fd, window.tobytes(), offset + 4 * lo)
+
+    _KEYS_SCAN = 1 << 20  # up to this many entries, finding names by key is a plain scan
+
+    def _key_positions(self, packed: pk.PackedFile, pkeys: np.ndarray, upto: int) -> np.ndarray:
+        """Positions below ``upto`` whose name key is one of ``pkeys``.
+
+        A long-lived store (a service adding one hash at a time, an ``index add``
+        committing every second) keeps the keys sorted once instead of scanning
+        millions of them per call; entries appended since are scanned.
+        """
+        keys = packed.columns["pkey"]
+        cache = self._keys_sorted
+        if cache is None or cache[0] is not packed or cache[1] > upto or upto - cache[1] > self._KEYS_SCAN:
+            if upto <= self._KEYS_SCAN:
+                return np.flatnonzero(np.isin(keys[:upto], pkeys))
+            order = np.argsort(keys[:upto], kind="stable")
+            cache = self._keys_sorted = (packed, upto, keys[:upto][order], order)
+        _, covered, sorted_keys, order = cache
+        lo = np.searchsorted(sorted_keys, pkeys, "left")
+        counts = np.searchsorted(sorted_keys, pkeys, "right") - lo
+        found = order[np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))]
+        delta = covered + np.flatnonzero(np.isin(keys[covered:upto], pkeys))
+        return np.concatenate([found, delta])
 
     def _packed_for_read(self) -> pk.PackedFile:
         """The packed index as of the rows now committed: the file when it agrees with them, else
