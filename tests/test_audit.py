@@ -149,12 +149,12 @@ def test_reference_from_a_database(tmp_path, planted):
 
     path, hexes = planted
     db = tmp_path / "ref.db"
-    with HashStore(db) as store:
-        store.import_file(path, model_id="apple")
+    with HashStore(db, create=True) as store:
+        store.import_file(path, list_name="published", model_id="apple")
     ref = read_reference(db)
     assert sorted(bytes(r).hex() for r in ref) == sorted(h.lower() for h in hexes)  # one row a path
-    with HashStore(db) as store:
-        store.import_file(path, model_id="other")
+    with HashStore(db, create=True) as store:
+        store.import_file(path, list_name="partner", model_id="other")
     with pytest.raises(Exception, match="several models"):
         read_reference(db)
     assert len(read_reference(db, model_id="other")) == len(ref)
@@ -182,16 +182,22 @@ def test_cli_text_json_and_exit_codes(tmp_path, planted, capsys):
     assert "nothing flagged" in out and "expected false matches per million images at 3 bits: 0 " in out
 
 
-@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x80", None])
-def test_cli_unreadable_inputs_are_one_line(tmp_path, capsys, content):
+def test_cli_unreadable_input_is_one_line(tmp_path, capsys):
     target = tmp_path / "list.txt"
-    if content is None:
-        target.mkdir()
-    else:
-        target.write_bytes(content)
+    target.mkdir()
     assert main(["audit", str(target)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0] and "Traceback" not in err[0]
+
+
+def test_cli_binary_garbage_is_a_malformed_entry(tmp_path, capsys):
+    # Read as index import reads it (neuralhash.hashlists): undecodable bytes are a malformed line, not a crash.
+    target = tmp_path / "list.txt"
+    target.write_bytes(b"\xff\xfe\x00garbage\x80")
+    assert main(["audit", str(target)]) == 1
+    captured = capsys.readouterr()
+    assert "malformed entries: 1" in captured.out and "line 1:" in captured.out
+    assert "Traceback" not in captured.err
 
 
 def test_cli_bad_reference_is_one_line(tmp_path, planted, capsys):

@@ -35,7 +35,7 @@ What is checked, per list of N entries:
 Reports list at most ``limit`` items of each kind (the counts are always complete).
 
 The list is read with the project's hash-list parser (``HEX  PATH`` lines, CSV with
-a ``hash`` column, JSONL) through :func:`_parse`; entries are kept as packed arrays
+a ``hash`` column, JSONL) through :mod:`neuralhash.hashlists`; entries are kept as packed arrays
 (12 bytes, a line number and a label offset each, labels in one UTF-8 blob), about
 28 bytes an entry plus its label, beyond the parser's own copy of the text.
 """
@@ -46,7 +46,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -76,13 +76,6 @@ class AuditError(NeuralHashError):
 # --------------------------------------------------------------------------- reading
 
 
-def _parse(text: str, name: str) -> Iterator[tuple[int, tuple[str, bytes] | str]]:
-    """The project's hash-list parser: (line number, (label, 12 bytes)) or (line number, reason)."""
-    from .store import _parse_hash_list
-
-    return _parse_hash_list(text, name)
-
-
 @dataclass(frozen=True, eq=False)
 class HashList:
     """A hash list as packed arrays: ``packed`` uint8 [N, 12], ``lines`` int64 [N] (the line
@@ -107,16 +100,12 @@ class HashList:
         return self.label_blob[start:int(self.label_ends[i])].decode("utf-8", "surrogatepass")
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuditError(f"{path}: cannot read hash list ({getattr(exc, 'strerror', None) or exc})") from None
-
-
 def read_hash_list(path: str | os.PathLike) -> HashList:
-    """Read a hash list file (see :func:`_parse` for the formats)."""
+    """Read a hash list file: every format ``neuralhash index import`` reads
+    (:mod:`neuralhash.hashlists`: text, CSV, JSON Lines), streamed."""
     from array import array
+
+    from .hashlists import iter_batches
 
     source = Path(os.fsdecode(path))
     if source.is_dir():
@@ -124,14 +113,17 @@ def read_hash_list(path: str | os.PathLike) -> HashList:
     digests, labels = bytearray(), bytearray()
     lines, ends = array("q"), array("q")
     malformed: list[tuple[int, str]] = []
-    for lineno, entry in _parse(_read_text(source), source.name):
-        if isinstance(entry, str):
-            malformed.append((lineno, entry))
-        else:
-            digests += entry[1]
-            labels += entry[0].encode("utf-8", "surrogatepass")  # compact: ~20 bytes an entry, not a str object
-            lines.append(lineno)
-            ends.append(len(labels))
+    try:
+        for batch in iter_batches(os.fspath(path)):
+            malformed += batch.skipped
+            digests += batch.digests
+            lines.extend(batch.lines)
+            for name in batch.names:  # compact: ~20 bytes an entry, not a str object
+                labels += name.encode("utf-8", "surrogatepass")
+                ends.append(len(labels))
+    except OSError as exc:
+        raise AuditError(f"{source}: cannot read hash list ({exc.strerror or exc})") from None
+    malformed.sort()
     packed = np.frombuffer(bytes(digests), dtype=np.uint8).reshape(-1, HASH_BYTES)
     return HashList(source.name, packed, np.frombuffer(lines, dtype=np.int64).copy(), malformed,
                     bytes(labels), np.frombuffer(ends, dtype=np.int64).copy())
@@ -158,8 +150,7 @@ def read_reference(spec: str | os.PathLike, *, model_id: str | None = None) -> n
         from .store import HashStore
 
         with HashStore(path, create=False) as store:
-            _, packed = store.packed(store.resolve_model(model_id))
-        return packed
+            return store.packed_hashes(model_id)
     ref = read_hash_list(path)
     if ref.malformed:
         line, reason = ref.malformed[0]

@@ -23,7 +23,18 @@ from .audit_cmds import add_audit_command
 from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
                      int_at_least, int_between, non_empty, positive_float)
 from .hash_cmds import cmd_compare, cmd_hash
-from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
+from .index_cmds import (
+    UsageError,
+    cmd_dupes,
+    cmd_index_add,
+    cmd_index_export,
+    cmd_index_import,
+    cmd_index_info,
+    cmd_index_lists,
+    cmd_index_remove_list,
+    cmd_index_upgrade,
+    cmd_match,
+)
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from ..pathnames import display
 from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
@@ -152,9 +163,9 @@ def _add_output_format(p: argparse.ArgumentParser) -> None:
 
 
 def add_index_commands(add) -> None:
-    """index add / import / export / info, match, dupes."""
+    """index add / import / export / lists / remove-list / info / upgrade, match, dupes."""
     db_help = "the SQLite database file (created by index add / import)"
-    index = add("index", None, "store hashes in a SQLite database: add images, import or export hash lists")
+    index = add("index", None, "store hashes in a SQLite database of named lists: add images, import or export lists")
     sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
 
     def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -163,31 +174,48 @@ def add_index_commands(add) -> None:
         p.add_argument("db", metavar="DB", help=db_help)
         return p
 
-    p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
+    p = action("add", cmd_index_add, "hash images into a list of the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
+    p.add_argument("--list", default="images", metavar="NAME", help="the list to add to (default 'images')")
     add_model(p)
     p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
                    help=f"images per network run (default 4, at most {MAX_BATCH})")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
-    p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
-    p.add_argument("file", metavar="FILE")
+    p = action("import", cmd_index_import, "import a hash list into a list: HEX  PATH lines, CSV or JSONL")
+    p.add_argument("file", metavar="FILE", help="the hash list, or - for standard input")
+    p.add_argument("--list", default=None, metavar="NAME",
+                   help="the list to import into (default: the file's name without extension)")
     p.add_argument("--model-id", default="imported", type=non_empty,
-                   help="the name the imported hashes are stored under (default 'imported')")
+                   help="the model the hashes belong to: a stored id (or its unique start) or a name "
+                        "(default 'imported')")
 
-    p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
-    p.add_argument("--model-id", default=None, type=non_empty, help="only the hashes of this model")
+    p = action("export", cmd_index_export, "write stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
+    p.add_argument("--list", default=None, metavar="NAME", help="only this list")
+    p.add_argument("--model-id", default=None, type=non_empty, help="only the hashes of this model (an id or its unique start)")
     _add_output_format(p)
+
+    p = action("lists", cmd_index_lists, "the lists in the database: hashes, model, name")
+    p.add_argument("--jsonl", action="store_true")
+
+    p = action("remove-list", cmd_index_remove_list, "remove a list and its hashes")
+    p.add_argument("name", metavar="NAME")
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
     p.add_argument("--jsonl", action="store_true")
 
+    action("upgrade", cmd_index_upgrade,
+           "upgrade a database written by an older version, and verify its packed index")
+
     p = add("match", cmd_match, "stored hashes within a distance of images or hashes, nearest first")
+    p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
     p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="search only these lists")
     p.add_argument("--model-id", default=None, type=non_empty,
-                   help="search the stored hashes of this model (default: the model the queries are hashed with)")
+                   help="search the stored hashes of this model, an id or its unique start "
+                        "(default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
     p.add_argument("--dihedral", action="store_true",
@@ -195,10 +223,12 @@ def add_index_commands(add) -> None:
     _add_output_format(p)
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
+    p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="group only the hashes of these lists")
     p.add_argument("--model-id", default=None, type=non_empty,
-                   help="the model whose hashes to group (default: the only one)")
+                   help="the model whose hashes to group, an id or its unique start (default: the only one)")
     _add_output_format(p)
 
 
@@ -247,9 +277,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"neuralhash: {exc}", file=sys.stderr)
         _discard_stdout()
         return 1
+    except UsageError as exc:
+        args.subparser.error(str(exc))  # exits 2, as argparse does
     except NeuralHashError as exc:
         # Messages quote file names: control characters escaped, so the error stays one line.
         print(f"neuralhash: error: {display(str(exc))}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("neuralhash: error: out of memory", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("neuralhash: interrupted", file=sys.stderr)
