@@ -2,7 +2,7 @@
 
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
 verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
-``index_cmds`` (index, match, dupes), ``robustness_cmds`` (robustness);
+``index_cmds`` (index, match, dupes), ``robustness_cmds`` (robustness), ``serve_cmds`` (serve);
 ``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
@@ -25,6 +25,7 @@ from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_im
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from .output import Terminated
 from .robustness_cmds import cmd_robustness
+from .serve_cmds import add_serve_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run ~13x faster; default: as they are)")
     p.add_argument("--list-edits", action="store_true", help="print the catalogue of edits and exit")
     p.set_defaults(subparser=p)
+
+    add_serve_command(add)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""Running the application under uvicorn until SIGTERM or Ctrl-C.
+
+uvicorn handles both signals: it stops accepting connections, lets the
+requests in flight finish (then closes idle keep-alive connections), and runs
+the application's shutdown, which stops the decoding workers and closes the
+database. Everything committed is in the database; a restart serves it.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Callable
+
+from .app import ServeConfig, ServiceError, create_app
+
+
+def serve(config: ServeConfig, *, port: int = 8000, on_ready: Callable[[str], None] | None = None,
+          graceful_timeout: float | None = 30.0, log_level: str = "warning") -> int | None:
+    """Serve until a signal stops the server; returns that signal's number (None if none did).
+
+    ``on_ready(url)`` is called once the socket listens. Requests still running
+    ``graceful_timeout`` seconds after the signal are cut off.
+    """
+    import uvicorn
+
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=port, log_level=log_level, access_log=False,
+        timeout_graceful_shutdown=graceful_timeout, lifespan="on", server_header=False,
+    ))
+    if on_ready is not None:
+        started = server.startup
+
+        async def startup(sockets=None) -> None:
+            await started(sockets=sockets)
+            if server.started:
+                host = f"[{config.host}]" if ":" in config.host else config.host
+                bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else port
+                on_ready(f"http://{host}:{bound}")
+
+        server.startup = startup  # type: ignore[method-assign]
+    received: list[int] = []
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully; by then
+    # the work is done, so the re-raised signal is only noted (the command exits 0).
+    previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    except SystemExit:
+        raise ServiceError(f"cannot serve on {config.host}:{port} (the address is in use, or not one of this "
+                           "machine's)") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:
+        raise ServiceError(f"cannot serve on {config.host}:{port} (the address is in use, or not one of this "
+                           "machine's)")
+    return received[0] if received else None
