@@ -263,7 +263,7 @@ _RAW_LIST_BODY = {
 }
 
 
-def create_app(config: ServeConfig) -> FastAPI:
+def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHasher) -> FastAPI:
     """The application; the database and the decoding workers open when it starts (its lifespan)."""
     check_config(config)
     check_database(config.db)  # before the server starts: a refused file is a one-line error, not a traceback
@@ -273,7 +273,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["backend"] = Backend(config.db, default_model=nh.model_id if nh is not None else None)
-        state["hasher"] = ImageHasher(nh, workers=config.workers, batch_size=config.batch_size) if nh else None
+        state["hasher"] = hasher_class(nh, workers=config.workers, batch_size=config.batch_size) if nh else None
         try:
             yield
         finally:

@@ -56,9 +56,13 @@ class ImageHasher:
                 pool.shutdown(wait=True, cancel_futures=True)
         self._net.shutdown(wait=True)
 
-    async def _decode(self, data: bytes, name: str) -> np.ndarray:
-        task = functools.partial(decode_task, data, exif_transpose=False, fast=False,
+    def task(self, data: bytes) -> Any:
+        """The picklable call a worker runs on an upload: (pixels, None) or (None, reason)."""
+        return functools.partial(decode_task, data, exif_transpose=False, fast=False,
                                  max_pixels=Image.MAX_IMAGE_PIXELS)
+
+    async def _decode(self, data: bytes, name: str) -> np.ndarray:
+        task = self.task(data)
         loop = asyncio.get_running_loop()
         if self._pool is None:
             pixels, error = await loop.run_in_executor(self._net, task)
