@@ -145,7 +145,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 class BodyTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body larger than the limit of {limit} bytes")
+        # Connection: close: the rest of the body is never read, so the connection cannot be reused.
+        super().__init__(413, f"request body larger than the limit of {limit} bytes", {"Connection": "close"})
 
 
 # -- guards: token and body size, as ASGI middleware ----------------------------------------
@@ -179,7 +180,7 @@ class Guard:
                 return
             if too_big:
                 await _error(413, f"request body of {int(declared)} bytes is larger than the limit of "
-                                  f"{limit} bytes")(scope, receive, send)
+                                  f"{limit} bytes", {"Connection": "close"})(scope, receive, send)
                 return
         seen = 0
 
