@@ -23,7 +23,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from conftest import ROOT, draw_shapes  # noqa: E402
+import neuralhash  # noqa: E402
+from conftest import draw_shapes  # noqa: E402
 from neuralhash.hashing import NeuralHash  # noqa: E402
 
 
@@ -33,8 +34,9 @@ def nh(module_env):
 
 
 def env() -> dict:
+    """This environment, with the neuralhash these tests import first on the children's path."""
     e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), e.get("PYTHONPATH", "")])
+    e["PYTHONPATH"] = os.pathsep.join([str(Path(neuralhash.__file__).parents[1]), e.get("PYTHONPATH", "")])
     return e
 
 
