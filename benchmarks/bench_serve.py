@@ -120,7 +120,8 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
         # Warm up the connections and the server's index.
-        await asyncio.gather(*(client.request(*make_request()) for _ in range(concurrency)))
+        for method, path, kwargs in [make_request() for _ in range(concurrency)]:
+            await client.request(method, path, **kwargs)
         start = time.perf_counter()
         stop_at = start + seconds
 

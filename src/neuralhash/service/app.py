@@ -30,8 +30,13 @@ from ..pathnames import PathNameError, csv_row, json_fields, name_from_json, tex
 from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
 from .hasher import ImageHasher, UploadError, check_finite
 
-#: Bits in a NeuralHash: the largest meaningful distance.
-HASH_BITS = 96
+#: The largest distance a lookup may ask for. Unrelated NeuralHashes lie about 48 bits apart
+#: (41-53 of 96); 32 already reaches 1 in 2,000 random hashes, so a wider radius
+#: is not a match, only an answer as large as the database.
+MAX_DISTANCE = 32
+#: Matches returned per query at most (the nearest), and the default.
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
 #: Default body limit for image uploads (bytes).
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
 #: Default body limit for hash-list imports (bytes): about 7 million ``HEX  PATH`` lines of 80 bytes.
@@ -41,7 +46,8 @@ MAX_QUERIES = 10_000
 
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Distance = Annotated[int, Field(ge=0, le=HASH_BITS)]
+Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE)]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
 
 
 @dataclass
@@ -87,7 +93,8 @@ def check_config(config: ServeConfig) -> None:
 class LookupRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hashes: list[HexHash] = Field(min_length=1, max_length=MAX_QUERIES, description="24 hex digits each")
-    max_distance: Distance = Field(description="in bits, 0..96")
+    max_distance: Distance = Field(description=f"in bits, 0..{MAX_DISTANCE}")
+    limit: Limit = Field(DEFAULT_LIMIT, description=f"matches per hash at most, the nearest (1..{MAX_LIMIT})")
     lists: list[ListName] | None = Field(None, description="search only these lists (default: all of the model)")
     model_id: str | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
                                                    "default: the server's model if stored, else the only one")
@@ -274,6 +281,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state["backend"] = Backend(config.db, default_model=nh.model_id if nh is not None else None)
+        await state["backend"].start()
         state["hasher"] = hasher_class(nh, workers=config.workers, batch_size=config.batch_size) if nh else None
         try:
             yield
@@ -343,8 +351,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     # -- matching --
 
-    def lookup_key(model_id: str | None, lists: list[str] | None, max_distance: int) -> LookupKey:
-        return LookupKey(model_id, tuple(lists) if lists is not None else None, max_distance)
+    def lookup_key(model_id: str | None, lists: list[str] | None, max_distance: int, limit: int) -> LookupKey:
+        return LookupKey(model_id, tuple(lists) if lists is not None else None, max_distance, limit)
 
     def results(labels: list[str], digests: list[bytes], found: LookupResult) -> list[dict]:
         return [{"query": label, "hash": d.hex(), "matches": [_found(f) for f in per]}
@@ -354,17 +362,18 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
     async def lookup(body: LookupRequest) -> dict:
         """Per hash, the stored hashes within `max_distance` bits, nearest first."""
         digests = [bytes.fromhex(h) for h in body.hashes]
-        found = await backend().lookup(lookup_key(body.model_id, body.lists, body.max_distance), digests)
+        found = await backend().lookup(lookup_key(body.model_id, body.lists, body.max_distance, body.limit), digests)
         return {"model_id": found.model_id, "max_distance": body.max_distance,
                 "results": results(list(body.hashes), digests, found)}
 
     @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes")
     async def match(
-        max_distance: Annotated[int, Form(ge=0, le=HASH_BITS, description="in bits, 0..96")],
+        max_distance: Annotated[int, Form(ge=0, le=MAX_DISTANCE, description=f"in bits, 0..{MAX_DISTANCE}")],
         images: Annotated[list[UploadFile], File(description="images to hash and match")] = [],  # noqa: B006
         hashes: Annotated[list[str], Form(description="hex hashes (repeat the field, or separate by commas)")] = [],  # noqa: B006
         lists: Annotated[str | None, Form(description="comma-separated list names (default: all)")] = None,
         model_id: Annotated[str | None, Form(description="for hex-only queries: the model to search")] = None,
+        limit: Annotated[int, Form(ge=1, le=MAX_LIMIT, description="matches per query at most")] = DEFAULT_LIMIT,
     ) -> dict:
         """Per query (images first, then hashes, in the order given), the stored hashes within
         `max_distance` bits, nearest first. An image that cannot be hashed gets an `error` and the
@@ -399,7 +408,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         run = [d for d in digests if d]
         if not run:
             raise UploadError(next(iter(errors.values())))
-        found = await backend().lookup(lookup_key(model_id, names, max_distance), run)
+        found = await backend().lookup(lookup_key(model_id, names, max_distance, limit), run)
         if images and nh is not None and found.model_id != nh.model_id:
             raise HTTPException(422, f"model_id: the images are hashed with model {nh.model_id[:12]}; "
                                      f"the hashes of {found.model_id[:12]} do not compare with them")
@@ -517,7 +526,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
             "models": [_model_info(m) for m in await backend().models()],
             "lists": [_list_info(s) for s in await backend().lists()],
             "max_upload": config.max_upload,
-            "max_distance": HASH_BITS,
+            "max_distance": MAX_DISTANCE,
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

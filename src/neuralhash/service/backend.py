@@ -1,16 +1,21 @@
 """Every call the service makes on the hash database, in one place.
 
-SQLite connections belong to the thread that opened them, so the backend owns
-two threads, each with its own :class:`~neuralhash.store.HashStore`:
+Reads and writes go through two :class:`~neuralhash.store.HashStore` connections:
 
-- the **reader** runs lookups (and the small reads: lists, models). It keeps
-  one :class:`~neuralhash.store.Matcher` per (model, lists) and coalesces the
-  lookups that arrive while it is busy into one ``Matcher.query`` call, so a
-  burst of single-hash requests costs one pass over the index, not one each;
-- the **writer** runs list changes, additions and imports. SQLite's WAL mode
-  lets the reader go on while the writer commits, and a row the writer has
-  committed is seen by the reader's next query (the matcher checks for new
-  rows itself), so a hash added over HTTP is found by the next lookup.
+- **reads** (lookups, lists, models) run on the event loop itself, with one
+  :class:`~neuralhash.store.Matcher` per model. A lookup over the packed index
+  takes well under a millisecond, less than handing it to a thread costs (the
+  thread and the loop then queue for the GIL). The lookups that arrive while
+  one runs are coalesced into the next ``Matcher.query`` call, at most
+  :data:`CHUNK` queries at a time with the loop free between chunks, so a
+  burst of single-hash requests costs one pass over the index, and a request
+  of 10,000 hashes does not hold up the others. Lists are filtered on the
+  matches: every list of a model shares that model's one index;
+- **writes** (list changes, additions, imports) run in one thread of their
+  own. SQLite's WAL mode lets reads go on while it commits, and the matcher
+  notices committed rows itself (a cheap check per query), so a hash added
+  over HTTP, or by ``neuralhash index add`` beside the server, is found by the
+  next lookup.
 
 Exports stream from a connection of their own, in a thread of their own, through
 a bounded queue: memory stays flat whatever the size of the list.
@@ -28,10 +33,11 @@ from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..errors import NeuralHashError
 
-#: Queries passed to one Matcher.query call at most (a bounded latency for the requests behind them).
-MAX_COALESCED = 4096
+#: Queries passed to one Matcher.query call at most: the loop is free again after each chunk.
+CHUNK = 64
 
-#: How long the reader trusts its cached view of models and lists before reading them again (seconds).
+#: How long the cached view of models and lists is trusted (seconds): a list created by another
+#: process is searched after at most this long.
 CATALOGUE_TTL = 2.0
 
 
@@ -50,6 +56,7 @@ class LookupKey:
     model: str | None  # a model id or unique prefix; None: the server's model if stored, else the only one
     lists: tuple[str, ...] | None  # None: every list of the model
     max_distance: int
+    limit: int = 100  # matches per query at most (the nearest)
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,7 @@ def check_database(db_path: str) -> None:
 
 
 class Backend:
-    """The hash database as the service sees it (see the module docs)."""
+    """The hash database as the service sees it (see the module docs). Use from one event loop."""
 
     def __init__(self, db_path: str, *, default_model: str | None = None) -> None:
         from ..store import HashStore
@@ -127,118 +134,158 @@ class Backend:
         self.db_path = db_path
         self.default_model = default_model  # the model id of the server's hasher, when it has one
         check_database(db_path)  # a file that is not ours fails here, at start-up
-        self._reader = _Thread("nh-read", lambda: HashStore(db_path, create=False))
+        self._open_reader = lambda: HashStore(db_path, create=False)
+        self._store: Any = None
         self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
-        self._matchers: dict[tuple[str, tuple[str, ...] | None], Any] = {}
-        self._generation = 0  # bumped by every change to the set of lists; the reader drops its matchers
+        self._matchers: dict[str, tuple[Any, frozenset[str]]] = {}  # model id -> (matcher, its lists)
+        self._generation = 0  # bumped by every write here: the catalogue is read again
         self._seen_generation = 0
         self._catalogue: tuple[float, list[Any], list[Any]] | None = None  # (when, models, lists)
         self._pending: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
         self._draining: asyncio.Task | None = None
 
+    async def start(self) -> None:
+        """Open the reader and build the server's model's index before the first request
+        (a service pays for the multi-index tables once, at start-up, not on a request)."""
+        def warm() -> None:
+            self._store = self._open_reader()
+            models, _ = self._fresh_catalogue()
+            if self.default_model is not None and any(m.model_id == self.default_model for m in models):
+                matcher = self._matcher(self.default_model)
+                if hasattr(matcher, "build"):
+                    matcher.build()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, warm)
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+
     def close(self) -> None:
-        self._reader.close()
         self._writer.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
-    # -- reads (reader thread) ---------------------------------------------------------------
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            self._store = self._open_reader()
+        return self._store
 
-    def _fresh_catalogue(self, store: Any) -> tuple[list[Any], list[Any]]:
+    # -- reads (on the event loop) ---------------------------------------------------------
+
+    def _fresh_catalogue(self) -> tuple[list[Any], list[Any]]:
         now = time.monotonic()
         if (self._catalogue is None or now - self._catalogue[0] > CATALOGUE_TTL
                 or self._seen_generation != self._generation):
-            if self._seen_generation != self._generation:
-                self._matchers.clear()
-                self._seen_generation = self._generation
-            self._catalogue = (now, store.models(), store.lists())
+            self._seen_generation = self._generation
+            self._catalogue = (now, self.store.models(), self.store.lists())
         return self._catalogue[1], self._catalogue[2]
 
-    def _model_of(self, store: Any, spec: str | None) -> Any:
-        models, _ = self._fresh_catalogue(store)
+    def _model_of(self, spec: str | None) -> Any:
+        models, _ = self._fresh_catalogue()
         if spec is None and self.default_model is not None:
             for m in models:
                 if m.model_id == self.default_model:
                     return m
-        return store.resolve_model(spec)
+        return self.store.resolve_model(spec)
 
-    def _matcher(self, store: Any, model_id: str, lists: tuple[str, ...] | None) -> Any:
-        key = (model_id, lists)
-        matcher = self._matchers.get(key)
-        if matcher is None:
-            if lists is not None:
-                _, stored = self._fresh_catalogue(store)
-                by_name = {s.name: s for s in stored}
-                for name in lists:
-                    found = by_name.get(name)
-                    if found is None:
-                        # The cache may predate the list: read it once more before refusing.
-                        by_name = {s.name: s for s in store.lists()}
-                        found = by_name.get(name)
-                    if found is None:
-                        raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
-                    if found.model_id != model_id:
-                        raise BackendError(
-                            f"list {name!r} holds hashes of model {found.model_id[:12]}, not {model_id[:12]}: "
-                            "hashes of different models do not compare", 422)
-            matcher = self._matchers[key] = store.matcher(model_id, list(lists) if lists is not None else None)
-        return matcher
+    def _matcher(self, model_id: str) -> Any:
+        """The model's matcher over all its lists; made anew when its set of lists has changed."""
+        _, lists = self._fresh_catalogue()
+        names = frozenset(s.name for s in lists if s.model_id == model_id)
+        cached = self._matchers.get(model_id)
+        if cached is None or cached[1] != names:
+            self._matchers[model_id] = cached = (self.store.matcher(model_id, None), names)
+        return cached[0]
 
-    def _run_lookups(self, store: Any, batch: list[tuple[LookupKey, list[bytes], asyncio.Future]]
+    def _check_lists(self, model_id: str, wanted: tuple[str, ...]) -> None:
+        _, lists = self._fresh_catalogue()
+        by_name = {s.name: s for s in lists}
+        if any(name not in by_name for name in wanted):
+            self._catalogue = None  # it may predate the list: read it once more before refusing
+            _, lists = self._fresh_catalogue()
+            by_name = {s.name: s for s in lists}
+        for name in wanted:
+            found = by_name.get(name)
+            if found is None:
+                raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
+            if found.model_id != model_id:
+                raise BackendError(
+                    f"lists: list {name!r} holds hashes of model {found.model_id[:12]}, not {model_id[:12]}; "
+                    "hashes of different models do not compare", 422)
+
+    def _run_lookups(self, batch: list[tuple[LookupKey, list[bytes], asyncio.Future]]
                      ) -> list[LookupResult | BaseException]:
-        """In the reader thread: one Matcher.query per key for all the lookups of that key."""
+        """One Matcher.query per model for all the lookups of that model; lists filtered after."""
         out: list[LookupResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
-        groups: dict[LookupKey, list[int]] = {}
+        groups: dict[tuple[str | None, int], list[int]] = {}
         for i, (key, _, _) in enumerate(batch):
-            groups.setdefault(key, []).append(i)
-        for key, members in groups.items():
+            groups.setdefault((key.model, key.max_distance), []).append(i)
+        for (spec, max_distance), members in groups.items():
             try:
-                model = self._model_of(store, key.model)
-                matcher = self._matcher(store, model.model_id, key.lists)
-                queries = [q for i in members for q in batch[i][1]]
-                found = matcher.query(queries, key.max_distance) if queries else []
+                model = self._model_of(spec)
+                ok = []
+                for i in members:
+                    try:
+                        if batch[i][0].lists is not None:
+                            self._check_lists(model.model_id, batch[i][0].lists)
+                        ok.append(i)
+                    except BackendError as exc:
+                        out[i] = exc
+                if not ok:
+                    continue
+                queries = [q for i in ok for q in batch[i][1]]
+                # Lists are filtered after the search: ask for more than the limit when some lists are left out.
+                unfiltered = all(batch[i][0].lists is None for i in ok)
+                limit = max(batch[i][0].limit for i in ok) if unfiltered else None
+                found = self._matcher(model.model_id).query(queries, max_distance, limit=limit)
             except BackendError as exc:
                 for i in members:
-                    out[i] = exc
+                    out[i] = out[i] or exc
                 continue
             except NeuralHashError as exc:
                 for i in members:
-                    out[i] = _store_error(exc)
+                    out[i] = out[i] or _store_error(exc)
                 continue
             start = 0
-            for i in members:
-                n = len(batch[i][1])
+            for i in ok:
+                key, qs, _ = batch[i]
+                wanted = set(key.lists) if key.lists is not None else None
                 out[i] = LookupResult(model.model_id, [
-                    [Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query]
-                    for per_query in found[start:start + n]
+                    [Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query
+                     if wanted is None or m.list in wanted][:key.limit]
+                    for per_query in found[start:start + len(qs)]
                 ])
-                start += n
+                start += len(qs)
         return out
 
     async def lookup(self, key: LookupKey, queries: Sequence[bytes]) -> LookupResult:
         """Stored hashes within ``key.max_distance`` of each query (12-byte digests), nearest first."""
+        queries = list(queries)
+        if len(queries) > CHUNK:  # a large request goes chunk by chunk, the loop free between them
+            parts = [await self.lookup(key, queries[i:i + CHUNK]) for i in range(0, len(queries), CHUNK)]
+            return LookupResult(parts[0].model_id, [m for p in parts for m in p.matches])
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((key, list(queries), future))
+        self._pending.append((key, queries, future))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
-        # Lookups arriving while the reader works pile up in _pending and go together next time.
+        # Lookups that arrive while a chunk runs wait in _pending and go together in the next one.
         while self._pending:
+            await asyncio.sleep(0)  # let the requests already received add theirs
             batch: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
             size = 0
-            while self._pending and (not batch or size + len(self._pending[0][1]) <= MAX_COALESCED):
+            while self._pending and (not batch or size + len(self._pending[0][1]) <= CHUNK):
                 item = self._pending.pop(0)
                 batch.append(item)
                 size += len(item[1])
             try:
-                results = await self._reader.run(self._run_lookups, batch)
-            except BaseException as exc:  # the futures must not wait forever, whatever happened
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else BackendError(str(exc), 500))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
+                results = self._run_lookups(batch)
+            except Exception as exc:  # the futures must not wait forever, whatever happened
+                results = [exc] * len(batch)
             for (_, _, future), result in zip(batch, results):
                 if future.done():
                     continue  # the client went away
@@ -249,23 +296,28 @@ class Backend:
 
     async def lists(self) -> list[Any]:
         """StoredList(name, model_id, count) of every list."""
-        return await self._reader.run(lambda store: store.lists())
+        return self._read(lambda store: store.lists())
 
     async def models(self) -> list[Any]:
         """StoredModel(model_id, description, count) of every model."""
-        return await self._reader.run(lambda store: store.models())
+        return self._read(lambda store: store.models())
 
     async def get_list(self, name: str) -> Any:
-        def find(store: Any) -> Any:
-            for s in store.lists():
-                if s.name == name:
-                    return s
-            raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
-
-        return await self._reader.run(find)
+        for s in await self.lists():
+            if s.name == name:
+                return s
+        raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
 
     async def resolve_model(self, spec: str | None) -> Any:
-        return await self._reader.run(self._model_of, spec)
+        return self._read(lambda store: self._model_of(spec))
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self.store)
+        except BackendError:
+            raise
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
 
     # -- writes (writer thread) --------------------------------------------------------------
 
