@@ -65,7 +65,7 @@ def _files(folder: Path, n: int) -> list[Path]:
 
 def test_add_skips_unchanged_and_rehashes_changed(tmp_path):
     files = _files(tmp_path / "imgs", 5)
-    with HashStore(tmp_path / "db.sqlite") as store:
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
         hasher = FakeHasher()
         report = store.add_images(hasher, files)
         assert (report.added, report.updated, report.unchanged, report.failed) == (5, 0, 0, [])
@@ -90,7 +90,7 @@ def test_add_reports_failures_and_carries_on(tmp_path):
     files = _files(tmp_path / "imgs", 3)
     bad = tmp_path / "imgs" / "broken.bad"
     bad.write_bytes(b"x")
-    with HashStore(tmp_path / "db.sqlite") as store:
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
         report = store.add_images(FakeHasher(), [files[0], bad, tmp_path / "missing.png", files[1]])
         assert report.added == 2
         assert [Path(p).name for p, _ in report.failed] == ["broken.bad", "missing.png"]
@@ -112,7 +112,7 @@ def test_interrupted_add_loses_and_duplicates_nothing(tmp_path):
                     time.sleep(0.05)
                     yield r
 
-        with HashStore({str(db)!r}) as store:
+        with HashStore({str(db)!r}, create=True) as store:
             store.add_images(Slow(), sorted(__import__("glob").glob({str(tmp_path / "imgs" / "*.png")!r})),
                              commit_every=4)
     """)
@@ -129,7 +129,7 @@ def test_interrupted_add_loses_and_duplicates_nothing(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 8 <= count < 40, "the add should have been killed part way"
-    with HashStore(db) as store:
+    with HashStore(db, create=True) as store:
         done_before = len(list(store.export()))
         hasher = FakeHasher()
         report = store.add_images(hasher, files)
@@ -149,29 +149,29 @@ def test_import_formats_and_malformed_lines(tmp_path):
                      + json.dumps({"path": "y.jpg", "error": "cannot read"}) + "\n")
     csv_file = tmp_path / "list.csv"
     csv_file.write_text(f"path,hash,error\n\"with, comma.jpg\",{h2},\nz.jpg,,cannot read\nw.jpg,zz,\n")
-    with HashStore(tmp_path / "db.sqlite") as store:
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
         report = store.import_file(text)
         assert report.imported == 3
         assert [n for n, _ in report.skipped] == [4, 5]
         assert "24 hex digits" in report.skipped[0][1]
         rows = {r.path: r.hex for r in store.export()}
         assert rows == {"a photo.jpg": h1, "b.jpg": h2, "list.txt:6": h3}
-        report = store.import_file(jsonl, model_id="other")
+        report = store.import_file(jsonl, list_name="other", model_id="other")
         assert report.imported == 1 and [n for n, _ in report.skipped] == [2, 3]
-        report = store.import_file(csv_file, model_id="other")
+        report = store.import_file(csv_file, list_name="other", model_id="other")
         assert report.imported == 1 and [n for n, _ in report.skipped] == [3, 4]
-        assert {r.path for r in store.export("other")} == {"x.jpg", "with, comma.jpg"}
+        assert {r.path for r in store.export(model_id="other")} == {"x.jpg", "with, comma.jpg"}
         # re-importing replaces, never duplicates
         again = store.import_file(text)
         assert (again.imported, again.replaced) == (3, 3)
-        assert len(list(store.export(IMPORTED_MODEL))) == 3
+        assert len(list(store.export(model_id=IMPORTED_MODEL))) == 3
 
 
 def test_models_never_mix_silently(tmp_path):
     files = _files(tmp_path / "imgs", 2)
     listing = tmp_path / "list.txt"
     listing.write_text("59a34eabe31910abfb06f308  a.jpg\n")
-    with HashStore(tmp_path / "db.sqlite") as store:
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
         with pytest.raises(StoreError, match="no hashes yet"):
             store.resolve_model(None)
         store.add_images(FakeHasher(), files)
@@ -181,15 +181,15 @@ def test_models_never_mix_silently(tmp_path):
             store.resolve_model(None)
         with pytest.raises(StoreError, match="no hashes of model 'nope'"):
             store.resolve_model("nope")
-        ids, packed = store.packed(store.resolve_model(IMPORTED_MODEL))
-        assert packed.shape == (1, 12) and bytes(packed[0]).hex() == "59a34eabe31910abfb06f308"
+        hits = store.matcher(IMPORTED_MODEL).query([bytes(12)], 96)[0]
+        assert [h.hex for h in hits] == ["59a34eabe31910abfb06f308"]
 
 
 def test_not_a_database(tmp_path):
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="not a usable neuralhash database"):
-        HashStore(junk)
+    with pytest.raises(StoreError, match="corrupted"):
+        HashStore(junk, create=True)
     with pytest.raises(StoreError, match="no such database"):
         HashStore(tmp_path / "absent.sqlite", create=False)
 
@@ -215,7 +215,7 @@ def test_search_and_duplicate_groups_match_brute_force(tmp_path):
             rows.append((f"orig{k:02d}_copy{copy}.jpg", f"{flipped:024x}"))
     listing = tmp_path / "list.txt"
     listing.write_text("".join(f"{h}  {p}\n" for p, h in rows))
-    with HashStore(tmp_path / "db.sqlite") as store:
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
         store.import_file(listing)
         model = store.resolve_model(None)
         queries = [base[1], base[2], f"{rng.getrandbits(96):024x}"]

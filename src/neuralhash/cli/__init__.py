@@ -21,7 +21,18 @@ from .. import __version__
 from ..errors import NeuralHashError
 from .common import SRC_HELP, add_cap, add_files, add_model, add_provider, int_at_least
 from .hash_cmds import cmd_compare, cmd_hash
-from .index_cmds import cmd_dupes, cmd_index_add, cmd_index_export, cmd_index_import, cmd_index_info, cmd_match
+from .index_cmds import (
+    UsageError,
+    cmd_dupes,
+    cmd_index_add,
+    cmd_index_export,
+    cmd_index_import,
+    cmd_index_info,
+    cmd_index_lists,
+    cmd_index_remove_list,
+    cmd_index_upgrade,
+    cmd_match,
+)
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from .output import Terminated
 from .robustness_cmds import cmd_robustness
@@ -140,50 +151,81 @@ def _add_output_format(p: argparse.ArgumentParser) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV with a header row")
 
 
+def _distance(text: str) -> int:
+    """--max-distance: an integer number of bits, 0..96."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not 0 <= value <= 96:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 96 bits, not {value}")
+    return value
+
+
 def add_index_commands(add) -> None:
-    """index add / import / export / info, match, dupes."""
+    """index add / import / export / lists / remove-list / info / upgrade, match, dupes."""
     db_help = "the SQLite database file (created by index add / import)"
-    index = add("index", None, "store hashes in a SQLite database: add images, import or export hash lists")
+    index = add("index", None, "store hashes in a SQLite database of named lists: add images, import or export lists")
     sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
 
     def action(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        p.set_defaults(func=func, subparser=p)
         p.add_argument("db", metavar="DB", help=db_help)
         return p
 
-    p = action("add", cmd_index_add, "hash images into the database; unchanged files are skipped")
+    p = action("add", cmd_index_add, "hash images into a list of the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
+    p.add_argument("--list", default="images", metavar="NAME", help="the list to add to (default 'images')")
     add_model(p)
     p.add_argument("--batch-size", type=int_at_least(1), default=4, metavar="N")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
-    p = action("import", cmd_index_import, "import a hash list: HEX  PATH lines, CSV or JSONL")
-    p.add_argument("file", metavar="FILE")
+    p = action("import", cmd_index_import, "import a hash list into a list: HEX  PATH lines, CSV or JSONL")
+    p.add_argument("file", metavar="FILE", help="the hash list, or - for standard input")
+    p.add_argument("--list", default=None, metavar="NAME",
+                   help="the list to import into (default: the file's name without extension)")
     p.add_argument("--model-id", default="imported",
-                   help="the name the imported hashes are stored under (default 'imported')")
+                   help="the model the hashes belong to: a stored id (or its unique start) or a name "
+                        "(default 'imported')")
 
-    p = action("export", cmd_index_export, "write the stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
-    p.add_argument("--model-id", default=None, help="only the hashes of this model")
+    p = action("export", cmd_index_export, "write stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
+    p.add_argument("--list", default=None, metavar="NAME", help="only this list")
+    p.add_argument("--model-id", default=None, help="only the hashes of this model (an id or its unique start)")
     _add_output_format(p)
+
+    p = action("lists", cmd_index_lists, "the lists in the database: hashes, model, name")
+    p.add_argument("--jsonl", action="store_true")
+
+    p = action("remove-list", cmd_index_remove_list, "remove a list and its hashes")
+    p.add_argument("name", metavar="NAME")
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
     p.add_argument("--jsonl", action="store_true")
 
+    action("upgrade", cmd_index_upgrade,
+           "upgrade a database written by an older version, and verify its packed index")
+
     p = add("match", cmd_match, "stored hashes within a distance of images or hashes, nearest first")
+    p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--max-distance", type=_distance, required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="search only these lists")
     p.add_argument("--model-id", default=None,
-                   help="search the stored hashes of this model (default: the model the queries are hashed with)")
+                   help="search the stored hashes of this model, an id or its unique start "
+                        "(default: the model the queries are hashed with)")
     add_model(p)
     p.add_argument("--exif-transpose", action="store_true")
     _add_output_format(p)
 
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
+    p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
-    p.add_argument("--max-distance", type=int_at_least(0), required=True, metavar="D", help="in bits, 0..96")
-    p.add_argument("--model-id", default=None, help="the model whose hashes to group (default: the only one)")
+    p.add_argument("--max-distance", type=_distance, required=True, metavar="D", help="in bits, 0..96")
+    p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="group only the hashes of these lists")
+    p.add_argument("--model-id", default=None,
+                   help="the model whose hashes to group, an id or its unique start (default: the only one)")
     _add_output_format(p)
 
 
@@ -198,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.subparser.error("--parquet needs --scheduler (use --scheduler local on one machine)")
     try:
         return args.func(args)
+    except UsageError as exc:
+        args.subparser.error(str(exc))  # exits 2, as argparse does
     except NeuralHashError as exc:
         print(f"neuralhash: error: {exc}", file=sys.stderr)
         return 1

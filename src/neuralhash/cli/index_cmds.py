@@ -1,16 +1,25 @@
-"""Commands on a hash database: index add / import / export / info, match, dupes."""
+"""Commands on a hash database: index add / import / export / lists / remove-list / info / upgrade, match, dupes.
+
+File names are written by the rules of :mod:`neuralhash.pathnames` (text
+escaped like ``sha256sum``, ``path_b64`` in JSONL for names that are not
+UTF-8, CSV quoted), so that ``index import`` reads back what they print.
+"""
 
 from __future__ import annotations
 
-import csv
 import json
+import os
 import sys
 
 from ..errors import NeuralHashError
+from ..pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason, is_hex_hash, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
+
+class UsageError(NeuralHashError):
+    """A bad argument found after parsing: the command exits 2."""
 
 
 def _open(path: str, *, create: bool):
@@ -19,14 +28,24 @@ def _open(path: str, *, create: bool):
     return HashStore(path, create=create)
 
 
-def _rows_writer(fmt: str, columns: list[str]):
-    """A function writing one record (dict) per call as text, JSON Lines or CSV."""
+def _rows_writer(fmt: str, columns: list[str], name_columns: tuple[str, ...] = ("path",)):
+    """A function writing one record (dict) per call as JSON Lines or CSV (None for text)."""
     if fmt == "csv":
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(columns)
-        return lambda record: writer.writerow([record.get(c, "") for c in columns])
+        sys.stdout.write(csv_row(columns))
+        return lambda record: sys.stdout.write(csv_row(record.get(c, "") for c in columns))
     if fmt == "jsonl":
-        return lambda record: out(json.dumps(record, ensure_ascii=False))
+        def write(record):
+            obj = {}
+            for key, value in record.items():
+                if key in name_columns and isinstance(value, str):
+                    fields = json_fields(value)
+                    obj[key] = fields["path"]
+                    if "path_b64" in fields:
+                        obj[f"{key}_b64"] = fields["path_b64"]
+                else:
+                    obj[key] = value
+            sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        return write
     return None
 
 
@@ -34,7 +53,28 @@ def _format(args) -> str:
     return "jsonl" if args.jsonl else "csv" if args.csv else "text"
 
 
-# -- index add / import / export / info ---------------------------------------------------
+def _split_lists(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise UsageError(f"argument --list: {text!r} is not a comma-separated list of names")
+    return names
+
+
+def _model_id(store, given: str | None) -> str | None:
+    """A model id as given, or the full id of the stored model it is a unique prefix of."""
+    if given is None:
+        return None
+    from ..store import StoreError
+
+    try:
+        return store.resolve_model(given).model_id
+    except StoreError:
+        return given
+
+
+# -- index add / import / export / lists / info ------------------------------------------------
 
 
 def cmd_index_add(args) -> int:
@@ -47,42 +87,68 @@ def cmd_index_add(args) -> int:
 
     def on_result(path: str, error: str | None) -> None:
         if error is not None:
-            failures.report(path, error_reason(path, error))
+            failures.report(display(path), error_reason(path, error))
         progress.update(error is None)
 
     with _open(args.db, create=True) as store, sigterm_unwinds():
         try:
-            report = store.add_images(nh, iter_paths(args.paths, IMAGE_EXTENSIONS, failures),
+            report = store.add_images(nh, iter_paths(args.paths, IMAGE_EXTENSIONS, failures), list_name=args.list,
                                       batch_size=args.batch_size, workers=args.workers, on_result=on_result)
         finally:
             progress.clear()
-    print(f"neuralhash: {args.db}: {report.added} added, {report.updated} updated, "
+    print(f"neuralhash: {display(args.db)}: list {args.list!r}: {report.added} added, {report.updated} updated, "
           f"{report.unchanged} unchanged, {len(report.failed)} failed (model {nh.model_id[:12]}: {nh.description})",
           file=sys.stderr, flush=True)
-    return 1 if failures.count else 0
+    return 1 if failures.count or report.failed else 0
 
 
 def cmd_index_import(args) -> int:
+    pass_file_names_through()
+    source = sys.stdin.buffer if args.file == "-" else args.file
     with _open(args.db, create=True) as store:
-        report = store.import_file(args.file, model_id=args.model_id)
+        model_id = _model_id(store, args.model_id)
+        report = store.import_file(source, list_name=args.list or ("imported" if args.file == "-" else None),
+                                   model_id=model_id)
     for lineno, reason in report.skipped:
-        print(f"neuralhash: {args.file}:{lineno}: {reason}", file=sys.stderr)
-    print(f"neuralhash: {args.db}: {report.imported} imported ({report.replaced} replaced), "
-          f"{len(report.skipped)} line(s) skipped, model {args.model_id!r}", file=sys.stderr, flush=True)
+        print(f"neuralhash: {display(args.file)}:{lineno}: {reason}", file=sys.stderr)
+    print(f"neuralhash: {display(args.db)}: list {report.list!r}: {report.imported} imported "
+          f"({report.replaced} replaced), {len(report.skipped)} line(s) skipped, model {report.model_id[:12]!r}",
+          file=sys.stderr, flush=True)
     return 1 if report.skipped else 0
 
 
 def cmd_index_export(args) -> int:
     pass_file_names_through()
     with _open(args.db, create=False) as store:
-        if args.model_id is not None:
-            store.resolve_model(args.model_id)  # a clear error for an unknown id
-        write = _rows_writer(_format(args), ["path", "hash", "model"])
-        for row in store.export(args.model_id):
+        model_id = store.resolve_model(args.model_id).model_id if args.model_id is not None else None
+        write = _rows_writer(_format(args), ["path", "hash", "model", "list"])
+        for row in store.export(list_name=args.list, model_id=model_id):
             if write is None:
-                out(f"{row.hex}  {row.path}")
+                sys.stdout.write(text_line(row.hex, row.path))
             else:
-                write({"path": row.path, "hash": row.hex, "model": row.model_id})
+                write({"path": row.path, "hash": row.hex, "model": row.model_id, "list": row.list})
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_index_lists(args) -> int:
+    with _open(args.db, create=False) as store:
+        lists = store.lists()
+    if args.jsonl:
+        for lst in lists:
+            out(json.dumps({"list": lst.name, "model": lst.model_id, "hashes": lst.count}))
+        return 0
+    if not lists:
+        print(f"neuralhash: {display(args.db)}: no lists", file=sys.stderr)
+    for lst in lists:
+        out(f"{lst.count:>10}  {lst.model_id[:12]}  {lst.name}")
+    return 0
+
+
+def cmd_index_remove_list(args) -> int:
+    with _open(args.db, create=True) as store:
+        removed = store.delete_list(args.name)
+    print(f"neuralhash: {display(args.db)}: list {args.name!r} removed ({removed} hashes)", file=sys.stderr)
     return 0
 
 
@@ -94,22 +160,38 @@ def cmd_index_info(args) -> int:
             out(json.dumps({"model": m.model_id, "description": m.description, "hashes": m.count}))
         return 0
     if not models:
-        out(f"{args.db}: no hashes")
+        out(f"{display(args.db)}: no hashes")
     for m in models:
         out(f"{m.count:>10}  {m.model_id}  {m.description}")
+    return 0
+
+
+def cmd_index_upgrade(args) -> int:
+    from ..store import SCHEMA_VERSION
+
+    with _open(args.db, create=True) as store:
+        store.verify_index()
+    print(f"neuralhash: {display(args.db)}: schema {SCHEMA_VERSION}, packed index verified", file=sys.stderr)
     return 0
 
 
 # -- match / dupes --------------------------------------------------------------------------
 
 
-def cmd_match(args) -> int:
-    from ..store import search
+def _check_queries(queries: list[str]) -> None:
+    for q in queries:
+        if not is_hex_hash(q) and not os.path.exists(q):
+            raise UsageError(f"argument QUERY: {display(q)!r}: not a hash of 24 hex digits, nor a file")
 
+
+def cmd_match(args) -> int:
     pass_file_names_through()
+    lists = _split_lists(args.list)
+    _check_queries(args.queries)
     with _open(args.db, create=False) as store:
         images = [q for q in args.queries if not is_hex_hash(q)]
         nh = load_hasher(args) if images else None
+        stored = store.models()
         if args.model_id is not None:
             model = store.resolve_model(args.model_id)
             if nh is not None and nh.model_id != model.model_id:
@@ -117,16 +199,18 @@ def cmd_match(args) -> int:
                       f"stored hashes of model {model.model_id[:12]} ({model.description}), as --model-id asks",
                       file=sys.stderr)
         elif nh is not None:
-            model = store.resolve_model(nh.model_id) if any(
-                m.model_id == nh.model_id for m in store.models()) else None
-            if model is None:
-                stored = ", ".join(f"{m.model_id[:12]} ({m.description})" for m in store.models()) or "none"
+            if not any(m.model_id == nh.model_id for m in stored):
+                known = ", ".join(f"{m.model_id[:12]} ({m.description})" for m in stored) or "none"
                 raise NeuralHashError(
-                    f"{args.db} holds no hashes of the model the queries were hashed with "
-                    f"({nh.model_id[:12]}: {nh.description}); stored models: {stored}. "
+                    f"{display(args.db)} holds no hashes of the model the queries were hashed with "
+                    f"({nh.model_id[:12]}: {nh.description}); stored models: {known}. "
                     f"Hashes of different models do not compare; pass --model-id to search one anyway")
+            model = store.resolve_model(nh.model_id)
+        elif lists:
+            model = None  # the model of the lists named
         else:
             model = store.resolve_model(None)
+        matcher = store.matcher(model.model_id if model else None, lists)
 
         queries: list[tuple[str, bytes]] = []
         failed = 0
@@ -138,42 +222,53 @@ def cmd_match(args) -> int:
                 queries.append((q, nh.hash(q, exif_transpose=args.exif_transpose).bytes))
             except NeuralHashError as exc:
                 failed += 1
-                print(f"neuralhash: {q}: {error_reason(q, str(exc))}", file=sys.stderr)
-        matches = search(store, model, [h for _, h in queries], args.max_distance)
-    write = _rows_writer(_format(args), ["query", "query_hash", "distance", "hash", "path"])
-    for m in matches:
-        label, digest = queries[m.query]
-        record = {"query": label, "query_hash": digest.hex(), "distance": m.distance, "hash": m.hex, "path": m.path}
-        if write is None:
-            out(f"{label}  {m.distance}  {m.hex}  {m.path}")
-        else:
-            write(record)
+                print(f"neuralhash: {display(q)}: {error_reason(q, str(exc))}", file=sys.stderr)
+        found = matcher.query([h for _, h in queries], args.max_distance)
+    write = _rows_writer(_format(args), ["query", "query_hash", "distance", "hash", "path", "list"],
+                         ("query", "path"))
+    for (label, digest), hits in zip(queries, found):
+        if not hits:
+            print(f"neuralhash: {display(label)}: no match within {args.max_distance} bits", file=sys.stderr)
+        for m in hits:
+            if write is None:
+                line = text_line(m.hex, m.path)
+                escaped = line.startswith("\\")
+                sys.stdout.write(f"{display(label)}  {m.distance}  {line[1:] if escaped else line}")
+            else:
+                write({"query": label, "query_hash": digest.hex(), "distance": m.distance, "hash": m.hex,
+                       "path": m.path, "list": m.list})
+    sys.stdout.flush()
     return 1 if failed else 0
 
 
 def cmd_dupes(args) -> int:
-    from ..store import duplicate_groups
-
     pass_file_names_through()
+    lists = _split_lists(args.list)
     with _open(args.db, create=False) as store:
-        model = store.resolve_model(args.model_id)
-        groups = duplicate_groups(store, model, args.max_distance)
+        model_id = args.model_id
+        if model_id is None and lists:
+            model_id = next((lst.model_id for lst in store.lists() if lst.name == lists[0]), None)
+        groups = store.duplicate_groups(model_id, args.max_distance, lists=lists)
     fmt = _format(args)
     if fmt == "jsonl":
         for k, group in enumerate(groups, 1):
-            out(json.dumps({"group": k, "size": len(group),
-                            "members": [{"path": h.path, "hash": h.hex} for h in group]}, ensure_ascii=False))
+            members = []
+            for h in group:
+                members.append({**json_fields(h.path), "hash": h.hex, "list": h.list})
+            sys.stdout.write(json.dumps({"group": k, "size": len(group), "members": members},
+                                        ensure_ascii=False) + "\n")
     elif fmt == "csv":
-        write = _rows_writer("csv", ["group", "size", "hash", "path"])
+        write = _rows_writer("csv", ["group", "size", "hash", "path", "list"])
         for k, group in enumerate(groups, 1):
             for h in group:
-                write({"group": k, "size": len(group), "hash": h.hex, "path": h.path})
+                write({"group": k, "size": len(group), "hash": h.hex, "path": h.path, "list": h.list})
     else:
         for k, group in enumerate(groups, 1):
-            out(f"# group {k}: {len(group)} images")
+            sys.stdout.write(f"# group {k}: {len(group)} images\n")
             for h in group:
-                out(f"{h.hex}  {h.path}")
-            out()
+                sys.stdout.write(text_line(h.hex, h.path))
+            sys.stdout.write("\n")
+    sys.stdout.flush()
     print(f"neuralhash: {len(groups)} group(s) of near-duplicates within {args.max_distance} bits "
           f"({sum(len(g) for g in groups)} images)", file=sys.stderr)
     return 0

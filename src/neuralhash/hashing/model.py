@@ -113,8 +113,44 @@ def _cache_key(digests: dict[str, str]) -> str:
 
 
 def model_id_of(onnx_bytes: bytes, seed: np.ndarray) -> str:
-    """The ``model_id`` of a model: sha256 (hex) of its ONNX bytes followed by the float32 seed matrix."""
-    return hashlib.sha256(onnx_bytes + np.asarray(seed).astype("<f4").tobytes()).hexdigest()
+    """The ``model_id`` of a model and seed: sha256 (hex) of the network that computes the first
+    output (the 128 features) and of the float32 seed matrix.
+
+    Only what computes the features counts: the nodes the first output needs
+    and their weights, serialised deterministically, not the file's other
+    outputs (a ``--hash-head``) nor its producer, version or doc strings. So
+    the same network and seed get the same id whether converted in memory from
+    Espresso files or read from an ONNX file converted with or without
+    ``--hash-head``. Bytes that are not an ONNX model are identified by their
+    sha256 (ONNX Runtime then says what is wrong with them).
+    """
+    digest = hashlib.sha256(b"neuralhash model id 2\0")
+    try:
+        import onnx
+
+        model = onnx.load_model_from_string(onnx_bytes)
+        graph = model.graph
+        first = graph.output[0].name
+    except Exception:  # noqa: BLE001 - not an ONNX model: identify the bytes as they are
+        digest.update(onnx_bytes)
+    else:
+        needed, nodes = {first}, []
+        for node in reversed(graph.node):
+            if any(o in needed for o in node.output):
+                nodes.append(node)
+                needed.update(node.input)
+        for value in graph.input:
+            if value.name in needed:
+                digest.update(value.SerializeToString(deterministic=True))
+        for node in reversed(nodes):
+            digest.update(node.SerializeToString(deterministic=True))
+        for tensor in sorted((t for t in graph.initializer if t.name in needed), key=lambda t: t.name):
+            digest.update(tensor.SerializeToString(deterministic=True))
+        digest.update(first.encode())
+        for opset in sorted((o.domain, o.version) for o in model.opset_import):
+            digest.update(repr(opset).encode())
+    digest.update(np.asarray(seed).astype("<f4").tobytes())
+    return digest.hexdigest()
 
 
 class NeuralHash:

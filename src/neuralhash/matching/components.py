@@ -30,7 +30,7 @@ def _edges(pairs, n: int) -> tuple[np.ndarray, np.ndarray]:
     return i, j
 
 
-def connected_components(pairs, n: int) -> np.ndarray:
+def connected_components(pairs, n: int, *, parent: np.ndarray | None = None) -> np.ndarray:
     """Component label (int64 [n]) of each of ``n`` items linked by ``pairs``.
 
     ``pairs`` is a :class:`Pairs`, a tuple ``(i, j)`` of index arrays or an
@@ -41,11 +41,17 @@ def connected_components(pairs, n: int) -> np.ndarray:
     have different roots to the smaller one (``np.minimum.at``), then compresses
     paths by pointer jumping until every item points at its root; edges already
     inside one component are dropped between rounds.
+
+    ``parent``: the labels of an earlier call, to fold in more pairs (so pairs can
+    be streamed in chunks); the updated labels are returned.
     """
     if n < 0:
         raise NeuralHashError(f"n must be >= 0, got {n}")
     i, j = _edges(pairs, n)
-    parent = np.arange(n, dtype=np.int64)
+    if parent is None:
+        parent = np.arange(n, dtype=np.int64)
+    elif parent.shape != (n,) or parent.dtype != np.int64:
+        raise NeuralHashError(f"parent must be an int64 array of {n} labels")
     while i.size:
         ri, rj = parent[i], parent[j]
         live = ri != rj

@@ -338,7 +338,23 @@ class HashIndex:
 
     def __init__(self, packed, *, block_bits: int | None = None, ids=None):
         packed = check_packed(packed)
-        self._hi, self._lo = to_words(packed)
+        self._setup(*to_words(packed), block_bits, ids)
+
+    @classmethod
+    def from_words(cls, hi, lo, *, block_bits: int | None = None, ids=None) -> "HashIndex":
+        """An index over hashes already in the search form (``hi uint64[N]``, ``lo uint32[N]``,
+        see :func:`~neuralhash.matching.to_words`), without copying them: read-only or
+        memory-mapped arrays are searched where they lie."""
+        hi, lo = np.asarray(hi), np.asarray(lo)
+        if hi.dtype != np.uint64 or lo.dtype != np.uint32 or hi.ndim != 1 or hi.shape != lo.shape:
+            raise NeuralHashError(f"words must be uint64 [N] and uint32 [N], got {hi.dtype} {hi.shape} "
+                                  f"and {lo.dtype} {lo.shape}")
+        self = cls.__new__(cls)
+        self._setup(hi, lo, block_bits, ids)
+        return self
+
+    def _setup(self, hi: np.ndarray, lo: np.ndarray, block_bits, ids) -> None:
+        self._hi, self._lo = hi, lo
         self._n = int(self._hi.shape[0])
         if ids is not None:
             ids = np.asarray(ids)
@@ -649,20 +665,45 @@ class HashIndex:
         beyond the result stays bounded. ``"brute"`` compares all N(N-1)/2 pairs in
         tiles. ``"auto"`` picks the cheaper; all give identical answers.
         """
+        chunks = list(self.iter_pairs(max_distance, method=method))
+        if not chunks:
+            return Pairs(_EMPTY_I, _EMPTY_I, _EMPTY_D)
+        i = np.concatenate([c[0] for c in chunks])
+        j = np.concatenate([c[1] for c in chunks])
+        d = np.concatenate([c[2] for c in chunks]).astype(np.uint8)
+        order = np.argsort(i * self._n + j, kind="stable")
+        return Pairs(i[order], j[order], d[order])
+
+    def iter_pairs(self, max_distance: int, *, method: str = "auto"):
+        """The pairs of :meth:`self_join` as they are found, in chunks ``(i, j, distance)``
+        of at most a few million pairs, unsorted (each unordered pair once, ``i < j``).
+
+        Memory stays bounded by a chunk whatever the number of pairs: use it (or
+        :meth:`components`) when the pairs may not fit in memory.
+        """
         r = check_radius(max_distance)
         method = _check_method(method)
         if self._n < 2:
-            return Pairs(_EMPTY_I, _EMPTY_I, _EMPTY_D)
+            return
         if method == "auto":
             method = "index" if self._join_index_cost(r) < self._n ** 2 / 2 * _NS_PAIR_SCAN else "brute"
         elif method == "index" and not self.indexable(r):
             method = "brute"
-        if method == "brute":
-            i, j, d = self._join_brute(r)
-        else:
-            i, j, d = self._join_index(r)
-        order = np.argsort(i * self._n + j, kind="stable")
-        return Pairs(i[order], j[order], d[order])
+        chunks = self._join_brute(r) if method == "brute" else self._join_index(r)
+        for i, j, d in chunks:
+            if i.size:
+                yield i, j, d
+
+    def components(self, max_distance: int, *, method: str = "auto") -> np.ndarray:
+        """Component labels (as :func:`~neuralhash.matching.connected_components`) of the
+        graph linking hashes within ``max_distance``, folding the pairs in chunk by chunk,
+        so memory stays O(N) however many pairs there are."""
+        from .components import connected_components
+
+        labels = np.arange(self._n, dtype=np.int64)
+        for i, j, _ in self.iter_pairs(max_distance, method=method):
+            labels = connected_components((i, j), self._n, parent=labels)
+        return labels
 
     def _join_index_cost(self, r: int) -> float:
         if not self.indexable(r):
@@ -677,28 +718,23 @@ class HashIndex:
 
     def _join_brute(self, r: int):
         rows = 2048
-        out_i, out_j, out_d = [], [], []
         for a in range(0, self._n, rows):
             b = min(a + rows, self._n)
             qi, idx, d = self._brute(self._hi[a:b], self._lo[a:b], r, col_start=a + 1)
             keep = idx > qi + a
-            out_i.append(qi[keep] + a)
-            out_j.append(idx[keep])
-            out_d.append(d[keep])
-        return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d).astype(np.uint8)
+            yield qi[keep] + a, idx[keep], d[keep].astype(np.uint8)
 
     def _join_index(self, r: int):
         self.build()
         plan = self._plan(r)
-        out_i, out_j, out_d = [], [], []
         for t, st in plan:
             values, starts, ends = self._tables.runs(t)
             sizes = ends - starts
             # Pairs inside one bucket: position p pairs with p+1 .. end-1.
             big = sizes >= 2
             pos = _expand(starts[big], sizes[big])
-            self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
-                               np.repeat(ends[big], sizes[big]) - pos - 1, False, out_i, out_j, out_d)
+            yield from self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
+                                          np.repeat(ends[big], sizes[big]) - pos - 1, False)
             # Pairs of buckets u and u ^ f for each mask f != 0, each unordered pair of
             # buckets once (the one without f's highest bit on the left); as many
             # masks at once as keep the (bucket, mask) grid within budget.
@@ -715,13 +751,10 @@ class HashIndex:
                 rr, ts, te = rr[hit], ts[hit], te[hit]
                 lsizes = sizes[rr]
                 pos = _expand(starts[rr], lsizes)
-                self._verify_pairs(t, plan, r, self._tables.order, pos, np.repeat(ts, lsizes),
-                                   np.repeat(te - ts, lsizes), True, out_i, out_j, out_d)
-        if not out_i:
-            return _EMPTY_I, _EMPTY_I, _EMPTY_D
-        return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d).astype(np.uint8)
+                yield from self._verify_pairs(t, plan, r, self._tables.order, pos, np.repeat(ts, lsizes),
+                                              np.repeat(te - ts, lsizes), True)
 
-    def _verify_pairs(self, t, plan, r, order, pos, pstart, pcount, swap, out_i, out_j, out_d):
+    def _verify_pairs(self, t, plan, r, order, pos, pstart, pcount, swap):
         """Expand (position, partner range) lists into candidate pairs, by chunks of
         about ``_PAIR_BUDGET``, and keep the verified ones not found by an earlier block."""
         if pos.size == 0:
@@ -752,6 +785,4 @@ class HashIndex:
             if swap:
                 i, j = np.minimum(i, j), np.maximum(i, j)
             if i.size:
-                out_i.append(i)
-                out_j.append(j)
-                out_d.append(d)
+                yield i, j, d.astype(np.uint8)
