@@ -1,12 +1,12 @@
 """`neuralhash serve` under load: lookups, batched lookups, image hashing, memory.
 
-Usage: python benchmarks/bench_serve.py [--quick] [--hashes N] [--seconds S] [--db PATH]
+Usage: pip install '.[serve,bench]'; python benchmarks/bench_serve.py [--quick] [--hashes N] [--seconds S] [--db PATH]
 
 Prints one table. The server runs as its own process on loopback (`neuralhash
 serve DB --model demo --port 0`) over a database of --hashes random hashes
 (default 10 million; 1% planted near-duplicates so that lookups find
 something), built once and kept at --db for the next run. A real HTTP client
-(httpx, asynchronous, keep-alive) in this process drives it with bounded
+(aiohttp, asynchronous, keep-alive) in this process drives it with bounded
 concurrency for a bounded time per phase:
 
 - single-hash lookups at radius 8 (POST /lookup, one hash): requests/s, p50 and
@@ -17,7 +17,7 @@ concurrency for a bounded time per phase:
   one worker process per CPU); the command's rate is its steady rate (the time
   for all images less the time for one, so its start-up is left out); goal 0.8x;
 - the server's memory (RSS of the server process, and of its decoding workers)
-  before the load and after it: goal flat.
+  after one warm-up upload and after all the load: goal flat.
 
 The client shares the machine's cores with the server: on 2 cores the figures
 are the server's under that handicap.
@@ -113,15 +113,16 @@ class Server:
 
 async def drive(url: str, make_request, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
     """Latencies (s) of every request, the count of failed ones, and the elapsed time."""
-    import httpx
+    import aiohttp
 
     latencies: list[float] = []
     failed = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        # Warm up the connections and the server's index.
-        for method, path, kwargs in [make_request() for _ in range(concurrency)]:
-            await client.request(method, path, **kwargs)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+        for _ in range(concurrency):  # warm-up: connections, the server's index
+            method, path, kwargs = make_request()
+            async with client.request(method, path, **kwargs) as r:
+                await r.read()
         start = time.perf_counter()
         stop_at = start + seconds
 
@@ -130,10 +131,11 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
             while time.perf_counter() < stop_at:
                 method, path, kwargs = make_request()
                 t0 = time.perf_counter()
-                r = await client.request(method, path, **kwargs)
+                async with client.request(method, path, **kwargs) as r:
+                    await r.read()
+                    ok = r.status == 200
                 latencies.append(time.perf_counter() - t0)
-                if r.status_code != 200:
-                    failed += 1
+                failed += not ok
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return latencies, failed, time.perf_counter() - start
@@ -178,6 +180,14 @@ def main() -> None:
     server = Server(db, workers)
     rows: list[tuple[str, str, str]] = []
     try:
+        async def warm_up() -> None:
+            import aiohttp
+
+            async with aiohttp.ClientSession(server.url) as client:
+                async with client.post("/hash", data=paths[0].read_bytes()) as r:
+                    assert r.status == 200, await r.text()
+
+        asyncio.run(warm_up())  # the decoding workers start on the first upload
         rss_before = server.rss()
 
         def one_lookup():
@@ -203,23 +213,20 @@ def main() -> None:
 
         # Image hashing: the server, then the command, on the same files.
         blobs = [p.read_bytes() for p in paths]
-        counter = iter(range(10**9))
-
-        def hash_request():
-            return "POST", "/hash", {"content": blobs[next(counter) % len(blobs)],
-                                     "headers": {"Content-Type": "application/octet-stream"}}
 
         async def hash_all() -> tuple[float, int]:
-            import httpx
+            import aiohttp
 
             sem = asyncio.Semaphore(2 * workers)
-            async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-                await client.post("/hash", content=blobs[0])  # warm-up
+            async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=600)) as client:
+                async with client.post("/hash", data=blobs[0]) as r:  # warm-up
+                    await r.read()
                 t0 = time.perf_counter()
 
                 async def one(blob: bytes) -> int:
-                    async with sem:
-                        return (await client.post("/hash", content=blob)).status_code
+                    async with sem, client.post("/hash", data=blob) as r:
+                        await r.read()
+                        return r.status
 
                 codes = await asyncio.gather(*(one(b) for b in blobs))
                 return time.perf_counter() - t0, sum(c != 200 for c in codes)

@@ -126,14 +126,19 @@ def flip(hex_text: str, bits: list[int]) -> str:
 
 
 @pytest.fixture(scope="module")
+def exe():
+    found = find_browser()
+    if found is None:
+        pytest.skip("no headless Chromium installed (Debian: apt-get install chromium)")
+    return found
+
+
+@pytest.fixture(scope="module")
 def nh(module_env):
     return NeuralHash.demo()
 
 
-def test_the_page_hashes_a_dropped_image_and_finds_matches(tmp_path, nh):
-    exe = find_browser()
-    if exe is None:
-        pytest.skip("no headless Chromium installed (Debian: apt-get install chromium)")
+def test_the_page_hashes_a_dropped_image_and_finds_matches(tmp_path, exe, nh):
     image = tmp_path / "holiday.png"
     draw_shapes(320, 240, seed=42).save(image)
     h = nh.hash(image)
