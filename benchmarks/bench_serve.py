@@ -90,21 +90,25 @@ class Server:
                 self.url = line.split(" on ", 1)[1].split(" ", 1)[0]
                 return
 
-    def rss(self) -> tuple[float, float]:
-        """MiB: (server process, its decoding workers)."""
-        def of(pid: int) -> float:
+    def memory(self) -> tuple[float, float, float]:
+        """MiB: the server's private memory (RssAnon), its file pages in memory (RssFile: the
+        memory-mapped index, shared with the page cache), and its decoding workers' RSS."""
+        def status(pid: int) -> dict[str, float]:
             try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
             except OSError:
-                pass
-            return 0.0
+                return {}
+            return {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in lines)
+                    if k in ("VmRSS", "RssAnon", "RssFile")}
 
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        grandchildren = [g for c in children for g in subprocess.run(
-            ["pgrep", "-P", c], capture_output=True, text=True).stdout.split()]
-        return of(self.proc.pid), sum(of(int(p)) for p in children + grandchildren)
+        def children(pid: int) -> list[int]:
+            out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            return [int(p) for p in out]
+
+        mine = status(self.proc.pid)
+        kids = [g for c in children(self.proc.pid) for g in [c, *children(c)]]
+        return (mine.get("RssAnon", 0.0), mine.get("RssFile", 0.0),
+                sum(status(k).get("VmRSS", 0.0) for k in kids))
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -159,7 +163,8 @@ def main() -> None:
     parser.add_argument("--hashes", type=int, default=None, help="hashes in the database (default 10 million)")
     parser.add_argument("--seconds", type=float, default=None, help="length of each load phase (default 15)")
     parser.add_argument("--images", type=int, default=None, help="images for the hashing phase (default 120)")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight for single lookups")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16],
+                        help="requests in flight for single lookups, one phase each (default 4 16)")
     parser.add_argument("--db", type=Path, default=None,
                         help="where the database is built and kept (default: the temp folder)")
     args = parser.parse_args()
@@ -188,17 +193,18 @@ def main() -> None:
                     assert r.status == 200, await r.text()
 
         asyncio.run(warm_up())  # the decoding workers start on the first upload
-        rss_before = server.rss()
+        mem_before = server.memory()
 
         def one_lookup():
             return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
 
-        lat, failed, elapsed = asyncio.run(drive(server.url, one_lookup, args.concurrency, seconds))
-        rate = len(lat) / elapsed
-        rows.append(("single-hash lookups, radius 8 (req/s)", f"{rate:,.0f}", "1,000"))
-        rows.append(("  p50 / p99 latency (ms)", f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}",
-                     "p99 < 50"))
-        rows.append(("  failed requests", str(failed), "0"))
+        for concurrency in args.concurrency:
+            lat, failed, elapsed = asyncio.run(drive(server.url, one_lookup, concurrency, seconds))
+            rows.append((f"single-hash lookups, radius 8, {concurrency} in flight (req/s)",
+                         f"{len(lat) / elapsed:,.0f}", "1,000"))
+            rows.append(("  p50 / p99 latency (ms)",
+                         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", "p99 < 50"))
+            rows.append(("  failed requests", str(failed), "0"))
 
         def batch_lookup():
             return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex() for _ in range(BATCH)],
@@ -241,9 +247,12 @@ def main() -> None:
                      f"{cli_rate:.1f} (whole run {cli_all:.1f} s)", ""))
         rows.append(("  ratio server / command", f"{server_rate / cli_rate:.2f}x", ">= 0.8x"))
         rows.append(("  failed uploads", str(hash_failed), "0"))
-        rss_after = server.rss()
-        rows.append(("server RSS before / after (MiB)", f"{rss_before[0]:.0f} / {rss_after[0]:.0f}", "flat"))
-        rows.append(("decoding workers' RSS before / after (MiB)", f"{rss_before[1]:.0f} / {rss_after[1]:.0f}", "flat"))
+        mem_after = server.memory()
+        rows.append(("server private memory (RssAnon) before / after (MiB)",
+                     f"{mem_before[0]:.0f} / {mem_after[0]:.0f}", "flat"))
+        rows.append(("  index pages mapped in (RssFile) before / after (MiB)",
+                     f"{mem_before[1]:.0f} / {mem_after[1]:.0f}", ""))
+        rows.append(("decoding workers' RSS before / after (MiB)", f"{mem_before[2]:.0f} / {mem_after[2]:.0f}", "flat"))
     finally:
         code = server.stop()
         rows.append(("server exit code after SIGTERM", str(code), "0"))
