@@ -7,6 +7,7 @@ names: uploads arrive as request bodies, labels are only stored as text.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import importlib.resources
@@ -394,15 +395,21 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         errors: dict[int, str] = {}
         if images:
             model_id = model_id or hasher().nh.model_id
-            for k, upload in enumerate(images):
-                name = upload.filename or f"images[{k}]"
-                try:
-                    h = await hash_upload(await upload.read(), name)
-                    digests.append(h.bytes)
-                except NeuralHashError as exc:
-                    errors[len(labels)] = str(exc)
+
+            async def one(k: int, upload: UploadFile) -> Any:
+                return await hash_upload(await upload.read(), upload.filename or f"images[{k}]")
+
+            # All at once: the decoding workers take them in parallel, the network in batches.
+            hashed = await asyncio.gather(*(one(k, u) for k, u in enumerate(images)), return_exceptions=True)
+            for k, (upload, h) in enumerate(zip(images, hashed)):
+                if isinstance(h, NeuralHashError):
+                    errors[k] = str(h)
                     digests.append(b"")
-                labels.append(name)
+                elif isinstance(h, BaseException):
+                    raise h
+                else:
+                    digests.append(h.bytes)
+                labels.append(upload.filename or f"images[{k}]")
         labels += hex_texts
         digests += [bytes.fromhex(h) for h in hex_texts]
         run = [d for d in digests if d]
