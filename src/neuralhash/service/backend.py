@@ -151,9 +151,7 @@ class Backend:
             self._store = self._open_reader()
             models, _ = self._fresh_catalogue()
             if self.default_model is not None and any(m.model_id == self.default_model for m in models):
-                matcher = self._matcher(self.default_model)
-                if hasattr(matcher, "build"):
-                    matcher.build()
+                self._matcher(self.default_model)
 
         try:
             await asyncio.get_running_loop().run_in_executor(None, warm)
@@ -190,13 +188,31 @@ class Backend:
                     return m
         return self.store.resolve_model(spec)
 
-    def _matcher(self, model_id: str) -> Any:
-        """The model's matcher over all its lists; made anew when its set of lists has changed."""
+    def _list_names(self, model_id: str) -> frozenset[str]:
         _, lists = self._fresh_catalogue()
-        names = frozenset(s.name for s in lists if s.model_id == model_id)
+        return frozenset(s.name for s in lists if s.model_id == model_id)
+
+    def _new_matcher(self, model_id: str) -> Any:
+        """A model's matcher over all its lists, multi-index tables built (seconds for 10 million)."""
+        matcher = self.store.matcher(model_id, None)
+        if hasattr(matcher, "build"):
+            matcher.build()
+        return matcher
+
+    async def _fresh_matcher(self, model_id: str) -> None:
+        """Make the model's matcher anew when its set of lists has changed (a matcher covers the
+        lists that existed when it was made), in a thread: the loop serves the other requests."""
+        names = self._list_names(model_id)
         cached = self._matchers.get(model_id)
-        if cached is None or cached[1] != names:
-            self._matchers[model_id] = cached = (self.store.matcher(model_id, None), names)
+        if cached is not None and cached[1] == names:
+            return
+        matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
+        self._matchers[model_id] = (matcher, names)
+
+    def _matcher(self, model_id: str) -> Any:
+        cached = self._matchers.get(model_id)
+        if cached is None:  # not made by _fresh_matcher (start-up): make it here
+            cached = self._matchers[model_id] = (self._new_matcher(model_id), self._list_names(model_id))
         return cached[0]
 
     def _check_lists(self, model_id: str, wanted: tuple[str, ...]) -> None:
@@ -283,6 +299,12 @@ class Backend:
                 batch.append(item)
                 size += len(item[1])
             try:
+                for spec in {key.model for key, _, _ in batch}:
+                    try:
+                        model = self._model_of(spec)
+                    except NeuralHashError:
+                        continue  # _run_lookups reports it to the lookups concerned
+                    await self._fresh_matcher(model.model_id)
                 results = self._run_lookups(batch)
             except Exception as exc:  # the futures must not wait forever, whatever happened
                 results = [exc] * len(batch)
