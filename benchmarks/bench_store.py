@@ -52,8 +52,8 @@ def write_list(path: Path, n: int, seed: int = 0) -> list[str]:
     return some
 
 
-def run(cmd: list[str]) -> tuple[float, float, int, str]:
-    """(seconds, peak MB, exit code, last stderr line) of one command in its own process."""
+def run(cmd: list[str]) -> tuple[float, float, float, int, str]:
+    """(seconds, CPU seconds, peak MB, exit code, last stderr line) of one command in its own process."""
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
@@ -62,7 +62,7 @@ def run(cmd: list[str]) -> tuple[float, float, int, str]:
     seconds = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
     last = (err.strip().splitlines() or [""])[-1]
-    return seconds, usage.ru_maxrss / 1024, proc.returncode, last
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, last
 
 
 def main() -> int:
@@ -93,14 +93,15 @@ def main() -> int:
             ("match again (r=8)", cli + ["match", str(db), some[-1], "--max-distance", "8"]),
             ("dupes --max-distance 4", cli + ["dupes", str(db), "--max-distance", "4"]),
         ]
-        print(f"| {'step':<24} | {'seconds':>8} | {'target s':>8} | {'peak MB':>8} | {'target MB':>9} | exit | note")
-        print(f"|{'-' * 26}|{'-' * 10}|{'-' * 10}|{'-' * 10}|{'-' * 11}|------|------")
+        print(f"| {'step':<24} | {'seconds':>8} | {'CPU s':>7} | {'target s':>8} | {'peak MB':>8} | "
+              f"{'target MB':>9} | exit | load | note")
+        print(f"|{'-' * 26}|{'-' * 10}|{'-' * 9}|{'-' * 10}|{'-' * 10}|{'-' * 11}|------|------|------")
         for name, cmd in steps:
-            seconds, mb, code, note = run(cmd)
+            seconds, cpu, mb, code, note = run(cmd)
             ts, tm = TARGETS[name]
             ok = seconds <= ts and (tm is None or mb <= tm) and code in (0, 1)
-            print(f"| {name:<24} | {seconds:8.2f} | {ts:8.0f} | {mb:8.0f} | {tm or '-':>9} | {code:>4} | "
-                  f"{'ok' if ok else 'MISSED'}: {note[:90]}", flush=True)
+            print(f"| {name:<24} | {seconds:8.2f} | {cpu:7.2f} | {ts:8.0f} | {mb:8.0f} | {tm or '-':>9} | {code:>4} | "
+                  f"{os.getloadavg()[0]:4.1f} | {'ok' if ok else 'MISSED'}: {note[:80]}", flush=True)
         sizes = {p.name: p.stat().st_size / 1e6 for p in work.iterdir() if p.name.startswith("db")}
         print("# files (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(sizes.items())))
     finally:

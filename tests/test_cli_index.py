@@ -143,3 +143,175 @@ def test_import_match_and_dupes(tmp_path, demo, capsys):
 def test_match_on_missing_database(tmp_path, capsys):
     assert main(["match", str(tmp_path / "none.sqlite"), "0" * 24, "--max-distance", "2"]) == 1
     assert "no such database" in capsys.readouterr().err
+
+
+# -- named lists, hostile names, usage errors ---------------------------------------------------
+
+HOSTILE = ["a\nb.jpg", "c\rd.jpg", "back\\slash.jpg", "line\u2028sep.jpg", "nel\u0085.jpg",
+           os.fsdecode(b"bad\xff\xfe.jpg"), 'comma, "quote".jpg', " lead space.jpg", "tab\tname.jpg",
+           "trailing space.jpg ", "#not a comment.jpg", "{not json}.jpg"]
+
+
+def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    return subprocess.run([sys.executable, "-m", "neuralhash.cli", *args], input=stdin, capture_output=True,
+                          env=env, timeout=120)
+
+
+def test_hostile_names_round_trip_through_every_format(tmp_path):
+    from neuralhash.pathnames import csv_row, json_fields, text_line
+    from neuralhash.store import HashStore
+
+    db = str(tmp_path / "db.sqlite")
+    rng = np.random.default_rng(7)
+    entries = [(name, rng.integers(0, 256, 12, dtype=np.uint8).tobytes()) for name in HOSTILE]
+    with HashStore(db, create=True) as store:
+        store.add_hashes("src", entries, model_id="m")
+    want = {(os.fsencode(n), d.hex()) for n, d in entries}
+    # what `hash` writes (text, --jsonl, --csv) by the documented rule, and what `index export` writes
+    written = {
+        "hash-text": "".join(text_line(d.hex(), n) for n, d in entries).encode("utf-8", "surrogateescape"),
+        "hash-jsonl": "".join(json.dumps({**json_fields(n), "hash": d.hex()}, ensure_ascii=False) + "\n"
+                              for n, d in entries).encode("utf-8", "surrogateescape"),
+        "hash-csv": (csv_row(["path", "hash", "error"]) + "".join(csv_row([n, d.hex(), ""]) for n, d in entries)
+                     ).encode("utf-8", "surrogateescape"),
+    }
+    for fmt in ("text", "jsonl", "csv"):
+        got = _cli("index", "export", db, "--list", "src", *([] if fmt == "text" else [f"--{fmt}"]))
+        assert got.returncode == 0, got.stderr
+        written[f"export-{fmt}"] = got.stdout
+    for name, data in written.items():
+        path = tmp_path / f"{name}.list"
+        path.write_bytes(data)
+        got = _cli("index", "import", db, str(path), "--list", name, "--model-id", "m")
+        assert got.returncode == 0, (name, got.stderr)
+        with HashStore(db) as store:
+            back = {(os.fsencode(h.path), h.hex) for h in store.export(list_name=name)}
+        assert back == want, name
+
+
+def test_lists_from_the_command_line(tmp_path):
+    db = str(tmp_path / "db.sqlite")
+    h = ["59a34eabe31910abfb06f308", "32dac883f7b91bbf45a48296", "59a34eabe31910abfb06f309"]
+    (tmp_path / "published.txt").write_text(f"{h[0]}  pub/one.jpg\n{h[1]}  pub/two.jpg\n")
+    (tmp_path / "partner.csv").write_text(f"path,hash\npartner/x.jpg,{h[2]}\n")
+    assert _cli("index", "import", db, str(tmp_path / "published.txt")).returncode == 0  # list 'published'
+    got = _cli("index", "import", db, str(tmp_path / "partner.csv"), "--list", "partner")
+    assert got.returncode == 0 and b"list 'partner': 1 imported" in got.stderr
+    got = _cli("index", "lists", db)
+    assert got.stdout.decode().split() == ["1", "imported", "partner", "2", "imported", "published"]
+    got = _cli("match", db, h[0], "--max-distance", "1", "--list", "published,partner", "--jsonl")
+    rows = [json.loads(x) for x in got.stdout.decode().splitlines()]
+    assert [(r["path"], r["distance"], r["list"]) for r in rows] == [
+        ("pub/one.jpg", 0, "published"), ("partner/x.jpg", 1, "partner")]
+    got = _cli("match", db, h[0], "--max-distance", "1", "--list", "partner")
+    assert got.stdout.decode().split() == [h[0], "1", h[2], "partner/x.jpg"]
+    got = _cli("index", "export", db, "--list", "published")
+    assert got.stdout.decode() == f"{h[0]}  pub/one.jpg\n{h[1]}  pub/two.jpg\n"
+    # no hit: said on standard error, exit 0
+    got = _cli("match", db, "0" * 24, "--max-distance", "2")
+    assert got.returncode == 0 and got.stdout == b"" and b"no match within 2 bits" in got.stderr
+    got = _cli("index", "remove-list", db, "partner")
+    assert got.returncode == 0 and b"(1 hashes)" in got.stderr
+    assert _cli("index", "lists", db).stdout.decode().split() == ["2", "imported", "published"]
+    got = _cli("match", db, h[0], "--max-distance", "1", "--list", "partner")
+    assert got.returncode == 1 and b"no list named 'partner'" in got.stderr
+
+
+def test_match_and_dupes_argument_errors_exit_2(tmp_path):
+    db = str(tmp_path / "db.sqlite")
+    (tmp_path / "l.txt").write_text("59a34eabe31910abfb06f308  a.jpg\n")
+    assert _cli("index", "import", db, str(tmp_path / "l.txt")).returncode == 0
+    got = _cli("match", db, "59a34eabe31910abfb06f30", "--max-distance", "4")
+    assert got.returncode == 2 and b"not a hash of 24 hex digits, nor a file" in got.stderr
+    assert b"model" not in got.stderr.splitlines()[-1]
+    for cmd in (["match", db, "0" * 24], ["dupes", db]):
+        for bad in ("97", "-1", "x"):
+            got = _cli(*cmd, "--max-distance", bad)
+            assert got.returncode == 2 and b"--max-distance" in got.stderr.splitlines()[-1], got.stderr
+    got = _cli("match", db, "0" * 24, "--max-distance", "2", "--list", "a,,b")
+    assert got.returncode == 2 and b"--list" in got.stderr
+
+
+def test_same_model_id_from_espresso_and_onnx_with_or_without_hash_head(tmp_path, demo, cache):
+    from neuralhash.demo import demo_model_dir
+    from neuralhash.hashing import NeuralHash
+
+    folder = demo_model_dir()
+    for name, extra in (("plain.onnx", []), ("head.onnx", ["--hash-head"])):
+        assert main(["convert", str(folder), "-o", str(tmp_path / name), *extra]) == 0
+        assert NeuralHash.from_onnx(tmp_path / name).model_id == demo.model_id
+    files = _images(tmp_path / "imgs", 2, seed=5)
+    db = str(tmp_path / "db.sqlite")
+    assert main(["index", "add", db, str(tmp_path / "imgs"), "--model", str(tmp_path / "head.onnx"),
+                 "--workers", "0"]) == 0
+    h = demo.hash(files[0]).hex
+    # the model id as printed (12 digits) is accepted
+    assert main(["match", db, h, "--max-distance", "0", "--model-id", demo.model_id[:12]]) == 0
+    assert main(["match", db, str(files[0]), "--max-distance", "0", "--model", "demo"]) == 0
+
+
+def _limited(script: str, limit_mb: int) -> subprocess.CompletedProcess:
+    """Run ``script`` in a Python process whose address space is capped at ``limit_mb``."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"),
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    prelude = (f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({limit_mb << 20}, {limit_mb << 20}))\n")
+    return subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, env=env, timeout=300)
+
+
+def test_dupes_at_a_large_radius_stays_within_bounded_memory(tmp_path):
+    """20,000 hashes all within 40 bits of one another: 200 million pairs (3 GB as arrays), one group."""
+    db = str(tmp_path / "db.sqlite")
+    rng = np.random.default_rng(3)
+    center = rng.integers(0, 2, 96, dtype=np.uint8)
+    bits = np.repeat(center[None], 20000, axis=0)
+    for row in bits:
+        row[rng.choice(96, 20, replace=False)] ^= 1
+    packed = np.packbits(bits, axis=1)
+    (tmp_path / "l.txt").write_text("".join(f"{bytes(p).hex()}  img{k:05d}.jpg\n" for k, p in enumerate(packed)))
+    assert _cli("index", "import", db, str(tmp_path / "l.txt")).returncode == 0
+    got = _limited(f"import sys; from neuralhash.cli import main; "
+                   f"sys.exit(main(['dupes', {db!r}, '--max-distance', '40', '--csv']))", 1024)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert b"1 group(s) of near-duplicates within 40 bits (20000 images)" in got.stderr
+
+
+def test_import_streams_under_a_memory_limit(tmp_path):
+    """A list larger than the memory the importing process may use goes in, and reads back exactly."""
+    n = 1_500_000
+    path = tmp_path / "big.txt"
+    rng = np.random.default_rng(9)
+    with open(path, "w") as fh:
+        for start in range(0, n, 250_000):
+            text = rng.integers(0, 256, (250_000, 12), dtype=np.uint8).tobytes().hex()
+            fh.write("".join(f"{text[24 * j:24 * j + 24]}  {'d' * 150}/{start + j:08d}.jpg\n"
+                             for j in range(250_000)))
+    size_mb = path.stat().st_size >> 20
+    db = str(tmp_path / "db.sqlite")
+    got = _limited(f"import sys; from neuralhash.cli import main; "
+                   f"sys.exit(main(['index', 'import', {db!r}, {str(path)!r}]))", 900)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert size_mb > 250 and f"{n} imported".encode() in got.stderr
+    from neuralhash.store import HashStore
+
+    with HashStore(db) as store:
+        assert store.lists()[0].count == n
+        assert store.verify_index()
+
+
+def test_index_add_with_a_non_utf8_file_name_completes(tmp_path, demo):
+    folder = tmp_path / "imgs"
+    files = _images(folder, 2, seed=8)
+    raw = os.fsencode(str(folder)) + b"/photo \xff\xfe.png"
+    os.rename(files[1], raw)
+    db = str(tmp_path / "db.sqlite")
+    got = _cli("index", "add", db, str(folder), "--model", "demo", "--workers", "0")
+    assert got.returncode == 0, got.stderr
+    assert b"2 added" in got.stderr
+    got = _cli("index", "export", db, "--jsonl")
+    rows = [json.loads(line) for line in got.stdout.splitlines()]
+    by_bytes = {(__import__("base64").b64decode(r["path_b64"]) if "path_b64" in r else os.fsencode(r["path"])): r
+                for r in rows}
+    assert raw in by_bytes and by_bytes[raw]["hash"] == demo.hash(os.fsdecode(raw)).hex
+    got = _cli("index", "export", db)  # text: the name's bytes as they are
+    assert raw in got.stdout

@@ -350,3 +350,22 @@ def test_components_of_self_join():
     order = rng.permutation(n)
     labels = connected_components((order[:-1], order[1:]), n)
     assert (labels == 0).all()
+
+
+@pytest.mark.parametrize("budget", [1, 37, 1000])
+def test_self_join_and_components_in_small_chunks_match_the_reference(monkeypatch, budget):
+    """With a tiny pair budget every chunking path (bucket slices, pair chunks, folds) is taken."""
+    import neuralhash.matching.index as index_mod
+
+    monkeypatch.setattr(index_mod, "_PAIR_BUDGET", budget)
+    rng = np.random.default_rng(budget)
+    packed = planted(rng, 400, 300, max_flip=6)
+    packed = np.vstack([packed, np.repeat(packed[:1], 30, axis=0)])  # one big bucket of equal hashes
+    dist = ref_dist_matrix(packed)
+    for r in (0, 3, 6, 30):
+        i, j, d = ref_pairs(dist, r)
+        for method in ("index", "brute"):
+            idx = HashIndex(packed, block_bits=8)
+            assert_pairs(idx.self_join(r, method=method), i, j, d)
+            labels = idx.components(r, method=method)
+            np.testing.assert_array_equal(labels, connected_components((i, j), packed.shape[0]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -245,3 +246,455 @@ def test_search_and_duplicate_groups_match_brute_force(tmp_path):
         expected_groups = sorted((sorted(c) for c in clusters.values() if len(c) > 1), key=lambda g: (-len(g), g[0]))
         assert [[h.path for h in g] for g in groups] == expected_groups
         assert len(groups[0]) >= len(groups[-1])
+
+
+# -- named lists, the packed index, safety ----------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from neuralhash.store import StoredList  # noqa: E402
+from neuralhash.store import packed as packed_mod  # noqa: E402
+
+
+def _brute(rows: list[tuple[str, str, str]], query: str, r: int, lists=None) -> list[tuple[int, str]]:
+    """(distance, path) of every (list, path, hex) row within r, nearest first then by insertion."""
+    hits = [(_hamming(query, h), k, p) for k, (lst, p, h) in enumerate(rows)
+            if (lists is None or lst in lists) and _hamming(query, h) <= r]
+    return [(d, p) for d, _, p in sorted(hits)]
+
+
+def _random_rows(n: int, seed: int, lists=("a", "b")) -> list[tuple[str, str, str]]:
+    import random
+
+    rng = random.Random(seed)
+    base = [f"{rng.getrandbits(96):024x}" for _ in range(n)]
+    rows = []
+    for k, h in enumerate(base):
+        lst = lists[k % len(lists)]
+        rows.append((lst, f"{lst}/{k:04d}.jpg", h))
+        if k % 4 == 0:  # a near copy 1-6 bits away
+            v = int(h, 16)
+            for bit in rng.sample(range(96), rng.randint(1, 6)):
+                v ^= 1 << bit
+            rows.append((lst, f"{lst}/{k:04d}_copy.jpg", f"{v:024x}"))
+    return rows
+
+
+def _fill(store: HashStore, rows, model_id="m") -> None:
+    for lst in sorted({r[0] for r in rows}):
+        store.add_hashes(lst, [(p, bytes.fromhex(h)) for ls, p, h in rows if ls == lst], model_id=model_id)
+
+
+def test_named_lists_and_matcher_agree_with_brute_force(tmp_path):
+    rows = _random_rows(300, seed=1)
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        _fill(store, rows)
+        assert sorted(store.lists(), key=lambda x: x.name) == [
+            StoredList("a", "m", sum(r[0] == "a" for r in rows)), StoredList("b", "m", sum(r[0] == "b" for r in rows))]
+        queries = [rows[0][2], rows[5][2], "0" * 24]
+        for lists in (None, ["a"], ["b"], ["a", "b"]):
+            m = store.matcher("m", lists)
+            for r in (0, 3, 8):
+                got = m.query([bytes.fromhex(q) for q in queries], r)
+                for q, hits in zip(queries, got):
+                    assert [(h.distance, h.path) for h in hits] == _brute(rows, q, r, lists)
+                    assert all(_hamming(q, h.hex) == h.distance and h.list == h.path.split("/")[0] for h in hits)
+        # hashes of another model never mix: a list is one model's
+        with pytest.raises(StoreError, match="holds hashes of model m"):
+            store.add_hashes("a", [("x.jpg", bytes(12))], model_id="other")
+        store.add_hashes("c", [("x.jpg", bytes(12))], model_id="other")
+        with pytest.raises(StoreError, match="another model"):
+            store.matcher("m", ["a", "c"])
+        with pytest.raises(StoreError, match="different models"):
+            store.matcher(None, ["a", "c"])
+        assert store.delete_list("b") == sum(r[0] == "b" for r in rows)
+        assert [x.name for x in store.lists()] == ["a", "c"]
+        with pytest.raises(StoreError, match="no list named 'b'"):
+            store.delete_list("b")
+        assert store.verify_index()
+
+
+def test_matcher_sees_rows_committed_later_by_another_process(tmp_path):
+    db = tmp_path / "db.sqlite"
+    rows = _random_rows(200, seed=2, lists=("a",))
+    with HashStore(db, create=True) as store:
+        _fill(store, rows)
+    with HashStore(db) as reader:  # read-only, long-lived, as a service's would be
+        m = reader.matcher("m")
+        q = bytes.fromhex(rows[3][2])
+        before = m.query([q], 4)[0]
+        script = textwrap.dedent(f"""
+            from neuralhash.store import HashStore
+            with HashStore({str(db)!r}, create=True) as s:
+                s.add_hashes("a", [("late.jpg", bytes.fromhex({rows[3][2]!r}))], model_id="m")
+                s.add_hashes("a", [({rows[3][1]!r}, bytes(12))], model_id="m")  # replaces a row
+        """)
+        subprocess.run([sys.executable, "-c", script], check=True, env=dict(os.environ))
+        after = m.query([q], 4)[0]
+        assert "late.jpg" in [h.path for h in after] and "late.jpg" not in [h.path for h in before]
+        assert rows[3][1] in [h.path for h in before] and rows[3][1] not in [h.path for h in after]
+        assert reader.verify_index()
+
+
+def _crash_in_write(db: Path, where: str) -> None:
+    """A process that dies (os._exit) in the middle of an add, at ``where``."""
+    script = textwrap.dedent(f"""
+        import os
+        from neuralhash.store import HashStore, core
+        original = core._Write.finish
+        def finish(self):
+            if {where!r} == "before-index":
+                os._exit(9)
+            original(self)
+            os._exit(9)  # "after-index": the index is written, the rows never committed
+        core._Write.finish = finish
+        with HashStore({str(db)!r}, create=True) as s:
+            s.delete_list("a") if {where!r} == "after-index" else None
+            s.add_hashes("b", [("crash.jpg", bytes(12))], model_id="m")
+    """)
+    assert subprocess.run([sys.executable, "-c", script], env=dict(os.environ)).returncode == 9
+
+
+@pytest.mark.parametrize("where", ["before-index", "after-index"])
+def test_packed_index_that_disagrees_after_a_crash_is_rebuilt(tmp_path, where):
+    db = tmp_path / "db.sqlite"
+    rows = _random_rows(100, seed=3, lists=("a",))
+    with HashStore(db, create=True) as store:
+        _fill(store, rows)
+    _crash_in_write(db, where)
+    q = bytes.fromhex(rows[0][2])
+    with HashStore(db) as reader:  # read-only: rebuilds in memory, writes nothing
+        stamp = (db.with_suffix(".sqlite.nhindex")).stat().st_mtime_ns
+        hits = reader.matcher("m").query([q], 6)[0]
+        assert [(h.distance, h.path) for h in hits] == _brute(rows, rows[0][2], 6)
+        assert (db.with_suffix(".sqlite.nhindex")).stat().st_mtime_ns == stamp
+    with HashStore(db, create=True) as store:  # a writing open repairs the file
+        hits = store.matcher("m").query([q], 6)[0]
+        assert [(h.distance, h.path) for h in hits] == _brute(rows, rows[0][2], 6)
+        assert store.verify_index()
+        assert [x.name for x in store.lists()] == ["a"]
+
+
+def test_a_stale_copy_of_the_index_is_never_used(tmp_path):
+    """An older copy of DB.nhindex put back (a backup restored, a crash after the commit): rebuilt."""
+    db = tmp_path / "db.sqlite"
+    index = Path(str(db) + ".nhindex")
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("one.jpg", bytes(12))], model_id="m")
+        old = index.read_bytes()
+        store.add_hashes("a", [("two.jpg", bytes(11) + b"\x01")], model_id="m")
+    index.write_bytes(old)
+    with HashStore(db) as reader:
+        assert [h.path for h in reader.matcher("m").query([bytes(12)], 1)[0]] == ["one.jpg", "two.jpg"]
+    index.write_bytes(b"garbage" * 100)
+    with HashStore(db, create=True) as store:
+        assert [h.path for h in store.matcher("m").query([bytes(12)], 1)[0]] == ["one.jpg", "two.jpg"]
+        assert store.verify_index()
+    hdr = packed_mod.read_header(os.open(index, os.O_RDONLY), "x")
+    assert hdr.n == 2 and not hdr.dirty
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_foreign_sqlite_files_are_never_touched(tmp_path):
+    other = tmp_path / "other.db"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    con.execute("INSERT INTO notes (text) VALUES ('keep me')")
+    con.commit()
+    con.close()
+    before, listing = _sha(other), sorted(os.listdir(tmp_path))
+    for create in (False, True):
+        with pytest.raises(StoreError, match="not a neuralhash database .*notes.*untouched"):
+            HashStore(other, create=create)
+    assert _sha(other) == before and sorted(os.listdir(tmp_path)) == listing
+    con = sqlite3.connect(other)
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert [n for (n,) in con.execute("SELECT name FROM sqlite_master")] == ["notes"]
+    # a read-only open of an empty file creates nothing either
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(StoreError, match="no neuralhash data"):
+        HashStore(empty)
+    assert empty.stat().st_size == 0
+
+
+def _v1_database(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE models (id INTEGER PRIMARY KEY, model_id TEXT NOT NULL UNIQUE,
+                             description TEXT NOT NULL DEFAULT '');
+        CREATE TABLE images (id INTEGER PRIMARY KEY, model INTEGER NOT NULL REFERENCES models(id),
+                             path TEXT NOT NULL, hash BLOB NOT NULL CHECK (length(hash) = 12), size INTEGER,
+                             mtime_ns INTEGER, sha256 TEXT, UNIQUE (model, path));
+        INSERT INTO meta VALUES ('schema', '1');
+    """)
+    con.execute("INSERT INTO models (model_id, description) VALUES (?, 'demo')", ("ab" * 32,))
+    con.execute("INSERT INTO models (model_id, description) VALUES ('imported', '')")
+    con.executemany("INSERT INTO images (model, path, hash, size) VALUES (?, ?, ?, ?)",
+                    [(1, "/p/a.jpg", bytes(12), 5), (2, "x.jpg", b"\x01" * 12, None), (1, "/p/b.jpg", b"\x02" * 12, 7)])
+    con.commit()
+    con.close()
+
+
+def test_schema_1_database_is_upgraded_by_a_writing_open(tmp_path):
+    db = tmp_path / "old.sqlite"
+    _v1_database(db)
+    before = _sha(db)
+    with pytest.raises(StoreError, match="older version.*index upgrade"):
+        HashStore(db)
+    assert _sha(db) == before
+    with HashStore(db, create=True) as store:
+        assert {(x.name, x.model_id, x.count) for x in store.lists()} == {
+            ("images", "ab" * 32, 2), ("imported", "imported", 1)}
+        got = {(h.list, h.path, h.hex) for h in store.export()}
+        assert got == {("images", "/p/a.jpg", "00" * 12), ("images", "/p/b.jpg", "02" * 12),
+                       ("imported", "x.jpg", "01" * 12)}
+        assert store.resolve_model("abab").model_id == "ab" * 32  # a unique prefix
+        assert store.verify_index()
+
+
+def test_model_id_prefix_must_be_unique(tmp_path):
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        store.add_hashes("x", [("a", bytes(12))], model_id="aa" + "0" * 62)
+        store.add_hashes("y", [("a", bytes(12))], model_id="ab" + "0" * 62)
+        assert store.resolve_model("aa").model_id.startswith("aa")
+        with pytest.raises(StoreError, match="start of several model ids"):
+            store.resolve_model("a")
+
+
+def test_non_utf8_file_names_are_stored_losslessly(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    raw = os.fsencode(str(folder)) + b"/caf\xe9 \xff.png"
+    with open(raw, "wb") as fh:
+        fh.write(b"image bytes")
+    name = os.fsdecode(raw)
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        report = store.add_images(FakeHasher(), [name])
+        assert (report.added, report.failed) == (1, [])
+        again = store.add_images(FakeHasher(), [name])
+        assert again.unchanged == 1  # found by its bytes, not rehashed
+        (row,) = store.export()
+        assert os.fsencode(row.path) == raw
+        (hit,) = store.matcher(None).query([bytes.fromhex(row.hex)], 0)[0]
+        assert os.fsencode(hit.path) == raw
+    con = sqlite3.connect(tmp_path / "db.sqlite")
+    assert con.execute("SELECT typeof(path), path FROM images").fetchone() == ("blob", raw)
+
+
+def test_a_file_that_vanishes_after_hashing_is_named(tmp_path):
+    files = _files(tmp_path / "imgs", 3)
+
+    class Vanishing(FakeHasher):
+        def hash_many(self, items, **kw):
+            for r in super().hash_many(items, **kw):
+                if str(r.item).endswith("img001.png"):
+                    os.remove(r.item)
+                yield r
+
+    seen = []
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        report = store.add_images(Vanishing(), files, on_result=lambda p, e: seen.append((Path(p).name, e)))
+    assert report.added == 2 and [Path(p).name for p, _ in report.failed] == ["img001.png"]
+    assert ("img001.png", report.failed[0][1]) in seen and "cannot read" in report.failed[0][1]
+
+
+def test_a_locked_database_is_waited_for_then_named(tmp_path):
+    import threading
+
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12))], model_id="m")
+    blocker = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    blocker.execute("BEGIN IMMEDIATE")
+    with HashStore(db, create=True, timeout=0.3) as store:
+        with pytest.raises(StoreError) as info:
+            store.add_hashes("a", [("y", bytes(12))], model_id="m")
+        assert str(info.value).startswith(str(db)) and "locked by another process" in str(info.value)
+        assert "\n" not in str(info.value)
+    threading.Timer(0.5, lambda: blocker.execute("COMMIT")).start()
+    with HashStore(db, create=True, timeout=20) as store:  # waits for the lock, then writes
+        store.add_hashes("a", [("y", bytes(12))], model_id="m")
+        assert {h.path for h in store.export()} == {"x", "y"}
+        assert store.verify_index()
+
+
+def test_disk_full_and_corruption_are_one_line_errors(tmp_path):
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12))], model_id="m")
+        store._db.execute("PRAGMA max_page_count=12")  # SQLite's own way to run out of room
+        with pytest.raises(StoreError, match="the disk is full"):
+            store.add_hashes("a", [(f"long name {'x' * 200} {k}", bytes(12)) for k in range(2000)], model_id="m")
+        assert [h.path for h in store.export()] == ["x"]  # what was committed stays, nothing half done
+        assert store.verify_index()
+    data = bytearray(db.read_bytes())
+    for k in range(4096, len(data), 7):
+        data[k] ^= 0x5A
+    db.write_bytes(bytes(data))
+    with pytest.raises(StoreError) as info:
+        with HashStore(db) as store:
+            list(store.export())
+    assert str(info.value).startswith(str(db)) and "\n" not in str(info.value)
+
+
+def test_undecodable_text_written_by_another_tool_does_not_crash(tmp_path):
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12))], model_id="m")
+    con = sqlite3.connect(db)
+    con.execute("UPDATE images SET path = CAST(x'66ff2e6a7067' AS TEXT)")
+    con.commit()
+    con.close()
+    with HashStore(db) as store:
+        (row,) = store.export()
+        assert os.fsencode(row.path) == b"f\xff.jpg"
+
+
+# -- hash lists: hostile and random input gives only skipped lines or the project's own errors -------
+
+import io  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from neuralhash import hashlists  # noqa: E402
+
+_PIECES = [b"59a34eabe31910abfb06f308  a\x00b", b"59A34EABE31910ABFB06F308", b"59a34eabe31910abfb06f30", b"zz" * 12,
+           b"  ", b" *", b"\t", b" ", b"\\", b"\\n", b"\\q", b"\r", b"\n", b",", b'"', b"{", b"}", b"[1]",
+           b'{"hash": "59a34eabe31910abfb06f308", "path": "a"}', b'{"hash": 5}', b'{"path_b64": "!!"}',
+           b"path,hash,error", b"hash", b"#", "\u2028".encode(), "\u0085".encode(), b"\xff\xfe", b"\xef\xbb\xbf",
+           b"a.jpg", b"\x00"]
+
+
+def _check_entries(data: bytes) -> None:
+    try:
+        entries = list(hashlists.iter_entries(io.BytesIO(data), label="fuzz"))
+    except hashlists.HashListError as exc:
+        assert "\n" not in str(exc)
+        return
+    lines = [ln for ln, _ in entries]
+    assert lines == sorted(lines) and all(isinstance(ln, int) and ln >= 1 for ln in lines)
+    for _, e in entries:
+        if isinstance(e, str):
+            assert e and "\n" not in e
+        else:
+            name, digest = e
+            assert isinstance(name, str) and name and isinstance(digest, bytes) and len(digest) == 12
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_fuzz_hash_list_random_bytes(data):
+    _check_entries(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join), max_size=30))
+def test_fuzz_hash_list_hostile_lines(lines):
+    _check_entries(b"\n".join(lines))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.sampled_from(_PIECES), max_size=8).map(b"".join), max_size=20))
+def test_fuzz_import_keeps_the_store_consistent(tmp_path, lines):
+    db = tmp_path / "fuzz.sqlite"
+    data = b"\n".join(lines)
+    with HashStore(db, create=True) as store:
+        try:
+            report = store.import_file(io.BytesIO(data), list_name="f", model_id="m")
+        except StoreError as exc:
+            assert "\n" not in str(exc)
+        else:
+            expected = {}  # the parser's entries, a later line winning
+            for _, e in hashlists.iter_entries(io.BytesIO(data), label="-"):
+                if not isinstance(e, str):
+                    expected[e[0]] = e[1].hex()
+            assert {h.path: h.hex for h in store.export(list_name="f")} == expected
+            assert report.imported == len(expected)
+        assert store.verify_index()
+    for suffix in ("", "-wal", "-shm", ".nhindex"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+
+
+def test_an_over_long_line_is_skipped_and_reading_goes_on():
+    data = b"59a34eabe31910abfb06f308  a.jpg\n" + b"x" * (hashlists.MAX_LINE * 3) + b"\n" + \
+        b"32dac883f7b91bbf45a48296  b.jpg\n"
+    got = list(hashlists.iter_entries(io.BytesIO(data)))
+    assert [(ln, e if isinstance(e, str) else e[0]) for ln, e in got] == [
+        (1, "a.jpg"), (2, f"a line longer than {hashlists.MAX_LINE} bytes"), (3, "b.jpg")]
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    """Two processes adding to one database at once (a service and an `index add`): every row, a true index."""
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.create_list("p0", "m")
+    script = textwrap.dedent(f"""
+        import sys
+        from neuralhash.store import HashStore
+        k = int(sys.argv[1])
+        with HashStore({str(db)!r}, create=True) as s:
+            for b in range(25):
+                s.add_hashes(f"p{{k}}", [(f"{{k}}-{{b}}-{{i}}", bytes([k, b, i]) + bytes(9)) for i in range(40)],
+                             model_id="m")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)]) for k in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    with HashStore(db) as store:
+        assert {(x.name, x.count) for x in store.lists()} == {("p0", 1000), ("p1", 1000)}
+        assert store.verify_index()
+        hits = store.matcher("m").query([bytes([1, 24, 39]) + bytes(9)], 0)[0]
+        assert [h.path for h in hits] == ["1-24-39"]
+
+
+def test_the_packed_index_grows_past_its_capacity_under_a_reader(tmp_path):
+    db = tmp_path / "db.sqlite"
+    rng = np.random.default_rng(11)
+    digests = rng.integers(0, 256, (90_000, 12), dtype=np.uint8)
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("first", bytes(digests[0]))], model_id="m")
+        with HashStore(db) as reader:
+            m = reader.matcher("m")
+            assert len(m) == 1
+            for b in range(3):  # past the first file's 65,536 entries: the file is rewritten bigger
+                store.add_hashes("a", [(f"{b}-{i}", bytes(digests[30_000 * b + i])) for i in range(30_000)],
+                                 model_id="m")
+                assert len(m) == 1 + 30_000 * (b + 1)
+            q = digests[[5, 45_000, 89_999]]
+            hits = m.query([bytes(x) for x in q], 0)
+            assert [[h.path for h in hs if h.path != "first"] for hs in hits] == [["0-5"], ["1-15000"], ["2-29999"]]
+        assert store.verify_index()
+
+
+def test_a_file_of_garbage_reports_a_bounded_list_of_lines(tmp_path):
+    from neuralhash.store.core import MAX_SKIPPED
+
+    data = b"not a hash\n" * (MAX_SKIPPED + 5000) + b"59a34eabe31910abfb06f308  last.jpg\n"
+    with HashStore(tmp_path / "db.sqlite", create=True) as store:
+        report = store.import_file(io.BytesIO(data), list_name="g", model_id="m")
+    assert report.imported == 1 and report.skipped_total == MAX_SKIPPED + 5000
+    assert len(report.skipped) == MAX_SKIPPED and report.skipped[0][0] == 1
+
+
+def test_a_read_only_database_file_is_a_one_line_error(tmp_path):
+    """Read-only even for root: an immutable file (chattr +i); skipped where that is not possible."""
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as store:
+        store.add_hashes("a", [("x", bytes(12))], model_id="m")
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode:
+        pytest.skip("cannot make a file immutable here (chattr +i needs root and a supporting file system)")
+    try:
+        with HashStore(db, create=True) as store:
+            with pytest.raises(StoreError) as info:
+                store.add_hashes("a", [("y", bytes(12))], model_id="m")
+        assert str(info.value).startswith(str(db)) and "read-only" in str(info.value)
+        with HashStore(db) as store:  # reading still works
+            assert [h.path for h in store.matcher("m").query([bytes(12)], 0)[0]] == ["x"]
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])

@@ -327,6 +327,13 @@ def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str) ->
     yield batch
 
 
+def _csv_header(line: str) -> list[str]:
+    try:
+        return [h.strip().lower() for h in next(csv.reader([line.rstrip("\r")]), [])]
+    except csv.Error:
+        return []
+
+
 def iter_batches(source, *, label: str | None = None, where: str | None = None) -> Iterator[Batch]:
     """The entries of a hash list (a path or a binary file object), a batch at a time.
 
@@ -360,7 +367,7 @@ def iter_batches(source, *, label: str | None = None, where: str | None = None) 
         lines = _lines(stream, head, where)
         if first_text.startswith("{"):
             yield from _jsonl_batches(lines, label)
-        elif "," in first_text and "hash" in [h.strip().lower() for h in next(csv.reader([first_text]), [])]:
+        elif "," in first_text and "hash" in _csv_header(first_text):
             yield from _csv_batches(lines, label, where)
         else:
             yield from _text_batches(lines, label)

@@ -111,10 +111,13 @@ def cmd_index_import(args) -> int:
                                    model_id=model_id)
     for lineno, reason in report.skipped:
         print(f"neuralhash: {display(args.file)}:{lineno}: {reason}", file=sys.stderr)
+    if report.skipped_total > len(report.skipped):
+        print(f"neuralhash: {display(args.file)}: {report.skipped_total - len(report.skipped)} more malformed "
+              f"line(s) not listed", file=sys.stderr)
     print(f"neuralhash: {display(args.db)}: list {report.list!r}: {report.imported} imported "
-          f"({report.replaced} replaced), {len(report.skipped)} line(s) skipped, model {report.model_id[:12]!r}",
+          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, model {report.model_id[:12]!r}",
           file=sys.stderr, flush=True)
-    return 1 if report.skipped else 0
+    return 1 if report.skipped_total else 0
 
 
 def cmd_index_export(args) -> int:
@@ -231,9 +234,10 @@ def cmd_match(args) -> int:
             print(f"neuralhash: {display(label)}: no match within {args.max_distance} bits", file=sys.stderr)
         for m in hits:
             if write is None:
+                # sha256sum's rule: a line holding an escaped name starts with a backslash.
                 line = text_line(m.hex, m.path)
-                escaped = line.startswith("\\")
-                sys.stdout.write(f"{display(label)}  {m.distance}  {line[1:] if escaped else line}")
+                mark, line = ("\\", line[1:]) if line.startswith("\\") else ("", line)
+                sys.stdout.write(f"{mark}{display(label)}  {m.distance}  {line}")
             else:
                 write({"query": label, "query_hash": digest.hex(), "distance": m.distance, "hash": m.hex,
                        "path": m.path, "list": m.list})

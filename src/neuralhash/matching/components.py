@@ -73,10 +73,13 @@ def component_groups(labels, min_size: int = 2) -> list[np.ndarray]:
     labels = np.asarray(labels)
     if labels.size == 0:
         return []
-    order = np.argsort(labels, kind="stable")
+    order = np.argsort(labels, kind="stable").astype(np.int64)
     sorted_labels = labels[order]
     cut = np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
-    groups = np.split(order.astype(np.int64), cut)
-    groups = [g for g in groups if g.shape[0] >= min_size]
+    starts = np.concatenate(([0], cut))
+    ends = np.concatenate((cut, [labels.size]))
+    # Only the components kept become arrays: millions of singletons would cost ~100 bytes each.
+    keep = np.flatnonzero(ends - starts >= min_size)
+    groups = [order[a:b] for a, b in zip(starts[keep].tolist(), ends[keep].tolist())]
     groups.sort(key=lambda g: int(g[0]))
     return groups

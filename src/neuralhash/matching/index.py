@@ -690,9 +690,12 @@ class HashIndex:
         elif method == "index" and not self.indexable(r):
             method = "brute"
         chunks = self._join_brute(r) if method == "brute" else self._join_index(r)
-        for i, j, d in chunks:
-            if i.size:
-                yield i, j, d
+        try:
+            for i, j, d in chunks:
+                if i.size:
+                    yield i, j, d
+        finally:
+            self._words_t = None
 
     def components(self, max_distance: int, *, method: str = "auto") -> np.ndarray:
         """Component labels (as :func:`~neuralhash.matching.connected_components`) of the
@@ -701,9 +704,24 @@ class HashIndex:
         from .components import connected_components
 
         labels = np.arange(self._n, dtype=np.int64)
+        # Pairs are buffered before each fold, as many as there are hashes (at least a chunk's
+        # worth): a fold costs passes over all N labels, so this keeps folding O(N + pairs).
+        buf_i, buf_j, held = [], [], 0
+        budget = max(_PAIR_BUDGET, self._n)
+
+        def fold(labels):
+            if not held:
+                return labels
+            return connected_components((np.concatenate(buf_i), np.concatenate(buf_j)), self._n, parent=labels)
+
         for i, j, _ in self.iter_pairs(max_distance, method=method):
-            labels = connected_components((i, j), self._n, parent=labels)
-        return labels
+            buf_i.append(i)
+            buf_j.append(j)
+            held += i.size
+            if held >= budget:
+                labels = fold(labels)
+                buf_i, buf_j, held = [], [], 0
+        return fold(labels)
 
     def _join_index_cost(self, r: int) -> float:
         if not self.indexable(r):
@@ -717,7 +735,9 @@ class HashIndex:
         return cost
 
     def _join_brute(self, r: int):
-        rows = 2048
+        # Rows a chunk: at most about _PAIR_BUDGET cells, so that a chunk of pairs stays
+        # bounded even when every pair is within the radius.
+        rows = int(min(2048, max(16, _PAIR_BUDGET // max(self._n, 1))))
         for a in range(0, self._n, rows):
             b = min(a + rows, self._n)
             qi, idx, d = self._brute(self._hi[a:b], self._lo[a:b], r, col_start=a + 1)
@@ -730,11 +750,18 @@ class HashIndex:
         for t, st in plan:
             values, starts, ends = self._tables.runs(t)
             sizes = ends - starts
-            # Pairs inside one bucket: position p pairs with p+1 .. end-1.
-            big = sizes >= 2
-            pos = _expand(starts[big], sizes[big])
-            yield from self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
-                                          np.repeat(ends[big], sizes[big]) - pos - 1, False)
+            # Pairs inside one bucket: position p pairs with p+1 .. end-1; buckets a slice
+            # of about _PAIR_BUDGET positions at a time, so the position lists stay small.
+            big = np.flatnonzero(sizes >= 2)
+            cut = np.searchsorted(np.cumsum(sizes[big]), np.arange(_PAIR_BUDGET, int(sizes[big].sum()) + 1,
+                                                                   _PAIR_BUDGET), "right")
+            for part in np.split(big, np.unique(cut)):
+                if part.size == 0:
+                    continue
+                pos = _expand(starts[part], sizes[part])
+                yield from self._verify_pairs(t, plan, r, self._tables.order, pos, pos + 1,
+                                              np.repeat(ends[part], sizes[part]) - pos - 1, False)
+            del big, cut
             # Pairs of buckets u and u ^ f for each mask f != 0, each unordered pair of
             # buckets once (the one without f's highest bit on the left); as many
             # masks at once as keep the (bucket, mask) grid within budget.
@@ -754,6 +781,16 @@ class HashIndex:
                 yield from self._verify_pairs(t, plan, r, self._tables.order, pos, np.repeat(ts, lsizes),
                                               np.repeat(te - ts, lsizes), True)
 
+    def _block_words(self, t: int):
+        """(hi, lo) permuted into block ``t``'s bucket order, and the block's offset in ``order``
+        (one block's copy is kept at a time)."""
+        cached = getattr(self, "_words_t", None)
+        if cached is None or cached[0] != t:
+            n = self._n
+            perm = self._tables.order[t * n:(t + 1) * n]
+            self._words_t = cached = (t, self._hi[perm], self._lo[perm], t * n)
+        return cached[1], cached[2], cached[3]
+
     def _verify_pairs(self, t, plan, r, order, pos, pstart, pcount, swap):
         """Expand (position, partner range) lists into candidate pairs, by chunks of
         about ``_PAIR_BUDGET``, and keep the verified ones not found by an earlier block."""
@@ -772,13 +809,18 @@ class HashIndex:
             k0 = k1
             if left.size == 0:
                 continue
-            i = order[left].astype(np.int64)
-            j = order[right].astype(np.int64)
-            xh = self._hi[i] ^ self._hi[j]
-            xl = self._lo[i] ^ self._lo[j]
+            # Words in this block's bucket order: a bucket's hashes lie side by side, so
+            # verifying its pairs reads memory in order instead of at random.
+            hi_t, lo_t, base = self._block_words(t)
+            left -= base
+            right -= base
+            xh = hi_t[left] ^ hi_t[right]
+            xl = lo_t[left] ^ lo_t[right]
             d = np.bitwise_count(xh) + np.bitwise_count(xl)
-            keep = d <= r
-            i, j, d, xh, xl = i[keep], j[keep], d[keep], xh[keep], xl[keep]
+            keep = np.flatnonzero(d <= r)
+            d, xh, xl = d[keep], xh[keep], xl[keep]
+            i = order[left[keep] + base].astype(np.int64)
+            j = order[right[keep] + base].astype(np.int64)
             if t > plan[0][0] and i.size:
                 keep = ~self._earlier_block_hit(t, plan, xh, xl)
                 i, j, d = i[keep], j[keep], d[keep]

@@ -143,9 +143,8 @@ class PackedFile:
             return False
 
     def close(self) -> None:
-        # Arrays may still view the map; dropping our references lets it close with them.
-        self.columns = {}
-        self._mm = None
+        # The map is not closed: arrays (a matcher's, another thread's) may still view it; it goes
+        # away with the last of them.
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -162,12 +161,6 @@ class PackedFile:
         if not self.header.dirty:
             h = self.header
             self.write_header(Header(h.uuid, h.generation, h.n, h.capacity, True), sync=True)
-
-    def put(self, start: int, cols: dict[str, np.ndarray]) -> None:
-        """Write entries ``start .. start+k`` (beyond the header's count: invisible until committed)."""
-        k = len(cols["rowid"])
-        for name, dtype in _COLUMNS:
-            self.columns[name][start:start + k] = cols[name]
 
 
 def write_new(path: str, header: Header, cols: dict[str, np.ndarray] | None) -> None:
