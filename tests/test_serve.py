@@ -165,6 +165,18 @@ def test_a_decoder_crash_fails_only_its_upload(tmp_path, nh):
         assert again.status_code == 200 and again.json()["hash"] == nh.hash(png(13)).hex
 
 
+def test_a_non_finite_projection_is_an_error_not_a_hash():
+    from neuralhash.errors import ImageError
+    from neuralhash.hashing import Hash
+    from neuralhash.service.hasher import check_finite
+
+    values = np.linspace(-1, 1, 96).astype(np.float32)
+    check_finite(Hash.from_projection(values), "ok.png")
+    values[5] = np.nan
+    with pytest.raises(ImageError, match="bad.png: .*non-finite"):
+        check_finite(Hash.from_projection(values), "bad.png")
+
+
 def test_upload_limit_is_413(tmp_path, nh):
     app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0, max_upload=10_000))
     buf = io.BytesIO()

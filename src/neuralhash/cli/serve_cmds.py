@@ -65,7 +65,6 @@ def cmd_serve(args) -> int:
         if exc.name in ("fastapi", "uvicorn", "starlette", "multipart", "python_multipart", "jinja2", "pydantic"):
             raise NeuralHashError(SERVE_EXTRA) from None
         raise
-    from ..hashing import NeuralHash
     from .common import load_hasher
 
     token = _token(args)
@@ -77,7 +76,6 @@ def cmd_serve(args) -> int:
         nh = None
         print("neuralhash: no model (--model SRC): serving hash lookups only; POST /hash answers 501",
               file=sys.stderr, flush=True)
-    assert nh is None or isinstance(nh, NeuralHash)
     config = ServeConfig(
         db=args.db, model=nh, host=args.host, token=token,
         max_upload=args.max_upload or DEFAULT_MAX_UPLOAD, max_import=args.max_import or DEFAULT_MAX_IMPORT,

@@ -15,7 +15,7 @@ import ipaddress
 import json
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -62,8 +62,7 @@ class ServeConfig:
     max_upload: int = DEFAULT_MAX_UPLOAD
     max_import: int = DEFAULT_MAX_IMPORT
     workers: int = 2  # image-decoding worker processes (0: decode in a thread of the server)
-    batch_size: int = 8
-    extra: dict = field(default_factory=dict)
+    batch_size: int = 8  # images through the network together at most
 
 
 def is_loopback(host: str) -> bool:

@@ -77,7 +77,9 @@ class LookupResult:
 
 
 def _store_error(exc: Exception) -> BackendError:
-    """A store error as the status it deserves: 404 for what does not exist, else 422."""
+    """A store error as the status it deserves: 404 for what does not exist, 409 for a name taken
+    by another model, else 422. StoreError has no kinds, so its message is read (a wrong reading
+    only changes the status; the message is passed on as it is)."""
     text = str(exc)
     lowered = text.lower()
     status = 404 if ("no list" in lowered or "no hashes of model" in lowered or "not found" in lowered

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ImageError, NeuralHashError
+# The start method and worker set-up `neuralhash hash` uses (forkserver; Ctrl-C left to the parent).
 from ..hashing.pipeline import _context, _worker_init, decode_task
 
 

@@ -9,6 +9,7 @@ database. Everything committed is in the database; a restart serves it.
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Callable
 
 from .app import ServeConfig, ServiceError, create_app
@@ -24,6 +25,7 @@ def serve(config: ServeConfig, *, port: int = 8000, on_ready: Callable[[str], No
     import uvicorn
 
     app = create_app(config)
+    sock = _listen(config.host, port)  # bound here: a refused address is our one-line error
     server = uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=graceful_timeout, lifespan="on", server_header=False,
@@ -44,14 +46,28 @@ def serve(config: ServeConfig, *, port: int = 8000, on_ready: Callable[[str], No
     # the work is done, so the re-raised signal is only noted (the command exits 0).
     previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
-    except SystemExit:
-        raise ServiceError(f"cannot serve on {config.host}:{port} (the address is in use, or not one of this "
-                           "machine's)") from None
+        server.run(sockets=[sock])
+    except SystemExit:  # uvicorn's way of saying start-up failed (it has logged why)
+        raise ServiceError(f"cannot serve on {config.host}:{port}: the server did not start") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sock.close()
     if not server.started:
-        raise ServiceError(f"cannot serve on {config.host}:{port} (the address is in use, or not one of this "
-                           "machine's)")
+        raise ServiceError(f"cannot serve on {config.host}:{port}: the server did not start")
     return received[0] if received else None
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ServiceError(f"cannot serve on {host}:{port}: not an address ({exc.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ServiceError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
