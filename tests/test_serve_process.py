@@ -252,3 +252,17 @@ def test_a_token_guards_a_real_server(tmp_path, nh, servers):
     status, body = s.request("GET", "/info")
     assert status == 401 and "token" in body["error"]
     assert s.stop() == 0
+
+
+def test_a_port_in_use_is_one_line(tmp_path, module_env):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "neuralhash.cli", "serve", str(tmp_path / "h.db"),
+                            "--port", str(port)], capture_output=True, text=True, env=env(), timeout=120)
+    finally:
+        taken.close()
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"neuralhash: error: cannot serve on 127.0.0.1:{port}: Address already in use"
