@@ -687,10 +687,11 @@ class HashStore:
             if not pending:
                 return
             with self._writing(f"adding to list {list_name!r}") as tx:
-                old = [known[p][0] for p, _, _ in pending if p in known]
-                tx.delete(np.array(old, np.int64))
-                ids = tx.append(key, [p for p, _, _ in pending], b"".join(d for _, d, _ in pending),
-                                [e for _, _, e in pending])
+                # By name, not by what this run saw: another process may have added the same file.
+                first = tx.next_id
+                self._replace_append(tx, key, [p for p, _, _ in pending], b"".join(d for _, d, _ in pending),
+                                     [e for _, _, e in pending])
+                ids = range(first, first + len(pending))
             for rid, (p, _, e) in zip(ids, pending):
                 known[p] = (rid, e[0], e[1])
             pending.clear()
@@ -784,42 +785,48 @@ class HashStore:
         return report
 
     def _dedupe_import(self, tx: _Write, key: int, start: int, added: int) -> tuple[int, int]:
-        """After appending ``added`` entries at ``start``: the list's older entries of a name
-        imported now are replaced, and of a name imported twice the later line wins.
-        (replaced, duplicate lines dropped)."""
+        """After appending ``added`` entries at ``start``: of the list's entries that share a
+        name, only the last stays (an imported name replaces the list's older entry; within the
+        file a later line wins). (replaced, duplicate lines dropped).
+
+        Entries whose name keys collide are the candidates (found in NumPy); their names are
+        compared in SQLite through a temporary table, so a re-import of millions of names
+        holds no name in Python and no index is kept on the names.
+        """
         if added == 0:
             return 0, 0
         cols = tx.packed.columns
         new_keys = cols["pkey"][start:start + added]
-        replaced = 0
+        pos = np.arange(start, start + added)
         if start:
             old = np.flatnonzero(cols["list"][:start] == key)
             if old.size:
                 old = old[np.isin(cols["pkey"][old], new_keys)]
-            if old.size:
-                # Names of the candidates, old and new, compared for real.
-                old_paths = self._paths_of(cols["rowid"][old].tolist())
-                cand_new = start + np.flatnonzero(np.isin(new_keys, cols["pkey"][old]))
-                new_paths = set(self._paths_of(cols["rowid"][cand_new].tolist()).values())
-                doomed = [r for r, p in old_paths.items() if p in new_paths]
-                replaced = tx.delete(np.array(doomed, np.int64))
-        # Within the import: equal keys are rare; compare their names, keep the last of each.
-        order = np.argsort(new_keys, kind="stable")
-        sk = new_keys[order]
-        dup = np.flatnonzero(sk[1:] == sk[:-1])
-        dropped = 0
-        if dup.size:
-            cand = np.unique(np.concatenate([order[dup], order[dup + 1]])) + start
-            rowids = cols["rowid"][cand].tolist()
-            paths = self._paths_of(rowids)
-            last: dict[str, int] = {}
-            doomed = []
-            for rid in sorted(rowids):
-                p = paths[rid]
-                if p in last:
-                    doomed.append(last[p])
-                last[p] = rid
-            dropped = tx.delete(np.array(doomed, np.int64))
+                pos = np.concatenate([old, pos])
+        keys = cols["pkey"][pos]
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        same = np.flatnonzero(sk[1:] == sk[:-1])
+        if same.size == 0:
+            return 0, 0
+        cand = pos[np.unique(np.concatenate([order[same], order[same + 1]]))]
+        first_new = int(cols["rowid"][start])
+        db = self._db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS nh_candidates (id INTEGER PRIMARY KEY, pkey INTEGER NOT NULL)")
+        db.execute("DELETE FROM temp.nh_candidates")
+        for a in range(0, cand.size, 1 << 17):
+            chunk = cand[a:a + (1 << 17)]
+            pairs = np.column_stack([cols["rowid"][chunk], cols["pkey"][chunk]]).tolist()
+            db.execute("INSERT INTO temp.nh_candidates SELECT value ->> 0, value ->> 1 FROM json_each(?)",
+                       (json.dumps(pairs),))
+        db.execute("CREATE INDEX IF NOT EXISTS temp.nh_candidates_key ON nh_candidates (pkey)")
+        doomed = np.array([rid for (rid,) in db.execute(
+            "SELECT DISTINCT a.id FROM temp.nh_candidates a JOIN temp.nh_candidates b "
+            "ON b.pkey = a.pkey AND b.id > a.id JOIN images ia ON ia.id = a.id JOIN images ib ON ib.id = b.id "
+            "WHERE ia.path = ib.path")], np.int64)
+        db.execute("DROP TABLE temp.nh_candidates")
+        replaced = tx.delete(doomed[doomed < first_new])
+        dropped = tx.delete(doomed[doomed >= first_new])
         return replaced, dropped
 
     def export(self, *, list_name: str | None = None, model_id: str | None = None) -> Iterator[StoredHash]:
