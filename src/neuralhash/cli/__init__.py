@@ -2,7 +2,8 @@
 
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
 verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
-``index_cmds`` (index, match, dupes), ``audit_cmds`` (audit), ``robustness_cmds`` (robustness);
+``index_cmds`` (index, match, dupes), ``audit_cmds`` (audit), ``robustness_cmds`` (robustness),
+``serve_cmds`` (serve);
 ``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
@@ -39,6 +40,7 @@ from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_veri
 from ..pathnames import display
 from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
 from .robustness_cmds import cmd_robustness
+from .serve_cmds import add_serve_command
 
 
 #: --batch-size above this holds batch x 1.5 MB of network input for no gain (batches save no CPU).
@@ -153,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "run ~13x faster; default: as they are)")
     p.add_argument("--list-edits", action="store_true", help="print the catalogue of edits and exit")
     p.set_defaults(subparser=p)
+
+    add_serve_command(add)
     return parser
 
 

@@ -1,0 +1,294 @@
+"""`neuralhash serve` under load: lookups, batched lookups, image hashing, memory.
+
+Usage: pip install '.[serve,bench]'; python benchmarks/bench_serve.py [--quick] [--hashes N] [--seconds S] [--db PATH]
+
+Prints one table. The server runs as its own process on loopback (`neuralhash
+serve DB --model demo --port 0`) over a database of --hashes random hashes
+(default 10 million; 1% planted near-duplicates so that lookups find
+something), built once and kept at --db for the next run. A real HTTP client
+(aiohttp, asynchronous, keep-alive) in this process drives it with bounded
+concurrency for a bounded time per phase:
+
+- single-hash lookups at radius 8 (POST /lookup, one hash): requests/s, p50 and
+  p99 latency; goal 1,000/s with p99 under 50 ms;
+- batched lookups (100 hashes a request): hashes/s; goal 4,000/s or more;
+- image hashing: POST /hash of --images pictures against `neuralhash hash` on
+  the same files in the same run (both with the demo model, both decoding in
+  one worker process per CPU); the command's rate is its steady rate (the time
+  for all images less the time for one, so its start-up is left out); goal 0.8x;
+- the server's memory (RSS of the server process, and of its decoding workers)
+  after 16 warm-up uploads and after all the load: goal flat.
+
+The client shares the machine's cores with the server: on 2 cores the figures
+are the server's under that handicap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RADIUS = 8
+BATCH = 100
+LIST = "bench"
+
+
+def build_db(db: Path, n: int, model_id: str) -> None:
+    """N random hashes, 1% of them copies of others with 0-8 bits flipped (built once, kept)."""
+    from neuralhash.store import HashStore
+
+    if db.exists():
+        with HashStore(db, create=False) as store:
+            if any(s.name == LIST and s.count == n and s.model_id == model_id for s in store.lists()):
+                return
+        db.unlink()
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    with HashStore(db, create=True) as store:
+        step = 1_000_000
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            block = rng.integers(0, 256, (m, 12), dtype=np.uint8)
+            planted = rng.choice(m, m // 100, replace=False)
+            sources = rng.integers(0, m, len(planted))
+            bits = np.unpackbits(block[sources], axis=1)
+            for row, k in enumerate(rng.integers(0, 9, len(planted))):
+                bits[row, rng.choice(96, k, replace=False)] ^= 1
+            block[planted] = np.packbits(bits, axis=1)
+            raw = block.tobytes()
+            store.add_hashes(LIST, ((f"h{start + i:09d}", raw[12 * i:12 * i + 12]) for i in range(m)),
+                             model_id=model_id)
+            print(f"  built {start + m:,} of {n:,} hashes ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+
+class Server:
+    def __init__(self, db: Path, workers: int) -> None:
+        cmd = [sys.executable, "-m", "neuralhash.cli", "serve", str(db), "--model", "demo", "--port", "0",
+               "--workers", str(workers)]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                                     start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stderr] + [lines.put(None)],
+                         daemon=True).start()
+        while True:
+            line = lines.get(timeout=600)
+            if line is None:
+                raise SystemExit("the server did not start")
+            if " on http://" in line:
+                self.url = line.split(" on ", 1)[1].split(" ", 1)[0]
+                return
+
+    def memory(self) -> tuple[float, float, float]:
+        """MiB: the server's private memory (RssAnon), its file pages in memory (RssFile: the
+        memory-mapped index, shared with the page cache), and its decoding workers' RSS."""
+        def status(pid: int) -> dict[str, float]:
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                return {}
+            return {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in lines)
+                    if k in ("VmRSS", "RssAnon", "RssFile")}
+
+        def children(pid: int) -> list[int]:
+            out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+            return [int(p) for p in out]
+
+        mine = status(self.proc.pid)
+        kids = [g for c in children(self.proc.pid) for g in [c, *children(c)]]
+        return (mine.get("RssAnon", 0.0), mine.get("RssFile", 0.0),
+                sum(status(k).get("VmRSS", 0.0) for k in kids))
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+
+async def drive(url: str, make_request, concurrency: int, seconds: float) -> tuple[list[float], int, float]:
+    """Latencies (s) of every request, the count of failed ones, and the elapsed time."""
+    import aiohttp
+
+    latencies: list[float] = []
+    failed = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
+        for _ in range(concurrency):  # warm-up: connections, the server's index
+            method, path, kwargs = make_request()
+            async with client.request(method, path, **kwargs) as r:
+                await r.read()
+        start = time.perf_counter()
+        stop_at = start + seconds
+
+        async def worker() -> None:
+            nonlocal failed
+            while time.perf_counter() < stop_at:
+                method, path, kwargs = make_request()
+                t0 = time.perf_counter()
+                async with client.request(method, path, **kwargs) as r:
+                    await r.read()
+                    ok = r.status == 200
+                latencies.append(time.perf_counter() - t0)
+                failed += not ok
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, failed, time.perf_counter() - start
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def cli_hash_seconds(paths: list[Path], workers: int) -> float:
+    cmd = [sys.executable, "-m", "neuralhash.cli", "hash", "--model", "demo", "--workers", str(workers),
+           *map(str, paths)]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100,000 hashes, 3 s phases, 24 images: a smoke run")
+    parser.add_argument("--hashes", type=int, default=None, help="hashes in the database (default 10 million)")
+    parser.add_argument("--seconds", type=float, default=None, help="length of each load phase (default 15)")
+    parser.add_argument("--images", type=int, default=None, help="images for the hashing phase (default 120)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16],
+                        help="requests in flight for single lookups, one phase each (default 4 16)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="where the database is built and kept (default: the temp folder)")
+    args = parser.parse_args()
+    n = args.hashes or (100_000 if args.quick else 10_000_000)
+    seconds = args.seconds or (3.0 if args.quick else 15.0)
+    n_images = args.images or (24 if args.quick else 120)
+    workers = os.cpu_count() or 1
+    db = args.db or Path(tempfile.gettempdir()) / f"neuralhash-bench-serve-{n}.db"
+
+    from neuralhash.hashing import NeuralHash
+
+    nh = NeuralHash.demo()
+    build_db(db, n, nh.model_id)
+    image_dir = Path(tempfile.mkdtemp(prefix="neuralhash-bench-serve-"))
+    paths = make_images(image_dir, n_images)
+    rng = np.random.default_rng(1)
+
+    server = Server(db, workers)
+    rows: list[tuple[str, str, str]] = []
+    try:
+        async def warm_up() -> None:
+            import aiohttp
+
+            async with aiohttp.ClientSession(server.url) as client:
+                async def one(path: Path) -> None:
+                    async with client.post("/hash", data=path.read_bytes()) as r:
+                        assert r.status == 200, await r.text()
+
+                await asyncio.gather(*(one(p) for p in paths[:16]))
+
+        # The decoding workers start, and the network's buffers grow to a full batch, on the first uploads.
+        asyncio.run(warm_up())
+        mem_before = server.memory()
+
+        def one_lookup():
+            return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
+
+        for concurrency in args.concurrency:
+            lat, failed, elapsed = asyncio.run(drive(server.url, one_lookup, concurrency, seconds))
+            rows.append((f"single-hash lookups, radius 8, {concurrency} in flight (req/s)",
+                         f"{len(lat) / elapsed:,.0f}", "1,000"))
+            rows.append(("  p50 / p99 latency (ms)",
+                         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", "p99 < 50"))
+            rows.append(("  failed requests", str(failed), "0"))
+
+        def batch_lookup():
+            return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex() for _ in range(BATCH)],
+                                                "max_distance": RADIUS}}
+
+        lat, failed, elapsed = asyncio.run(drive(server.url, batch_lookup, 4, seconds))
+        rows.append((f"batched lookups, {BATCH} a request, radius 8 (hashes/s)", f"{len(lat) * BATCH / elapsed:,.0f}",
+                     "4,000"))
+        rows.append(("  p50 / p99 latency of a batch (ms)",
+                     f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", ""))
+        rows.append(("  failed requests", str(failed), "0"))
+
+        # Image hashing: the server, then the command, on the same files.
+        blobs = [p.read_bytes() for p in paths]
+
+        async def hash_all() -> tuple[float, int]:
+            import aiohttp
+
+            sem = asyncio.Semaphore(2 * workers)
+            async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=600)) as client:
+                async with client.post("/hash", data=blobs[0]) as r:  # warm-up
+                    await r.read()
+                t0 = time.perf_counter()
+
+                async def one(blob: bytes) -> int:
+                    async with sem, client.post("/hash", data=blob) as r:
+                        await r.read()
+                        return r.status
+
+                codes = await asyncio.gather(*(one(b) for b in blobs))
+                return time.perf_counter() - t0, sum(c != 200 for c in codes)
+
+        served_s, hash_failed = asyncio.run(hash_all())
+        cli_all = cli_hash_seconds(paths, workers)
+        cli_one = cli_hash_seconds(paths[:1], workers)
+        server_rate = len(paths) / served_s
+        cli_rate = (len(paths) - 1) / max(cli_all - cli_one, 1e-9)
+        rows.append((f"POST /hash, {len(paths)} images (images/s)", f"{server_rate:.1f}", ""))
+        rows.append(("`neuralhash hash`, same images, steady (images/s)",
+                     f"{cli_rate:.1f} (whole run {cli_all:.1f} s)", ""))
+        rows.append(("  ratio server / command", f"{server_rate / cli_rate:.2f}x", ">= 0.8x"))
+        rows.append(("  failed uploads", str(hash_failed), "0"))
+        mem_after = server.memory()
+        rows.append(("server private memory (RssAnon) before / after (MiB)",
+                     f"{mem_before[0]:.0f} / {mem_after[0]:.0f}", "flat"))
+        rows.append(("  index pages mapped in (RssFile) before / after (MiB)",
+                     f"{mem_before[1]:.0f} / {mem_after[1]:.0f}", ""))
+        rows.append(("decoding workers' RSS before / after (MiB)", f"{mem_before[2]:.0f} / {mem_after[2]:.0f}", "flat"))
+    finally:
+        code = server.stop()
+        rows.append(("server exit code after SIGTERM", str(code), "0"))
+
+    print(f"\nneuralhash serve: {n:,} hashes, {seconds:.0f} s a phase, {os.cpu_count()} CPUs, "
+          f"client in the same machine\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure'.ljust(width)} | result | goal |")
+    print(f"|{'-' * (width + 2)}|--------|------|")
+    for name, value, goal in rows:
+        print(f"| {name.ljust(width)} | {value} | {goal} |")
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """Camera-like JPEGs (1024 x 768, shapes and noise), as users upload."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(count):
+        img = Image.new("RGB", (1024, 768), tuple(int(c) for c in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(img)
+        for _ in range(20):
+            x0, x1 = sorted(rng.integers(0, 1024, 2).tolist())
+            y0, y1 = sorted(rng.integers(0, 768, 2).tolist())
+            draw.ellipse((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (768, 1024, 3)), 0, 255)
+        path = folder / f"img{i:04d}.jpg"
+        Image.fromarray(arr.astype(np.uint8)).save(path, quality=88)
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,560 @@
+"""The HTTP service: a FastAPI application over :class:`Backend` (the database) and :class:`ImageHasher`.
+
+Every error is one line of JSON, ``{"error": "..."}``, naming the field,
+upload, list or database at fault. The service never opens a path a client
+names: uploads arrive as request bodies, labels are only stored as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.resources
+import ipaddress
+import json
+import re
+import tempfile
+from dataclasses import dataclass
+from typing import Annotated, Any, AsyncIterator
+
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.templating import Jinja2Templates
+
+from .. import __version__
+from ..errors import ImageError, NeuralHashError
+from ..hashing import DEFAULT_MARGIN
+from ..pathnames import PathNameError, csv_row, json_fields, name_from_json, text_line
+from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
+from .hasher import ImageHasher, UploadError, check_finite
+
+#: The largest distance a lookup may ask for. Unrelated NeuralHashes lie about 48 bits apart
+#: (41-53 of 96); 32 already reaches 1 in 2,000 random hashes, so a wider radius
+#: is not a match, only an answer as large as the database.
+MAX_DISTANCE = 32
+#: Matches returned per query at most (the nearest), and the default.
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+#: Default body limit for image uploads (bytes).
+DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
+#: Default body limit for hash-list imports (bytes): about 7 million ``HEX  PATH`` lines of 80 bytes.
+DEFAULT_MAX_IMPORT = 512 * 1024 * 1024
+#: Queries (hashes or images) in one request at most.
+MAX_QUERIES = 10_000
+
+HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
+ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE)]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+
+
+@dataclass
+class ServeConfig:
+    """What ``neuralhash serve`` starts the application with."""
+
+    db: str
+    model: Any = None  # a NeuralHash, or None: the service looks up hex hashes only
+    host: str = "127.0.0.1"
+    token: str | None = None  # required when host is not a loopback address
+    max_upload: int = DEFAULT_MAX_UPLOAD
+    max_import: int = DEFAULT_MAX_IMPORT
+    workers: int = 2  # image-decoding worker processes (0: decode in a thread of the server)
+    batch_size: int = 8  # images through the network together at most
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ServiceError(NeuralHashError):
+    """A configuration the service refuses to start with."""
+
+
+def check_config(config: ServeConfig) -> None:
+    if not is_loopback(config.host) and not config.token:
+        raise ServiceError(
+            f"serving on {config.host} (not a loopback address) needs a bearer token: "
+            "--token-file FILE or $NEURALHASH_TOKEN")
+    if config.token is not None and (len(config.token) < 16 or not config.token.isprintable()):
+        raise ServiceError("the bearer token must be at least 16 printable characters")
+
+
+# -- request and response bodies -------------------------------------------------------------
+
+
+class LookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hashes: list[HexHash] = Field(min_length=1, max_length=MAX_QUERIES, description="24 hex digits each")
+    max_distance: Distance = Field(description=f"in bits, 0..{MAX_DISTANCE}")
+    limit: Limit = Field(DEFAULT_LIMIT, description=f"matches per hash at most, the nearest (1..{MAX_LIMIT})")
+    lists: list[ListName] | None = Field(None, description="search only these lists (default: all of the model)")
+    model_id: str | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
+                                                   "default: the server's model if stored, else the only one")
+
+
+class NewList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: ListName
+    model_id: str | None = Field(None, description="default: the server's model")
+
+
+class HashEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hash: HexHash
+    path: str | None = Field(None, description="the label stored with the hash (a file name, an id)")
+    path_b64: str | None = Field(None, description="the label's bytes in base64, for a label that is not UTF-8")
+
+
+class AddHashes(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hashes: list[HashEntry] = Field(min_length=1, max_length=MAX_QUERIES)
+    model_id: str | None = Field(None, description="the list's model when it is created (default: the server's)")
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    one_line = " ".join(str(message).split()) if "\n" in str(message) or "\r" in str(message) else str(message)
+    return JSONResponse({"error": one_line}, status_code=status, headers=headers)
+
+
+def _field_name(loc: tuple) -> str:
+    parts = [p for p in loc if p not in ("body", "query", "path", "form", "header")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    first = exc.errors()[0]
+    name = _field_name(tuple(first.get("loc", ())))
+    kind = first.get("type", "")
+    value = first.get("input")
+    if kind == "string_pattern_mismatch" and "hash" in name:
+        return f"{name}: not a 96-bit hash (24 hex digits): {str(value)[:40]!r}"
+    if kind == "json_invalid":
+        return f"body: not valid JSON ({first.get('ctx', {}).get('error', '')})"
+    if kind == "missing":
+        return f"{name}: required"
+    more = len(exc.errors()) - 1
+    return f"{name}: {first.get('msg', 'invalid')}" + (f" (and {more} more)" if more else "")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        # Connection: close: the rest of the body is never read, so the connection cannot be reused.
+        super().__init__(413, f"request body larger than the limit of {limit} bytes", {"Connection": "close"})
+
+
+# -- guards: token and body size, as ASGI middleware ----------------------------------------
+
+
+class Guard:
+    """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
+
+    def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int) -> None:
+        self.app = app
+        self.token = ("Bearer " + token).encode() if token else None
+        self.max_upload = max_upload
+        self.max_import = max_import
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if self.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
+            await _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
+                         {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        limit = self.max_import if scope["path"].endswith("/import") else self.max_upload
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > limit
+            except ValueError:
+                await _error(400, "Content-Length is not a number")(scope, receive, send)
+                return
+            if too_big:
+                await _error(413, f"request body of {int(declared)} bytes is larger than the limit of "
+                                  f"{limit} bytes", {"Connection": "close"})(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body (the Guard stops it at the limit)."""
+    chunks = []
+    async for chunk in request.stream():
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _upload(request: Request, field_name: str) -> tuple[bytes, str]:
+    """(bytes, name) of an upload: a multipart field ``field_name``, or the raw body."""
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form()
+        item = form.get(field_name)
+        if item is None or isinstance(item, str):
+            raise HTTPException(422, f"{field_name}: required (a file field of the multipart form)")
+        return await item.read(), item.filename or field_name
+    return await _read_body(request), "upload"
+
+
+def _margins(h: Any) -> dict:
+    margins = h.margins
+    mask = h.unstable_mask()
+    return {
+        "margins": [float(f"{float(m):.6g}") for m in margins],
+        "unstable_bits": int(mask.sum()),
+        "unstable": [int(i) for i in mask.nonzero()[0]],
+        "margin_threshold": DEFAULT_MARGIN,
+    }
+
+
+def _found(f: Any) -> dict:
+    return {**json_fields(f.path), "list": f.list, "hash": f.hex, "distance": f.distance}
+
+
+def _model_info(m: Any) -> dict:
+    return {"model_id": m.model_id, "description": getattr(m, "description", ""), "count": m.count}
+
+
+def _list_info(s: Any) -> dict:
+    return {"name": s.name, "model_id": s.model_id, "count": s.count}
+
+
+_RAW_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "image": {"type": "string", "format": "binary"}}, "required": ["image"]}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_RAW_LIST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "properties": {
+                "file": {"type": "string", "format": "binary"}}, "required": ["file"]}},
+            "text/plain": {"schema": {"type": "string"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHasher) -> FastAPI:
+    """The application; the database and the decoding workers open when it starts (its lifespan)."""
+    check_config(config)
+    check_database(config.db)  # before the server starts: a refused file is a one-line error, not a traceback
+    nh = config.model
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state["backend"] = Backend(config.db, default_model=nh.model_id if nh is not None else None)
+        await state["backend"].start()
+        state["hasher"] = hasher_class(nh, workers=config.workers, batch_size=config.batch_size) if nh else None
+        try:
+            yield
+        finally:
+            if state.get("hasher") is not None:
+                state["hasher"].close()
+            state["backend"].close()
+
+    app = FastAPI(
+        title="neuralhash",
+        version=__version__,
+        description="NeuralHash hashing and matching against named hash lists. Errors are `{\"error\": \"...\"}`.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import)
+    templates = Jinja2Templates(directory=str(importlib.resources.files("neuralhash.service") / "templates"))
+
+    def backend() -> Backend:
+        return state["backend"]
+
+    def hasher() -> ImageHasher:
+        if state.get("hasher") is None:
+            raise HTTPException(501, "this server hashes no images: it was started without a model (--model SRC)")
+        return state["hasher"]
+
+    # -- error handlers: one line of JSON each --
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _validation_message(exc))
+
+    @app.exception_handler(BackendError)
+    async def backend_error(request: Request, exc: BackendError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(NeuralHashError)
+    async def library_error(request: Request, exc: NeuralHashError) -> JSONResponse:
+        status = 422 if isinstance(exc, (UploadError, ImageError, PathNameError)) else 500
+        return _error(status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}: {exc})")
+
+    # -- hashing --
+
+    async def hash_upload(data: bytes, name: str) -> Any:
+        try:
+            h = await hasher().hash(data, name)
+        except ImageError as exc:
+            raise UploadError(str(exc).replace("<bytes>", name, 1)) from None
+        check_finite(h, name)
+        return h
+
+    @app.post("/hash", openapi_extra=_RAW_IMAGE_BODY, summary="The NeuralHash of an uploaded image")
+    async def hash_image(request: Request) -> dict:
+        """Multipart (field `image`) or the raw image as the body. Returns the hash, the 96 margins |v|,
+        how many bits are unstable (margin below 0.1) and which, and the model id."""
+        hasher()  # 501 before reading the body
+        data, name = await _upload(request, "image")
+        h = await hash_upload(data, name)
+        return {"hash": h.hex, "model_id": nh.model_id, **_margins(h)}
+
+    # -- matching --
+
+    def lookup_key(model_id: str | None, lists: list[str] | None, max_distance: int, limit: int) -> LookupKey:
+        return LookupKey(model_id, tuple(lists) if lists is not None else None, max_distance, limit)
+
+    def results(labels: list[str], digests: list[bytes], found: LookupResult) -> list[dict]:
+        return [{"query": label, "hash": d.hex(), "matches": [_found(f) for f in per]}
+                for label, d, per in zip(labels, digests, found.matches)]
+
+    @app.post("/lookup", summary="Stored hashes near many hex hashes")
+    async def lookup(body: LookupRequest) -> dict:
+        """Per hash, the stored hashes within `max_distance` bits, nearest first."""
+        digests = [bytes.fromhex(h) for h in body.hashes]
+        found = await backend().lookup(lookup_key(body.model_id, body.lists, body.max_distance, body.limit), digests)
+        return {"model_id": found.model_id, "max_distance": body.max_distance,
+                "results": results(list(body.hashes), digests, found)}
+
+    @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes")
+    async def match(
+        max_distance: Annotated[int, Form(ge=0, le=MAX_DISTANCE, description=f"in bits, 0..{MAX_DISTANCE}")],
+        images: Annotated[list[UploadFile], File(description="images to hash and match")] = [],  # noqa: B006
+        hashes: Annotated[list[str], Form(description="hex hashes (repeat the field, or separate by commas)")] = [],  # noqa: B006
+        lists: Annotated[str | None, Form(description="comma-separated list names (default: all)")] = None,
+        model_id: Annotated[str | None, Form(description="for hex-only queries: the model to search")] = None,
+        limit: Annotated[int, Form(ge=1, le=MAX_LIMIT, description="matches per query at most")] = DEFAULT_LIMIT,
+    ) -> dict:
+        """Per query (images first, then hashes, in the order given), the stored hashes within
+        `max_distance` bits, nearest first. An image that cannot be hashed gets an `error` and the
+        others go on; when no query can be run the answer is that error (422)."""
+        hex_texts = [h.strip() for text in hashes for h in text.split(",") if h.strip()]
+        for i, text in enumerate(hex_texts):
+            if not re.fullmatch(r"[0-9a-fA-F]{24}", text):
+                raise HTTPException(422, f"hashes[{i}]: not a 96-bit hash (24 hex digits): {text[:40]!r}")
+        if not images and not hex_texts:
+            raise HTTPException(422, "images or hashes: give at least one query")
+        if len(images) + len(hex_texts) > MAX_QUERIES:
+            raise HTTPException(422, f"images and hashes: at most {MAX_QUERIES} queries per request")
+        names = [n.strip() for n in lists.split(",")] if lists else None
+        if names is not None and not all(names):
+            raise HTTPException(422, "lists: an empty list name")
+        labels: list[str] = []
+        digests: list[bytes] = []
+        errors: dict[int, str] = {}
+        if images:
+            model_id = model_id or hasher().nh.model_id
+
+            async def one(k: int, upload: UploadFile) -> Any:
+                return await hash_upload(await upload.read(), upload.filename or f"images[{k}]")
+
+            # All at once: the decoding workers take them in parallel, the network in batches.
+            hashed = await asyncio.gather(*(one(k, u) for k, u in enumerate(images)), return_exceptions=True)
+            for k, (upload, h) in enumerate(zip(images, hashed)):
+                if isinstance(h, NeuralHashError):
+                    errors[k] = str(h)
+                    digests.append(b"")
+                elif isinstance(h, BaseException):
+                    raise h
+                else:
+                    digests.append(h.bytes)
+                labels.append(upload.filename or f"images[{k}]")
+        labels += hex_texts
+        digests += [bytes.fromhex(h) for h in hex_texts]
+        run = [d for d in digests if d]
+        if not run:
+            raise UploadError(next(iter(errors.values())))
+        found = await backend().lookup(lookup_key(model_id, names, max_distance, limit), run)
+        if images and nh is not None and found.model_id != nh.model_id:
+            raise HTTPException(422, f"model_id: the images are hashed with model {nh.model_id[:12]}; "
+                                     f"the hashes of {found.model_id[:12]} do not compare with them")
+        per = iter(found.matches)
+        out = []
+        for i, (label, d) in enumerate(zip(labels, digests)):
+            if i in errors:
+                out.append({"query": label, "error": errors[i]})
+            else:
+                out.append({"query": label, "hash": d.hex(), "matches": [_found(f) for f in next(per)]})
+        return {"model_id": found.model_id, "max_distance": max_distance, "results": out}
+
+    # -- lists --
+
+    async def model_for_new_list(model_id: str | None) -> str:
+        if model_id is None:
+            if nh is None:
+                raise HTTPException(422, "model_id: required (this server has no model of its own)")
+            return nh.model_id
+        try:  # a unique prefix of a stored model's id names that model
+            return (await backend().resolve_model(model_id)).model_id
+        except BackendError:
+            return model_id  # a model not stored yet: its id as given
+
+    @app.get("/lists", summary="Every list: name, model, count")
+    async def get_lists() -> list[dict]:
+        return [_list_info(s) for s in await backend().lists()]
+
+    @app.post("/lists", status_code=201, summary="Create an empty list")
+    async def create_list(body: NewList) -> dict:
+        created = await backend().create_list(body.name, await model_for_new_list(body.model_id))
+        return _list_info(created)
+
+    @app.get("/lists/{name}", summary="One list: name, model, count")
+    async def get_list(name: str) -> dict:
+        return _list_info(await backend().get_list(name))
+
+    @app.delete("/lists/{name}", summary="Delete a list and its hashes")
+    async def delete_list(name: str) -> dict:
+        return {"name": name, "deleted": await backend().delete_list(name)}
+
+    async def list_model(name: str, model_id: str | None) -> str:
+        existing = await backend().list_model(name)
+        if existing is None:
+            return await model_for_new_list(model_id)
+        if model_id is not None and not existing.startswith(model_id):
+            raise HTTPException(409, f"list {name!r} holds hashes of model {existing[:12]}, not {model_id[:12]}")
+        return existing
+
+    @app.post("/lists/{name}/hashes", summary="Add hashes to a list (created if absent)")
+    async def add_hashes(name: ListName, body: AddHashes) -> dict:
+        """Committed before the answer: the next lookup finds them."""
+        entries = []
+        for i, e in enumerate(body.hashes):
+            try:
+                label = name_from_json(e.model_dump(exclude_none=True))
+            except PathNameError as exc:
+                raise HTTPException(422, f"hashes[{i}]: {exc}") from None
+            entries.append((label if label else e.hash.lower(), bytes.fromhex(e.hash)))
+        added = await backend().add_hashes(name, entries, await list_model(name, body.model_id))
+        return {"name": name, "added": added}
+
+    @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list")
+    async def import_list(request: Request, name: ListName,
+                          model_id: Annotated[str | None, Query(description="the list's model if it is new")] = None
+                          ) -> dict:
+        """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
+        lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped."""
+        model = await list_model(name, model_id)
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+            if request.headers.get("content-type", "").startswith("multipart/form-data"):
+                form = await request.form()
+                item = form.get("file")
+                if item is None or isinstance(item, str):
+                    raise HTTPException(422, "file: required (a file field of the multipart form)")
+                while chunk := await item.read(1 << 20):
+                    spool.write(chunk)
+            else:
+                async for chunk in request.stream():
+                    spool.write(chunk)
+            spool.seek(0)
+            report = await backend().import_file(spool, name, model)
+        return {"name": name, "imported": report.imported, "replaced": getattr(report, "replaced", 0),
+                "skipped": [{"line": n, "reason": r} for n, r in report.skipped]}
+
+    @app.get("/lists/{name}/export", summary="A list's hashes: text (HEX  PATH), jsonl or csv")
+    async def export_list(name: str, format: Annotated[str, Query(pattern="^(text|jsonl|csv)$")] = "text"
+                          ) -> StreamingResponse:
+        if format == "jsonl":
+            render = lambda r: json.dumps({**json_fields(r.path), "hash": r.hex, "list": name,  # noqa: E731
+                                           "model": r.model_id}, ensure_ascii=False) + "\n"
+            header, media = "", "application/jsonl"
+        elif format == "csv":
+            render = lambda r: csv_row([r.path, r.hex, r.model_id])  # noqa: E731
+            header, media = "path,hash,model\n", "text/csv"
+        else:
+            render = lambda r: text_line(r.hex, r.path)  # noqa: E731
+            header, media = "", "text/plain"
+        stream = backend().export(name, render, header)
+        first = await anext_or_none(stream)  # a missing list is a 404, not an empty 200
+        return StreamingResponse(_prepend(first, stream), media_type=media + "; charset=utf-8")
+
+    # -- status --
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/info", summary="Version, the server's model, stored models and lists with counts")
+    async def info() -> dict:
+        return {
+            "version": __version__,
+            "model": None if nh is None else {"model_id": nh.model_id, "description": nh.description,
+                                              "synthetic": bool(getattr(nh, "is_synthetic", False))},
+            "models": [_model_info(m) for m in await backend().models()],
+            "lists": [_list_info(s) for s in await backend().lists()],
+            "max_upload": config.max_upload,
+            "max_distance": MAX_DISTANCE,
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(request: Request) -> HTMLResponse:
+        return templates.TemplateResponse(request, "index.html", {
+            "version": __version__,
+            "model": nh,
+            "max_upload": config.max_upload,
+        })
+
+    return app
+
+
+async def anext_or_none(stream: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is not None:
+        yield first
+        async for chunk in rest:
+            yield chunk

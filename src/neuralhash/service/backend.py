@@ -1,0 +1,442 @@
+"""Every call the service makes on the hash database, in one place.
+
+Reads and writes go through two :class:`~neuralhash.store.HashStore` connections:
+
+- **reads** (lookups, lists, models) run on the event loop itself, with one
+  :class:`~neuralhash.store.Matcher` per model. A lookup over the packed index
+  takes well under a millisecond, less than handing it to a thread costs (the
+  thread and the loop then queue for the GIL). The lookups that arrive while
+  one runs are coalesced into the next ``Matcher.query`` call, at most
+  :data:`CHUNK` queries at a time with the loop free between chunks, so a
+  burst of single-hash requests costs one pass over the index, and a request
+  of 10,000 hashes does not hold up the others. Lists are filtered on the
+  matches: every list of a model shares that model's one index;
+- **writes** (list changes, additions, imports) run in one thread of their
+  own. SQLite's WAL mode lets reads go on while it commits, and the matcher
+  notices committed rows itself (a cheap check per query), so a hash added
+  over HTTP, or by ``neuralhash index add`` beside the server, is found by the
+  next lookup.
+
+Exports stream from a connection of their own, in a thread of their own, through
+a bounded queue: memory stays flat whatever the size of the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+
+from ..errors import NeuralHashError
+
+#: Queries passed to one Matcher.query call at most: the loop is free again after each chunk.
+CHUNK = 64
+
+#: How long the cached view of models and lists is trusted (seconds): a list created by another
+#: process is searched after at most this long.
+CATALOGUE_TTL = 2.0
+
+
+class BackendError(NeuralHashError):
+    """A request the database cannot serve: ``status`` is the HTTP status the service answers with."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class LookupKey:
+    """Lookups that can share one Matcher.query call."""
+
+    model: str | None  # a model id or unique prefix; None: the server's model if stored, else the only one
+    lists: tuple[str, ...] | None  # None: every list of the model
+    max_distance: int
+    limit: int = 100  # matches per query at most (the nearest)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One stored hash within reach of a query."""
+
+    path: str  # the label (file name) stored with the hash
+    list: str
+    hex: str
+    distance: int
+    row: int
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    model_id: str
+    matches: list[list[Found]]  # per query, nearest first
+
+
+def _store_error(exc: Exception) -> BackendError:
+    """A store error as the status it deserves: 404 for what does not exist, 409 for a name taken
+    by another model, else 422. StoreError has no kinds, so its message is read (a wrong reading
+    only changes the status; the message is passed on as it is)."""
+    text = str(exc)
+    lowered = text.lower()
+    status = 404 if ("no list" in lowered or "no hashes of model" in lowered or "not found" in lowered
+                     or "holds no hashes" in lowered or "no model" in lowered) else 422
+    if "exists" in lowered or "another model" in lowered:
+        status = 409
+    return BackendError(text, status)
+
+
+class _Thread:
+    """One thread that owns one HashStore, opened in that thread."""
+
+    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._opener = opener
+        self.store: Any = None
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.store is None:
+            self.store = self._opener()
+        try:
+            return fn(self.store, *args)
+        except BackendError:
+            raise
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, *args)
+
+    def close(self) -> None:
+        def shut() -> None:
+            if self.store is not None:
+                self.store.close()
+                self.store = None
+
+        self._pool.submit(shut).result()
+        self._pool.shutdown(wait=True)
+
+
+def check_database(db_path: str) -> None:
+    """Create the database if new; StoreError (one line) when the file is not a neuralhash database."""
+    from ..store import HashStore
+
+    HashStore(db_path, create=True).close()
+
+
+class Backend:
+    """The hash database as the service sees it (see the module docs). Use from one event loop."""
+
+    def __init__(self, db_path: str, *, default_model: str | None = None) -> None:
+        from ..store import HashStore
+
+        self.db_path = db_path
+        self.default_model = default_model  # the model id of the server's hasher, when it has one
+        check_database(db_path)  # a file that is not ours fails here, at start-up
+        self._open_reader = lambda: HashStore(db_path, create=False)
+        self._store: Any = None
+        self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
+        self._matchers: dict[str, tuple[Any, frozenset[str]]] = {}  # model id -> (matcher, its lists)
+        self._generation = 0  # bumped by every write here: the catalogue is read again
+        self._seen_generation = 0
+        self._catalogue: tuple[float, list[Any], list[Any]] | None = None  # (when, models, lists)
+        self._pending: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
+        self._draining: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Open the reader and build the server's model's index before the first request
+        (a service pays for the multi-index tables once, at start-up, not on a request)."""
+        def warm() -> None:
+            self._store = self._open_reader()
+            models, _ = self._fresh_catalogue()
+            if self.default_model is not None and any(m.model_id == self.default_model for m in models):
+                self._matcher(self.default_model)
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, warm)
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+
+    def close(self) -> None:
+        self._writer.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            self._store = self._open_reader()
+        return self._store
+
+    # -- reads (on the event loop) ---------------------------------------------------------
+
+    def _fresh_catalogue(self) -> tuple[list[Any], list[Any]]:
+        now = time.monotonic()
+        if (self._catalogue is None or now - self._catalogue[0] > CATALOGUE_TTL
+                or self._seen_generation != self._generation):
+            self._seen_generation = self._generation
+            self._catalogue = (now, self.store.models(), self.store.lists())
+        return self._catalogue[1], self._catalogue[2]
+
+    def _model_of(self, spec: str | None) -> Any:
+        models, _ = self._fresh_catalogue()
+        if spec is None and self.default_model is not None:
+            for m in models:
+                if m.model_id == self.default_model:
+                    return m
+        return self.store.resolve_model(spec)
+
+    def _list_names(self, model_id: str) -> frozenset[str]:
+        _, lists = self._fresh_catalogue()
+        return frozenset(s.name for s in lists if s.model_id == model_id)
+
+    def _new_matcher(self, model_id: str) -> Any:
+        """A model's matcher over all its lists, multi-index tables built (seconds for 10 million)."""
+        matcher = self.store.matcher(model_id, None)
+        if hasattr(matcher, "build"):
+            matcher.build()
+        return matcher
+
+    async def _fresh_matcher(self, model_id: str) -> None:
+        """Make the model's matcher anew when its set of lists has changed (a matcher covers the
+        lists that existed when it was made), in a thread: the loop serves the other requests."""
+        names = self._list_names(model_id)
+        cached = self._matchers.get(model_id)
+        if cached is not None and cached[1] == names:
+            return
+        matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
+        self._matchers[model_id] = (matcher, names)
+
+    def _matcher(self, model_id: str) -> Any:
+        cached = self._matchers.get(model_id)
+        if cached is None:  # not made by _fresh_matcher (start-up): make it here
+            cached = self._matchers[model_id] = (self._new_matcher(model_id), self._list_names(model_id))
+        return cached[0]
+
+    def _check_lists(self, model_id: str, wanted: tuple[str, ...]) -> None:
+        _, lists = self._fresh_catalogue()
+        by_name = {s.name: s for s in lists}
+        if any(name not in by_name for name in wanted):
+            self._catalogue = None  # it may predate the list: read it once more before refusing
+            _, lists = self._fresh_catalogue()
+            by_name = {s.name: s for s in lists}
+        for name in wanted:
+            found = by_name.get(name)
+            if found is None:
+                raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
+            if found.model_id != model_id:
+                raise BackendError(
+                    f"lists: list {name!r} holds hashes of model {found.model_id[:12]}, not {model_id[:12]}; "
+                    "hashes of different models do not compare", 422)
+
+    def _run_lookups(self, batch: list[tuple[LookupKey, list[bytes], asyncio.Future]]
+                     ) -> list[LookupResult | BaseException]:
+        """One Matcher.query per model for all the lookups of that model; lists filtered after."""
+        out: list[LookupResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
+        groups: dict[tuple[str | None, int], list[int]] = {}
+        for i, (key, _, _) in enumerate(batch):
+            groups.setdefault((key.model, key.max_distance), []).append(i)
+        for (spec, max_distance), members in groups.items():
+            try:
+                model = self._model_of(spec)
+                ok = []
+                for i in members:
+                    try:
+                        if batch[i][0].lists is not None:
+                            self._check_lists(model.model_id, batch[i][0].lists)
+                        ok.append(i)
+                    except BackendError as exc:
+                        out[i] = exc
+                if not ok:
+                    continue
+                queries = [q for i in ok for q in batch[i][1]]
+                # Lists are filtered after the search: ask for more than the limit when some lists are left out.
+                unfiltered = all(batch[i][0].lists is None for i in ok)
+                limit = max(batch[i][0].limit for i in ok) if unfiltered else None
+                found = self._matcher(model.model_id).query(queries, max_distance, limit=limit)
+            except BackendError as exc:
+                for i in members:
+                    out[i] = out[i] or exc
+                continue
+            except NeuralHashError as exc:
+                for i in members:
+                    out[i] = out[i] or _store_error(exc)
+                continue
+            start = 0
+            for i in ok:
+                key, qs, _ = batch[i]
+                wanted = set(key.lists) if key.lists is not None else None
+                out[i] = LookupResult(model.model_id, [
+                    [Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query
+                     if wanted is None or m.list in wanted][:key.limit]
+                    for per_query in found[start:start + len(qs)]
+                ])
+                start += len(qs)
+        return out
+
+    async def lookup(self, key: LookupKey, queries: Sequence[bytes]) -> LookupResult:
+        """Stored hashes within ``key.max_distance`` of each query (12-byte digests), nearest first."""
+        queries = list(queries)
+        if len(queries) > CHUNK:  # a large request goes chunk by chunk, the loop free between them
+            parts = [await self.lookup(key, queries[i:i + CHUNK]) for i in range(0, len(queries), CHUNK)]
+            return LookupResult(parts[0].model_id, [m for p in parts for m in p.matches])
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((key, queries, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        # Lookups that arrive while a chunk runs wait in _pending and go together in the next one.
+        while self._pending:
+            await asyncio.sleep(0)  # let the requests already received add theirs
+            batch: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
+            size = 0
+            while self._pending and (not batch or size + len(self._pending[0][1]) <= CHUNK):
+                item = self._pending.pop(0)
+                batch.append(item)
+                size += len(item[1])
+            try:
+                for spec in {key.model for key, _, _ in batch}:
+                    try:
+                        model = self._model_of(spec)
+                    except NeuralHashError:
+                        continue  # _run_lookups reports it to the lookups concerned
+                    await self._fresh_matcher(model.model_id)
+                results = self._run_lookups(batch)
+            except Exception as exc:  # the futures must not wait forever, whatever happened
+                results = [exc] * len(batch)
+            for (_, _, future), result in zip(batch, results):
+                if future.done():
+                    continue  # the client went away
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def lists(self) -> list[Any]:
+        """StoredList(name, model_id, count) of every list."""
+        return self._read(lambda store: store.lists())
+
+    async def models(self) -> list[Any]:
+        """StoredModel(model_id, description, count) of every model."""
+        return self._read(lambda store: store.models())
+
+    async def get_list(self, name: str) -> Any:
+        for s in await self.lists():
+            if s.name == name:
+                return s
+        raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
+
+    async def resolve_model(self, spec: str | None) -> Any:
+        return self._read(lambda store: self._model_of(spec))
+
+    def _read(self, fn: Callable[[Any], Any]) -> Any:
+        try:
+            return fn(self.store)
+        except BackendError:
+            raise
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+
+    # -- writes (writer thread) --------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._generation += 1
+
+    async def create_list(self, name: str, model_id: str) -> Any:
+        try:
+            return await self._writer.run(lambda store: store.create_list(name, model_id))
+        finally:
+            self._changed()
+
+    async def delete_list(self, name: str) -> int:
+        def delete(store: Any) -> int:
+            if not any(s.name == name for s in store.lists()):
+                raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
+            return store.delete_list(name)
+
+        try:
+            return await self._writer.run(delete)
+        finally:
+            self._changed()
+
+    async def list_model(self, name: str) -> str | None:
+        """The model of list ``name``, None when there is no such list."""
+        for s in await self._writer.run(lambda store: store.lists()):
+            if s.name == name:
+                return s.model_id
+        return None
+
+    async def add_hashes(self, name: str, entries: Iterable[tuple[str, bytes]], model_id: str) -> int:
+        """Committed when this returns: the next lookup sees the rows."""
+        rows = list(entries)
+        try:
+            return await self._writer.run(lambda store: store.add_hashes(name, rows, model_id=model_id))
+        finally:
+            self._changed()
+
+    async def import_file(self, source: Any, name: str, model_id: str) -> Any:
+        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads."""
+        try:
+            return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id))
+        finally:
+            self._changed()
+
+    # -- export (a connection and a thread of its own) ----------------------------------------
+
+    async def export(self, name: str, render: Callable[[Any], str], header: str = "") -> AsyncIterator[bytes]:
+        """The rows of list ``name`` rendered one by one, as chunks of UTF-8 (surrogateescape) bytes."""
+        from ..store import HashStore
+
+        await self.get_list(name)  # 404 before the response starts
+        chunks: queue.Queue = queue.Queue(maxsize=8)
+        stop = threading.Event()
+        done = object()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    chunks.put(item, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                with HashStore(self.db_path, create=False) as store:
+                    buf: list[str] = [header] if header else []
+                    size = len(header)
+                    for row in store.export(list_name=name):
+                        text = render(row)
+                        buf.append(text)
+                        size += len(text)
+                        if size >= 1 << 16:
+                            if not put("".join(buf).encode("utf-8", "surrogateescape")):
+                                return
+                            buf, size = [], 0
+                    if buf:
+                        put("".join(buf).encode("utf-8", "surrogateescape"))
+            except Exception as exc:  # the response has started: all that is left is to stop it
+                put(exc)
+            finally:
+                put(done)
+
+        thread = threading.Thread(target=produce, name="nh-export", daemon=True)
+        thread.start()
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                item = await loop.run_in_executor(None, chunks.get)
+                if item is done:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            stop.set()
