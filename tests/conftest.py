@@ -119,3 +119,39 @@ def blank_png(path: Path, width: int, height: int, colour=(255, 255, 255)) -> Pa
         fh.write(chunk(b"IDAT", b"".join(parts)))
         fh.write(chunk(b"IEND", b""))
     return path
+
+
+def tiny_brightness_onnx(path: Path, *, log_of_brightness: bool) -> Path:
+    """A model NeuralHash accepts: [batch, 3, 360, 360] -> [batch, 128] from the per-channel means.
+
+    ``log_of_brightness``: logits = log(mean + 1) @ W, -inf (then NaN) for an
+    all-black image only. Otherwise logits = (mean + 2) @ W with W = 1e37: every
+    logit is finite, but the float32 projection seed @ logits overflows.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 128)).astype(np.float32) if log_of_brightness else np.full((3, 128), 1e37, np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Add", ["mean", "shift"], ["shifted"]),
+    ]
+    if log_of_brightness:
+        nodes.append(helper.make_node("Log", ["shifted"], ["features"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["shifted"], ["features"]))
+    nodes.append(helper.make_node("MatMul", ["features", "w"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 360, 360])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 128])],
+        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
+                     numpy_helper.from_array(np.float32(1.0 if log_of_brightness else 2.0), "shift"),
+                     numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path

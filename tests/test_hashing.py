@@ -22,7 +22,7 @@ from neuralhash.hashing import model as model_module
 from neuralhash.hashing import pipeline
 from neuralhash.hashing.seed import FILE_SIZE, HEADER_SIZE, default_seed_matrix
 
-from conftest import draw_shapes
+from conftest import draw_shapes, tiny_brightness_onnx
 
 # -- Hash ------------------------------------------------------------------------------------------
 
@@ -722,42 +722,6 @@ def test_missing_provider_is_not_mistaken_for_a_bad_cache(nh, demo_dir, cache):
 # -- a non-finite network output is an error, never a hash (issue 10, item 4) -----------------
 
 
-def _tiny_onnx(path: Path, *, log_of_brightness: bool) -> Path:
-    """A model NeuralHash accepts: [batch, 3, 360, 360] -> [batch, 128] from the per-channel means.
-
-    ``log_of_brightness``: logits = log(mean + 1) @ W, -inf (then NaN) for an
-    all-black image only. Otherwise logits = (mean + 2) @ W with W = 1e37: every
-    logit is finite, but the float32 projection seed @ logits overflows.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(5)
-    w = rng.standard_normal((3, 128)).astype(np.float32) if log_of_brightness else np.full((3, 128), 1e37, np.float32)
-    nodes = [
-        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
-        helper.make_node("Add", ["mean", "shift"], ["shifted"]),
-    ]
-    if log_of_brightness:
-        nodes.append(helper.make_node("Log", ["shifted"], ["features"]))
-    else:
-        nodes.append(helper.make_node("Identity", ["shifted"], ["features"]))
-    nodes.append(helper.make_node("MatMul", ["features", "w"], ["logits"]))
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 360, 360])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 128])],
-        initializer=[numpy_helper.from_array(np.array([2, 3], np.int64), "axes"),
-                     numpy_helper.from_array(np.float32(1.0 if log_of_brightness else 2.0), "shift"),
-                     numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def brightness_images(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("nonfinite")
@@ -779,7 +743,7 @@ def _expected_hash(nh: NeuralHash, path: Path) -> Hash:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_nan_output_is_a_per_image_error(tmp_path, brightness_images, workers):
-    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    nh = NeuralHash.from_onnx(tiny_brightness_onnx(tmp_path / "log.onnx", log_of_brightness=True))
     black, grey, orange = (str(brightness_images[k]) for k in ("black", "grey", "orange"))
     assert not np.isfinite(nh.logits(image_module.to_input(image_module.decode(black))[None])).all()
     results = list(nh.hash_many([grey, black, orange, black], workers=workers, batch_size=4))
@@ -796,7 +760,7 @@ def test_nan_output_is_a_per_image_error(tmp_path, brightness_images, workers):
 
 
 def test_overflowing_projection_is_an_error(tmp_path, brightness_images):
-    nh = NeuralHash.from_onnx(_tiny_onnx(tmp_path / "huge.onnx", log_of_brightness=False))
+    nh = NeuralHash.from_onnx(tiny_brightness_onnx(tmp_path / "huge.onnx", log_of_brightness=False))
     grey = brightness_images["grey"]
     logits = nh.logits(image_module.to_input(image_module.decode(grey))[None])
     assert np.isfinite(logits).all() and np.abs(logits).max() > 1e37  # finite, but seed @ logits is not
@@ -818,7 +782,7 @@ def test_non_finite_outputs_in_the_commands_and_the_robustness_measure(tmp_path,
     from neuralhash.cli import main
     from neuralhash.robustness import default_edits, measure
 
-    model = str(_tiny_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+    model = str(tiny_brightness_onnx(tmp_path / "log.onnx", log_of_brightness=True))
     nh = NeuralHash.from_onnx(model)
     black, grey = str(brightness_images["black"]), str(brightness_images["grey"])
     assert main(["hash", "--model", model, "--workers", "0", black, grey]) == 1

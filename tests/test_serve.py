@@ -165,16 +165,30 @@ def test_a_decoder_crash_fails_only_its_upload(tmp_path, nh):
         assert again.status_code == 200 and again.json()["hash"] == nh.hash(png(13)).hex
 
 
-def test_a_non_finite_projection_is_an_error_not_a_hash():
-    from neuralhash.errors import ImageError
-    from neuralhash.hashing import Hash
-    from neuralhash.service.hasher import check_finite
+def test_a_non_finite_network_output_is_422_and_spares_its_batch(tmp_path):
+    """A model whose output is NaN for black images only: that upload is a one-line 422, never a
+    hash, and the other uploads merged into the same network batch still get theirs."""
+    from conftest import tiny_brightness_onnx
 
-    values = np.linspace(-1, 1, 96).astype(np.float32)
-    check_finite(Hash.from_projection(values), "ok.png")
-    values[5] = np.nan
-    with pytest.raises(ImageError, match="bad.png: .*non-finite"):
-        check_finite(Hash.from_projection(values), "bad.png")
+    model = NeuralHash.from_onnx(tiny_brightness_onnx(tmp_path / "log.onnx", log_of_brightness=True))
+
+    def solid(colour) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buf, "PNG")
+        return buf.getvalue()
+
+    black, grey = solid((0, 0, 0)), solid((128, 128, 128))
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=model, workers=0))
+    with TestClient(app) as client:
+        assert "not finite" in one_line_error(client.post("/hash", content=black), 422)
+        ok = client.post("/hash", content=grey)
+        assert ok.status_code == 200 and ok.json()["hash"] == model.hash(grey).hex
+        # Concurrent uploads share one network batch: only the black one fails.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda body: client.post("/hash", content=body), [grey, black, grey, black]))
+        assert [r.status_code for r in replies] == [200, 422, 200, 422]
 
 
 def test_upload_limit_is_413(tmp_path, nh):

@@ -413,14 +413,15 @@ class NeuralHash:
         projection that overflows float32) raises :class:`NeuralHashError`
         naming the image's position in ``pixels``: it is never turned into bits.
         """
-        out = self._hashes_or_errors(pixels)
+        out = self.hash_pixels_each(pixels)
         for i, h in enumerate(out):
             if isinstance(h, str):
                 raise NeuralHashError(f"image {i} of {len(out)}: {h}")
         return out  # type: ignore[return-value]
 
-    def _hashes_or_errors(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
-        """Per image, its Hash or the reason there is none (a non-finite network output)."""
+    def hash_pixels_each(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
+        """Like :meth:`hash_pixels`, one batch, but per image its Hash or the reason there is
+        none (a non-finite network output), so one bad image does not fail the others."""
         if not len(pixels):
             return []
         batch = np.stack([to_input(p) for p in pixels])
@@ -450,7 +451,7 @@ class NeuralHash:
         :class:`NeuralHashError` when the network's output for it is not finite.
         """
         limit = self._max_pixels if max_pixels is None else max_pixels
-        h = self._hashes_or_errors([decode(image, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)])[0]
+        h = self.hash_pixels_each([decode(image, exif_transpose=exif_transpose, fast=fast, max_pixels=limit)])[0]
         if isinstance(h, str):
             raise NeuralHashError(f"{describe(image)}: {h}")
         return h
@@ -528,7 +529,7 @@ class NeuralHash:
             stream.close()
 
     def _finish(self, pending: list[tuple[Any, np.ndarray | None, str | None]]) -> Iterator[HashResult]:
-        hashes = iter(self._hashes_or_errors([pixels for _, pixels, _ in pending if pixels is not None]))
+        hashes = iter(self.hash_pixels_each([pixels for _, pixels, _ in pending if pixels is not None]))
         for item, pixels, error in pending:
             if pixels is None:
                 yield HashResult(_result_item(item), None, error)

@@ -29,7 +29,7 @@ from ..errors import ImageError, NeuralHashError
 from ..hashing import DEFAULT_MARGIN
 from ..pathnames import PathNameError, csv_row, json_fields, name_from_json, text_line
 from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
-from .hasher import ImageHasher, UploadError, check_finite
+from .hasher import ImageHasher, UploadError
 
 #: The largest distance a lookup may ask for. Unrelated NeuralHashes lie about 48 bits apart
 #: (41-53 of 96); 32 already reaches 1 in 2,000 random hashes, so a wider radius
@@ -337,7 +337,6 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
             h = await hasher().hash(data, name)
         except ImageError as exc:
             raise UploadError(str(exc).replace("<bytes>", name, 1)) from None
-        check_finite(h, name)
         return h
 
     @app.post("/hash", openapi_extra=_RAW_IMAGE_BODY, summary="The NeuralHash of an uploaded image")

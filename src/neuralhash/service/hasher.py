@@ -108,7 +108,7 @@ class ImageHasher:
         while self._pending:
             batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size:]
             try:
-                hashes = await loop.run_in_executor(self._net, self.nh.hash_pixels, [p for p, _ in batch])
+                hashes = await loop.run_in_executor(self._net, self.nh.hash_pixels_each, [p for p, _ in batch])
             except Exception as exc:
                 error = exc if isinstance(exc, NeuralHashError) else NeuralHashError(
                     f"the network failed on a batch of {len(batch)} ({type(exc).__name__}: {exc})")
@@ -117,12 +117,10 @@ class ImageHasher:
                         future.set_exception(error)
                 continue
             for (_, future), h in zip(batch, hashes):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(h, str):  # a non-finite network output: an error, never a hash
+                    future.set_exception(ImageError(f"<bytes>: {h}"))
+                else:
                     future.set_result(h)
 
-
-def check_finite(h: Any, name: str) -> None:
-    """A non-finite projection is an error, never a hash."""
-    values = getattr(h, "values", None)
-    if values is not None and not np.all(np.isfinite(values)):
-        raise ImageError(f"{name}: the network produced non-finite values; no hash")
