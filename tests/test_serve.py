@@ -266,7 +266,15 @@ def test_openapi_docs_and_page(client):
     schema = client.get("/openapi.json").json()
     assert {"/hash", "/match", "/lookup", "/lists", "/lists/{name}", "/lists/{name}/hashes",
             "/lists/{name}/import", "/lists/{name}/export", "/health", "/info"} <= set(schema["paths"])
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs").text
+    assert "swagger" in docs.lower()
+    # Served from the package, not a CDN: every script and stylesheet the page loads is ours.
+    import re
+
+    assets = re.findall(r'(?:src|href)=["\']([^"\']+)', docs)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        assert client.get(asset).status_code == 200, asset
     page = client.get("/")
     assert page.status_code == 200 and 'id="drop"' in page.text and 'id="hex"' in page.text
 

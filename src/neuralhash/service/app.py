@@ -21,6 +21,7 @@ from typing import Annotated, Any, AsyncIterator
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.templating import Jinja2Templates
 
@@ -290,7 +291,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                 state["hasher"].close()
             state["backend"].close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc served from files inside the package, not a CDN (no network at run time).
+    app = FastAPIOffline(
         title="neuralhash",
         version=__version__,
         description="NeuralHash hashing and matching against named hash lists. Errors are `{\"error\": \"...\"}`.",
