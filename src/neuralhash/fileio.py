@@ -144,6 +144,20 @@ def _signals_unwind() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Block the terminating signals for the body; one that arrived meanwhile is delivered after it."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = mask(signal.SIG_BLOCK, {*_SIGNALS, signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, previous)
+
+
 def _replace(path: Path, target: Path, chunks: Iterable[bytes], keep_mode: int | None) -> int:
     folder = target.parent
     tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -152,10 +166,13 @@ def _replace(path: Path, target: Path, chunks: Iterable[bytes], keep_mode: int |
     try:
         with _signals_unwind():
             try:
-                fd = _open_unnamed(folder)
-                if fd < 0:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-                    named = True
+                # Signals are held while the file is created and recorded: one arriving between os.open()
+                # and ``named = True`` would otherwise leave a hidden file nobody knows of.
+                with _signals_held():
+                    fd = _open_unnamed(folder)
+                    if fd < 0:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+                        named = True
                 if keep_mode is not None:
                     os.fchmod(fd, keep_mode)
                 total = _write_all(fd, chunks)
