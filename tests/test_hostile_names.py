@@ -351,3 +351,18 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_null_separated_stdin_carries_any_name(hostile_dir, expected):
+    """``find -print0 | neuralhash hash -0 -``: names with newlines, CRs and invalid UTF-8 arrive whole."""
+    listing = b"".join(_arg(name) + b"\0" for name in HOSTILE)
+    proc = _run([b"hash", b"--model", b"demo", b"--workers", b"0", b"-0", b"-"], hostile_dir, input=listing)
+    assert proc.returncode == 0, proc.stderr
+    assert parse_text(proc.stdout) == [(h, n) for n, h in expected.items()]
+    # Without a trailing NUL the last name still counts; empty entries are skipped.
+    proc = _run([b"hash", b"--model", b"demo", b"--workers", b"0", b"--null", b"-"], hostile_dir,
+                input=b"\0" + listing[:-1])
+    assert parse_text(proc.stdout) == [(h, n) for n, h in expected.items()]
+    # --null means nothing without -: a usage error.
+    proc = _run([b"hash", b"--model", b"demo", b"-0", b"."], hostile_dir)
+    assert proc.returncode == 2 and b"--null" in proc.stderr

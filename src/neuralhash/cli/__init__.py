@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("hash", cmd_hash, "print the NeuralHash of images, one line per image")
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help="an image file, a directory (searched recursively for images), or - to read paths from stdin")
+    add_null(p)
     add_model(p)
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--jsonl", action="store_true", help="one JSON object per image")
@@ -180,6 +181,7 @@ def add_index_commands(add) -> None:
 
     p = action("add", cmd_index_add, "hash images into a list of the database; unchanged files are skipped")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (recursive), or - for stdin")
+    add_null(p)
     p.add_argument("--list", default="images", metavar="NAME", help="the list to add to (default 'images')")
     add_model(p)
     p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
@@ -248,6 +250,8 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                     sub.error(f"{option} needs --scheduler (use --scheduler local on one machine)")
         elif args.max_pixels is not None:
             sub.error("--max-pixels is not supported with --scheduler (the workers apply Pillow's limit)")
+    if getattr(args, "null", False) and "-" not in getattr(args, "paths", ()):
+        sub.error("--null applies to the paths read from standard input: give - as a PATH")
     if args.command == "verify" and args.seeds == 0 and not args.image:
         sub.error("--seeds 0 needs at least one --image: there would be nothing to compare")
     if args.command == "robustness":
@@ -263,6 +267,11 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 sub.error(f"argument --{option.replace('_', '-')}: {what}: {value}")
     check_providers(args, sub)
     cap_workers(args)
+
+
+def add_null(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-0", "--null", action="store_true",
+                   help="paths read from - are NUL-separated (find -print0), so names may hold newlines")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

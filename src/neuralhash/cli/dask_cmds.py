@@ -43,7 +43,7 @@ def cmd_hash_on_cluster(args: argparse.Namespace) -> int:
     sink = ParquetSink(Path(args.parquet)) if args.parquet else None
     if sink is not None and failures.records is None:
         failures.records = deque()  # Parquet lists every failure, whatever the output format
-    paths = list(_expand_url_globs(iter_paths(args.paths, IMAGE_EXTENSIONS, failures)))
+    paths = list(_expand_url_globs(iter_paths(args.paths, IMAGE_EXTENSIONS, failures, null=args.null)))
     if sink is not None and failures.records:
         sink.write(_failed_frame(list(failures.records)))
     write_unlisted(writer, failures)  # folders that could not be listed, before the first result

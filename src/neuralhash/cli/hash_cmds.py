@@ -25,7 +25,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
     pass_file_names_through()
     progress, failures, writer = hash_output(args)
     results = nh.hash_many(
-        iter_paths(args.paths, IMAGE_EXTENSIONS, failures),
+        iter_paths(args.paths, IMAGE_EXTENSIONS, failures, null=args.null),
         batch_size=args.batch_size,
         workers=args.workers,
         exif_transpose=args.exif_transpose,

@@ -90,7 +90,7 @@ def cmd_index_add(args) -> int:
 
     with _open(args.db, create=True) as store, sigterm_unwinds():
         try:
-            report = store.add_images(nh, iter_paths(args.paths, IMAGE_EXTENSIONS, failures), list_name=args.list,
+            report = store.add_images(nh, iter_paths(args.paths, IMAGE_EXTENSIONS, failures, null=args.null), list_name=args.list,
                                       batch_size=args.batch_size, workers=args.workers, on_result=on_result)
         finally:
             progress.clear()

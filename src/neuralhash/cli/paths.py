@@ -10,8 +10,24 @@ from ..walk import walk_images
 from .output import Failures
 
 
-def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None) -> Iterator[str]:
-    """Every path to hash, lazily: named files as given, directories expanded, ``-`` read from stdin."""
+def _null_separated(stream, chunk: int = 1 << 16) -> Iterator[bytes]:
+    """The NUL-terminated names of a byte stream (``find -print0``), read a chunk at a time."""
+    rest = b""
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            break
+        parts = (rest + data).split(b"\0")
+        rest = parts.pop()
+        yield from parts
+    if rest:
+        yield rest  # a last name without its NUL
+
+
+def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None, *,
+               null: bool = False) -> Iterator[str]:
+    """Every path to hash, lazily: named files as given, directories expanded, ``-`` read from stdin
+    (one name a line, or with ``null`` NUL-separated, so that any name can be given, newlines included)."""
 
     def expand(path: str) -> Iterator[str]:
         if os.path.isdir(path):
@@ -21,7 +37,12 @@ def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None)
             yield path  # a named file whatever its extension; a missing one fails per item
 
     for path in paths:
-        if path == "-":
+        if path == "-" and null:
+            source = stdin or sys.stdin
+            for raw in _null_separated(getattr(source, "buffer", None) or source):
+                if raw:
+                    yield from expand(os.fsdecode(raw))
+        elif path == "-":
             source = stdin or sys.stdin
             # Bytes decoded as the OS decodes file names, so no file name is undecodable.
             for line in getattr(source, "buffer", None) or source:
