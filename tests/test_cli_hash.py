@@ -453,7 +453,6 @@ def _usage_cases(tmp: Path, image: str) -> list[tuple[list[str], str]]:
         (["hash", *m, "--scheduler", "", image], "--scheduler"),
         (["hash", *m, "--paths-per-task", "3", image], "--paths-per-task"),
         (["hash", *m, "--parquet", str(tmp / "pq"), image], "--parquet"),
-        (["hash", *m, "--scheduler", "local", "--max-pixels", "1000", image], "--max-pixels"),
         (["hash", *m, "--max-pixels", "0", image], "--max-pixels"),
         (["hash", *m, "--workers", "-1", image], "--workers"),
         (["hash", *m, "--batch-size", "0", image], "--batch-size"),

@@ -285,6 +285,20 @@ def test_cli_output_is_byte_for_byte_the_plain_commands(cluster, paths, fmt, cap
     assert "missing.png: no such file" in on_cluster[2]
 
 
+def test_max_pixels_applies_on_the_workers(client, cluster, nh, paths, capsys):
+    """The limit is resolved on the client and applied by the workers, as the plain command applies it."""
+    small = 1000  # below every test image
+    frame = client.compute(nhd.hash_paths(paths, model=nh, client=client, max_pixels=small)).result()
+    single = {r.path: r for r in nh.hash_many(paths, workers=0, max_pixels=small)}
+    for result in nhd.to_results(frame):
+        assert result.ok == single[result.path].ok and result.error == single[result.path].error
+    assert not any(r.ok for r in single.values()) and any("--max-pixels" in r.error for r in single.values())
+    plain = _run(capsys, ["hash", "--model", "demo", "--max-pixels", str(small), *paths])
+    on_cluster = _run(capsys, ["hash", "--model", "demo", "--max-pixels", str(small),
+                               "--scheduler", cluster.scheduler_address, *paths])
+    assert plain == on_cluster and plain[0] == 1
+
+
 def test_cli_directory_and_url_glob(cluster, folder, capsys):
     plain = _run(capsys, ["hash", "--model", "demo", "--jsonl", str(folder)])
     on_cluster = _run(capsys, ["hash", "--model", "demo", "--jsonl", "--scheduler", cluster.scheduler_address,

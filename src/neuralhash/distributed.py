@@ -235,12 +235,16 @@ class _Plan:
 
 
 def _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose, fast,
-          storage_options) -> _Plan:
+          storage_options, max_pixels=None) -> _Plan:
+    from .hashing.image import resolve_max_pixels
+
     _check_batch_size(batch_size)
     client = current_client(client)
     paths = expand_paths(paths_or_glob, storage_options)
+    # Resolved here: a worker process has Pillow's default limit, not this process's.
     options = dict(batch_size=batch_size, exif_transpose=exif_transpose, fast=fast,
-                   storage_options=dict(storage_options or {}), cwd=os.getcwd())
+                   storage_options=dict(storage_options or {}), cwd=os.getcwd(),
+                   max_pixels=resolve_max_pixels(max_pixels))
     if not paths:
         return _Plan(client, paths, None, 1, 1, options)
     model_ref = share_model(client, model, seed=seed, providers=providers)
@@ -265,6 +269,7 @@ def hash_paths(
     exif_transpose: bool = False,
     fast: bool = False,
     storage_options: Mapping[str, Any] | None = None,
+    max_pixels: int | None = None,
 ) -> "dask.dataframe.DataFrame":
     """Hash images on a Dask cluster: a lazy Dask DataFrame, one row per path, in input order.
 
@@ -275,6 +280,8 @@ def hash_paths(
     ``batch_size``: images per network run on a worker; ``paths_per_task``:
     paths per Dask task and per partition (None: up to :data:`MAX_PATHS_PER_TASK`,
     fewer when the input is small). ``storage_options`` go to fsspec for URLs.
+    ``max_pixels``: images larger than this are refused before decoding (None:
+    this process's ``PIL.Image.MAX_IMAGE_PIXELS``), as in ``NeuralHash.hash_many``.
 
     Columns: :data:`COLUMNS` (``margins`` a pyarrow ``list<float32>``,
     ``path_bytes`` a pyarrow ``binary``, set for names that are not UTF-8). The
@@ -290,7 +297,7 @@ def hash_paths(
     import dask.dataframe as dd
 
     plan = _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose,
-                 fast, storage_options)
+                 fast, storage_options, max_pixels)
     meta = _frame(0, [], [], np.empty((0, HASH_BITS), np.float32), [])
     if not plan.paths:
         return dd.from_pandas(meta, npartitions=1)
@@ -316,6 +323,7 @@ def iter_batches(
     fast: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     window: int | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator["pandas.DataFrame"]:
     """Like :func:`hash_paths`, but yields the pandas frame of each task as soon as it is its turn.
 
@@ -328,7 +336,7 @@ def iter_batches(
     """
     require_dask()
     plan = _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose,
-                 fast, storage_options)
+                 fast, storage_options, max_pixels)
     if not plan.paths:
         return (frame for frame in ())  # a generator all the same (it has close())
     if window is None:  # 2 per thread left workers idle between tasks (measured: 25% slower)
@@ -532,7 +540,7 @@ def _ort_threads() -> int:
 
 def _hash_task(start: int, paths: list[str], model: Mapping[str, Any], *, batch_size: int,
                exif_transpose: bool, fast: bool, storage_options: Mapping[str, Any],
-               cwd: str = "") -> "pandas.DataFrame":
+               cwd: str = "", max_pixels: int | None = None) -> "pandas.DataFrame":
     """One task: ``paths`` hashed on a worker, as a result frame indexed from ``start``.
 
     Relative local paths are read from the client's working directory ``cwd``
@@ -557,7 +565,7 @@ def _hash_task(start: int, paths: list[str], model: Mapping[str, Any], *, batch_
                     del items[i]
         order = list(items)
         results = nh.hash_many([items[i] for i in order], batch_size=batch_size, workers=0,
-                               exif_transpose=exif_transpose, fast=fast)
+                               exif_transpose=exif_transpose, fast=fast, max_pixels=max_pixels)
         for i, result in zip(order, results):
             if result.ok:
                 hexes[i] = result.hash.hex

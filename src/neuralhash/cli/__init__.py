@@ -248,8 +248,6 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             for option, value in (("--parquet", args.parquet), ("--paths-per-task", args.paths_per_task)):
                 if value is not None:
                     sub.error(f"{option} needs --scheduler (use --scheduler local on one machine)")
-        elif args.max_pixels is not None:
-            sub.error("--max-pixels is not supported with --scheduler (the workers apply Pillow's limit)")
     if getattr(args, "null", False) and "-" not in getattr(args, "paths", ()):
         sub.error("--null applies to the paths read from standard input: give - as a PATH")
     if args.command == "verify" and args.seeds == 0 and not args.image:

@@ -63,7 +63,8 @@ def _hash_on(client, nh, paths: list[str], args: argparse.Namespace, writer: Wri
 
     batches = nhd.iter_batches(paths, model=nh, client=client, batch_size=args.batch_size,
                                paths_per_task=args.paths_per_task,
-                               exif_transpose=args.exif_transpose, fast=args.fast)
+                               exif_transpose=args.exif_transpose, fast=args.fast,
+                               max_pixels=getattr(args, "max_pixels", None))
     try:
         for frame in batches:
             if sink is not None:
