@@ -366,6 +366,7 @@ def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str, tx
     columns: dict[str, int] | None = None
     extra_cols: list[tuple[str, int]] = []
     batch = Batch()
+    held = 0  # characters of names and extras in the batch: a batch of long records is cut short
     old_limit = csv.field_size_limit(MAX_LINE)
     try:
         while True:
@@ -408,9 +409,11 @@ def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str, tx
                     batch.skipped.append((lineno, str(exc)))
                 else:
                     batch.add(lineno, entry(get("hash"), name, label, lineno), extra)
-            if len(batch.names) + len(batch.skipped) >= _BATCH:
+            held += sum(map(len, row))
+            if len(batch.names) + len(batch.skipped) >= _BATCH or held >= 32 * _CHUNK:
                 yield batch
                 batch = Batch()
+                held = 0
     finally:
         csv.field_size_limit(old_limit)
     yield batch
@@ -678,6 +681,7 @@ class ListWriter:
         collab = collab if isinstance(collab, str) else json.dumps(collab)
         category = extra.get("category", TX_DEFAULT_CATEGORY if "metadata" not in extra else "")
         tags = extra.get("tags") or []
+        tags = [tags] if isinstance(tags, str) else tags  # from a list of another tool: as it is
         tags = " ".join(map(str, tags)) if fmt == "tx-dataset-csv" else ",".join(map(str, tags))
         if fmt == "tx-dataset-csv":
             return _crlf(csv_row([TX_SIGNAL_TYPE, hex_text, collab, _cell(category), tags,

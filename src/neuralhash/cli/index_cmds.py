@@ -130,7 +130,7 @@ def cmd_index_export(args) -> int:
         sys.stdout.write(writer.header())
         try:
             for row in store.export(list_name=args.list, model_id=model_id):
-                sys.stdout.write(writer.row(row.path, row.hex, row.model_id, row.list, row.extra))
+                sys.stdout.write(writer.row(row.path, row.hex, row.model_id, row.list, _extra(args.db, row)))
         except HashListError as exc:
             raise NeuralHashError(f"{display(args.db)}: {exc}") from None
     sys.stdout.flush()
@@ -140,6 +140,18 @@ def cmd_index_export(args) -> int:
         print(f"neuralhash: note: the {fmt} format has no place for {' and '.join(lost)}; not written "
               f"(--format jsonl or csv keeps them)", file=sys.stderr)
     return 0
+
+
+def _extra(db: str, row):
+    """A row's extra fields; a value that is not a JSON object (a database edited by hand) is an error."""
+    try:
+        extra = row.extra
+    except ValueError:
+        extra = ()
+    if extra is not None and not isinstance(extra, dict):
+        raise NeuralHashError(f"{display(db)}: row {row.row} ({display(row.path)}): its extra fields are not a "
+                              f"JSON object")
+    return extra
 
 
 def cmd_index_lists(args) -> int:
