@@ -224,6 +224,26 @@ def test_a_database_without_the_extra_column(tmp_path):
         f"path,hash,model,list,label\na.jpg,{hashes[0]},imported,plain,\nb.jpg,{hashes[1]},imported,lab,x\n")
 
 
+def test_standard_input_with_a_forced_format_and_a_damaged_extra(tmp_path):
+    hashes = _hashes(2, 12)
+    db = str(tmp_path / "db.sqlite")
+    data = f"neuralhash {hashes[0]} 'c' POSITIVE_CLASS t1\nneuralhash {hashes[1]} 'c' NEGATIVE_CLASS\n".encode()
+    got = _cli("index", "import", db, "-", "--format", "tx-dataset", stdin=data)
+    assert got.returncode == 0, got.stderr
+    assert _ok("index", "export", db, "--list", "imported", "--format", "tx-dataset") == data
+    # --format text on the same bytes: every line malformed (no hash first), reported, exit 1.
+    got = _cli("index", "import", db, "-", "--format", "text", "--list", "as-text", stdin=data)
+    assert got.returncode == 1 and b"-:1: not a 96-bit hash" in got.stderr
+
+    con = sqlite3.connect(db)
+    con.execute("UPDATE images SET extra = '[1, 2]' WHERE id = (SELECT min(id) FROM images)")
+    con.commit()
+    con.close()
+    got = _cli("index", "export", db, "--jsonl")
+    assert got.returncode == 1 and b"Traceback" not in got.stderr
+    assert got.stderr.decode().strip().endswith("its extra fields are not a JSON object")
+
+
 # --------------------------------------------------------------------------- threatexchange's formats
 
 tx = pytest.importorskip("threatexchange")
