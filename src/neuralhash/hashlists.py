@@ -1,42 +1,92 @@
-"""Reading hash lists: ``HEX  PATH`` text, CSV and JSON Lines, streamed.
+"""Hash lists in the formats people exchange, streamed: read (:func:`iter_batches`) and written (:class:`ListWriter`).
 
-Everything ``neuralhash hash`` (text, ``--csv``, ``--jsonl``) and
-``neuralhash index export`` write reads back exactly, by the rules of
-:mod:`neuralhash.pathnames`: text lines as ``sha256sum`` writes them (a line
-starting with ``\\`` has an escaped name), CSV with a ``hash`` column (and
-``path``, optionally ``error``), JSONL records with ``hash`` and ``path`` /
-``path_b64``. Lists from other tools are read leniently: any white space
-between hash and name, ``#`` comments, upper-case hex, a bare hash without a
-name (named ``LABEL:LINE``).
+Formats (``FORMATS``; the names ``index import/export --format`` take):
+
+- ``text``: ``HEX  PATH`` lines as ``neuralhash hash`` and ``sha256sum`` write
+  them (a line starting with ``\\`` has an escaped name). Read leniently: any
+  white space between hash and name, ``#`` comments, upper-case hex, a bare
+  hash without a name (named ``LABEL:LINE``).
+- ``csv``: a header row with a ``hash`` column, and ``path`` (optionally
+  ``error``: such a record is a failure, not a hash).
+- ``jsonl``: one object per line with ``hash`` and ``path`` / ``path_b64``.
+- ``tx-file``: the signal file of threatexchange's local-file collaboration
+  (``threatexchange config collab edit local_file --filename F``): lines
+  ``SIGNAL_TYPE SIGNAL`` (``neuralhash 59a34eab...``), or a bare signal. It is
+  also what ``threatexchange dataset -P -S`` prints. Signals of other types
+  are reported as skipped lines.
+- ``tx-dataset``: ``threatexchange dataset -P``'s lines,
+  ``[TYPE ]SIGNAL[ 'COLLAB'] CATEGORY[ TAG,TAG...]`` (the type is left out
+  with ``-s TYPE``, the collaboration, a Python string literal, with ``-c NAME``).
+- ``tx-dataset-csv``: ``threatexchange dataset -P --csv``: CSV (``\\r\\n``) with
+  ``signal_type,signal_str,collab,category,tags`` (tags separated by spaces).
+
+**Extra fields.** What an entry carries beside its name and hash is kept as a
+JSON object (``Batch.extras``: its text, or None), stored per entry and
+written back by export:
+
+- csv: every column but the reserved ones (:data:`RESERVED`), by header, as
+  strings (an empty cell is ``""``); written back as columns after
+  ``path,hash,model,list`` (a value that is not a string as its JSON text).
+- jsonl: every key but the reserved ones, as JSON values; written back as keys.
+- tx-dataset and tx-dataset-csv: ``collab``, ``category`` and ``tags`` (a
+  list); metadata that is not ``CATEGORY[ TAGS]`` (threatexchange APIs that
+  print their own, such as StopNCII's) is kept whole as ``metadata``.
+- text and tx-file have no place for names or extras: export drops them and
+  says how many (:attr:`ListWriter.dropped_names`, ``dropped_extras``).
+
+The reserved fields (``hash``, ``path``, ``path_b64``, ``error``, and ``model``
+and ``list``, which ``index export`` writes to say where an entry came from)
+are never extras.
+
+**Detection** (no ``--format``) looks at the first non-blank line: ``{`` is
+jsonl; a CSV header with ``hash`` is csv, with ``signal_type`` and
+``signal_str`` tx-dataset-csv; a first word that is not a 24-digit hash (a
+signal type) followed by one run of hex digits (``neuralhash 59a3...``,
+``pdq ...``) is tx-file, or tx-dataset when a quoted collaboration or an opinion
+category (``INVESTIGATION_SEED``...) follows the signal; a hash followed by ONE
+space and then a category or a quoted collaboration (``dataset -P -s
+neuralhash``) is tx-dataset; anything else is text (whose writer always puts
+two spaces after the hash). Pass the format to override.
 
 The file is read in chunks and split at ``\\n`` only, so memory stays bounded
 whatever its size; a line (or CSV record) longer than :data:`MAX_LINE` bytes
 is a malformed line, never a reason to read on without bound. Bytes that are
 not UTF-8 are kept as surrogates (``surrogateescape``), as file names are.
-
-:func:`iter_batches` yields :class:`Batch` es (names, packed digests, skipped
-lines) for bulk work; :func:`iter_entries` one ``(line, entry or reason)`` at
-a time.
+Names follow :mod:`neuralhash.pathnames`.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Mapping
 
 import numpy as np
 
 from .errors import NeuralHashError
-from .pathnames import PathNameError, display, name_from_json, split_text_line
+from .pathnames import PathNameError, csv_row, display, is_utf8, json_fields, name_from_json, split_text_line, text_line
 
 HEX_DIGITS = 24
 MAX_LINE = 1 << 16  # bytes in one line or CSV record; a longer one is malformed
 _CHUNK = 1 << 20
 _BATCH = 1 << 16
+
+FORMATS = ("text", "csv", "jsonl", "tx-file", "tx-dataset", "tx-dataset-csv")
+#: Fields that are never extras: the entry's own (hash, name, error) and what export adds (model, list).
+RESERVED = frozenset({"hash", "path", "path_b64", "error", "model", "list"})
+#: threatexchange's signal type name for NeuralHash (neuralhash.integrations.threatexchange).
+TX_SIGNAL_TYPE = "neuralhash"
+#: threatexchange's opinion categories (AggregateSignalOpinionCategory), as ``dataset -P`` prints them.
+TX_CATEGORIES = ("NEGATIVE_CLASS", "INVESTIGATION_SEED", "POSITIVE_CLASS", "DISPUTED")
+#: The category threatexchange gives a signal nobody has an opinion on (SignalOpinion.get_trivial).
+TX_DEFAULT_CATEGORY = "INVESTIGATION_SEED"
+TX_CSV_COLUMNS = ("signal_type", "signal_str", "collab", "category", "tags")
+MAX_EXTRA_COLUMNS = 4096  # distinct extra fields a CSV export makes columns of
 
 # ASCII code -> nibble value, 255 for anything that is not a hex digit.
 _NIBBLE = np.full(256, 255, dtype=np.uint8)
@@ -60,17 +110,32 @@ class Batch:
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
     raw: list[bytes] | None = None  # the names' bytes, when at hand
     utf8: bool = False  # every name is valid UTF-8
+    extras: list[str | None] | None = None  # per entry its extra fields as JSON text (None: none at all)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def add(self, lineno: int, entry: tuple[str, bytes] | str) -> None:
+    def add(self, lineno: int, entry: tuple[str, bytes] | str, extra: Mapping[str, Any] | None = None) -> None:
         if isinstance(entry, str):
             self.skipped.append((lineno, entry))
-        else:
-            self.lines.append(lineno)
-            self.names.append(entry[0])
-            self.digests += entry[1]
+            return
+        text = extra_json(extra)
+        if text is not None and self.extras is None:
+            self.extras = [None] * len(self.names)
+        self.lines.append(lineno)
+        self.names.append(entry[0])
+        self.digests += entry[1]
+        if self.extras is not None:
+            self.extras.append(text)
+
+
+def extra_json(extra: Mapping[str, Any] | None) -> str | None:
+    """The stored text of an entry's extra fields (None for none): compact JSON, UTF-8 when the
+    values are (undecodable bytes from a CSV cell are kept as ``\\udcXX`` escapes)."""
+    if not extra:
+        return None
+    text = json.dumps(extra, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text if is_utf8(text) else json.dumps(extra, separators=(",", ":"), allow_nan=False)
 
 
 def parse_hex(text: str) -> bytes | None:
@@ -225,6 +290,8 @@ def _restore_order(batch: Batch) -> None:
     order = sorted(range(len(batch.lines)), key=batch.lines.__getitem__)
     batch.raw = None
     digests = np.frombuffer(bytes(batch.digests), np.uint8).reshape(-1, 12)[order]
+    if batch.extras is not None:
+        batch.extras = [batch.extras[k] for k in order]
     batch.lines = [batch.lines[k] for k in order]
     batch.names = [batch.names[k] for k in order]
     batch.digests = bytearray(digests.tobytes())
@@ -244,7 +311,7 @@ def _jsonl_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, parse_constant=_no_constant)
             except ValueError as exc:
                 batch.skipped.append((lineno, f"not a JSON object ({getattr(exc, 'msg', exc)})"))
                 continue
@@ -262,8 +329,13 @@ def _jsonl_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[
             except PathNameError as exc:
                 batch.skipped.append((lineno, str(exc)))
                 continue
-            batch.add(lineno, entry(obj.get("hash"), name, label, lineno))
+            batch.add(lineno, entry(obj.get("hash"), name, label, lineno),
+                      {k: v for k, v in obj.items() if k not in RESERVED})
         yield batch
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
 
 
 class _LimitedLines:
@@ -288,10 +360,13 @@ class _LimitedLines:
         return _decode(raw) + "\n"
 
 
-def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str) -> Iterator[Batch]:
+def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str, tx: bool = False) -> Iterator[Batch]:
+    """CSV with a ``hash`` column, or (``tx``) threatexchange's dataset CSV with ``signal_str``."""
     reader = csv.reader(_LimitedLines(lines), strict=False)
     columns: dict[str, int] | None = None
+    extra_cols: list[tuple[str, int]] = []
     batch = Batch()
+    held = 0  # characters of names and extras in the batch: a batch of long records is cut short
     old_limit = csv.field_size_limit(MAX_LINE)
     try:
         while True:
@@ -308,23 +383,59 @@ def _csv_batches(lines: Iterator[list[bytes | None]], label: str, where: str) ->
             if not any(cell.strip() for cell in row):
                 continue
             if columns is None:
-                columns = {h.strip().lower(): i for i, h in enumerate(row)}
+                columns, extra_cols = _csv_columns(row, tx, f"{where}:{lineno}")
                 continue
 
             def get(key: str):
                 i = columns.get(key)
                 return row[i] if i is not None and i < len(row) else None
 
+            extra = {h: row[i] for h, i in extra_cols if i < len(row)}
             if get("error"):
                 batch.skipped.append((lineno, f"an error record, not a hash ({display(get('error'))})"))
+            elif tx:
+                kind = get("signal_type")
+                if kind != TX_SIGNAL_TYPE:
+                    batch.skipped.append((lineno, f"a {display(kind or '(no type)')!r} signal, not {TX_SIGNAL_TYPE}"))
+                else:
+                    tags = extra.get("tags")
+                    if tags is not None:
+                        extra["tags"] = tags.split(" ") if tags else []
+                    batch.add(lineno, entry(get("signal_str"), None, label, lineno), extra)
             else:
-                batch.add(lineno, entry(get("hash"), get("path") or None, label, lineno))
-            if len(batch.names) + len(batch.skipped) >= _BATCH:
+                try:
+                    name = name_from_json({"path": get("path"), "path_b64": get("path_b64") or None}) or None
+                except PathNameError as exc:
+                    batch.skipped.append((lineno, str(exc)))
+                else:
+                    batch.add(lineno, entry(get("hash"), name, label, lineno), extra)
+            held += sum(map(len, row))
+            if len(batch.names) + len(batch.skipped) >= _BATCH or held >= 32 * _CHUNK:
                 yield batch
                 batch = Batch()
+                held = 0
     finally:
         csv.field_size_limit(old_limit)
     yield batch
+
+
+def _csv_columns(header: list[str], tx: bool, where: str) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """(reserved column -> index, [(extra column's header, index)]) of a header row."""
+    reserved = {"signal_type", "signal_str"} if tx else RESERVED
+    columns: dict[str, int] = {}
+    extra: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    for i, h in enumerate(header):
+        key = h.strip().lower()
+        if key in reserved:
+            columns[key] = i
+            continue
+        if h in seen:
+            # Two columns of one name would come back as one: refuse rather than lose one.
+            raise HashListError(f"{where}: the column {display(h)!r} appears twice")
+        seen.add(h)
+        extra.append((h, i))
+    return columns, extra
 
 
 def _csv_header(line: str) -> list[str]:
@@ -334,13 +445,125 @@ def _csv_header(line: str) -> list[str]:
         return []
 
 
-def iter_batches(source, *, label: str | None = None, where: str | None = None) -> Iterator[Batch]:
+# -- threatexchange's formats --------------------------------------------------------------
+
+_HEX24 = re.compile(r"[0-9a-fA-F]{24}")
+_CATEGORY = "|".join(TX_CATEGORIES)
+# What follows the signal in `threatexchange dataset -P`: an optional collaboration (repr of a str), a category.
+_TX_TAIL = re.compile(rf"(?:'|\"|(?:{_CATEGORY})(?: |$))")
+
+
+def _tx_lines(lines: Iterator[list[bytes | None]], parse) -> Iterator[Batch]:
+    lineno = 0
+    for chunk in lines:
+        batch = Batch()
+        for raw in chunk:
+            lineno += 1
+            if raw is None:
+                batch.skipped.append((lineno, _TOO_LONG))
+                continue
+            text = _decode(raw).strip()  # as threatexchange reads them
+            if not text:
+                continue
+            got = parse(text)
+            if isinstance(got, str):
+                batch.skipped.append((lineno, got))
+            else:
+                hex_text, extra = got
+                batch.add(lineno, entry(hex_text, None, "", lineno), extra)
+        yield batch
+
+
+def _tx_file_line(text: str) -> tuple[str, None] | str:
+    """``TYPE SIGNAL`` (LocalFileSignalExchangeAPI's rule: split at the first space) or a bare signal."""
+    kind, _, signal = text.partition(" ")
+    if not signal:
+        return kind, None  # a bare signal: the collaboration's signal_type says what it is
+    if kind != TX_SIGNAL_TYPE:
+        return f"a {display(kind)!r} signal, not {TX_SIGNAL_TYPE}"
+    return signal, None
+
+
+def _python_str(text: str) -> tuple[str, str] | None:
+    """(the value of the Python string literal ``text`` starts with, the rest), or None."""
+    quote = text[0]
+    i = 1
+    while i < len(text) and text[i] != quote:
+        i += 2 if text[i] == "\\" else 1
+    if i >= len(text):
+        return None
+    try:
+        value = ast.literal_eval(text[:i + 1])
+    except (ValueError, SyntaxError):
+        return None
+    return (value, text[i + 1:]) if isinstance(value, str) else None
+
+
+def _tx_dataset_line(text: str) -> tuple[str, dict] | str:
+    """``[TYPE ]SIGNAL[ 'COLLAB'] METADATA`` as ``threatexchange dataset -P`` prints it."""
+    first, _, rest = text.partition(" ")
+    if _HEX24.fullmatch(first):
+        signal = first  # printed with -s TYPE: no type
+    else:
+        if first != TX_SIGNAL_TYPE:
+            return f"a {display(first)!r} signal, not {TX_SIGNAL_TYPE}"
+        signal, _, rest = rest.partition(" ")
+    extra: dict[str, Any] = {}
+    if rest[:1] in ("'", '"'):
+        got = _python_str(rest)
+        if got is None:
+            return "the collaboration's name is not a quoted string"
+        extra["collab"], rest = got
+        if rest[:1] != " ":
+            return "no opinion after the collaboration's name"
+        rest = rest[1:]
+    category, _, tags = rest.partition(" ")
+    if category in TX_CATEGORIES:
+        extra["category"] = category
+        extra["tags"] = tags.split(",") if tags else []
+    elif rest:
+        extra["metadata"] = rest  # an API's own summary (StopNCII, NCMEC): kept whole
+    else:
+        return "no opinion after the signal"
+    return signal, extra
+
+
+def detect_format(first_line: str) -> str:
+    """The format a list whose first non-blank line is ``first_line`` is read as (see the module doc)."""
+    line = first_line.strip()
+    if line.startswith("{"):
+        return "jsonl"
+    if "," in line:
+        header = _csv_header(line)
+        if "hash" in header:
+            return "csv"
+        if "signal_type" in header and "signal_str" in header:
+            return "tx-dataset-csv"
+    first, sep, rest = line.partition(" ")
+    if _HEX24.fullmatch(first):
+        # `dataset -P -s neuralhash`: one space, then a collaboration or a category (text has two spaces).
+        return "tx-dataset" if sep and _TX_TAIL.match(rest) else "text"
+    signal, _, tail = rest.partition(" ")
+    # A signal type's name, then a hash-like signal (neuralhash, pdq, md5...).
+    if re.fullmatch(r"[a-z][a-z0-9_]*", first) and re.fullmatch(r"[0-9a-fA-F]+", signal):
+        if not tail:
+            return "tx-file"
+        if _TX_TAIL.match(tail):
+            return "tx-dataset"
+    return "text"
+
+
+def iter_batches(source, *, label: str | None = None, where: str | None = None,
+                 format: str | None = None) -> Iterator[Batch]:
     """The entries of a hash list (a path or a binary file object), a batch at a time.
 
     ``label`` names bare hashes (``LABEL:LINE``; default the file's name) and
-    ``where`` the file in errors. Malformed lines are in each batch's
-    ``skipped``; a list that cannot be read at all raises :class:`HashListError`.
+    ``where`` the file in errors. ``format`` (one of :data:`FORMATS`) skips
+    detection. Malformed lines are in each batch's ``skipped``; a list that
+    cannot be read at all raises :class:`HashListError`.
     """
+    if format is not None and format not in FORMATS:
+        raise HashListError(f"unknown hash-list format {format!r} (formats: {', '.join(FORMATS)})")
     stream, opened = _open(source)
     if opened:
         name = os.fsdecode(source)
@@ -354,26 +577,38 @@ def iter_batches(source, *, label: str | None = None, where: str | None = None) 
         if head.startswith(b"\xef\xbb\xbf"):
             head = head[3:]
         # The format is told by the first non-blank line (read on until one is complete).
-        while True:
+        while format is None:
             first = next((ln for ln in head.split(b"\n") if ln.strip()), None)
             complete = first is not None and (b"\n" in head[head.find(first):] or len(first) > MAX_LINE)
             if complete or len(head) > MAX_LINE:
+                format = detect_format(_decode(first or b"")[:MAX_LINE])
                 break
             more = _read(stream, where)
             if not more:
+                format = detect_format(_decode(first or b""))
                 break
             head += more
-        first_text = _decode(first or b"").lstrip()
         lines = _lines(stream, head, where)
-        if first_text.startswith("{"):
+        if format == "jsonl":
             yield from _jsonl_batches(lines, label)
-        elif "," in first_text and "hash" in _csv_header(first_text):
-            yield from _csv_batches(lines, label, where)
+        elif format in ("csv", "tx-dataset-csv"):
+            yield from _csv_batches(lines, label, where, tx=format == "tx-dataset-csv")
+        elif format == "tx-file":
+            yield from _named(_tx_lines(lines, _tx_file_line), label)
+        elif format == "tx-dataset":
+            yield from _named(_tx_lines(lines, _tx_dataset_line), label)
         else:
             yield from _text_batches(lines, label)
     finally:
         if opened:
             stream.close()
+
+
+def _named(batches: Iterator[Batch], label: str) -> Iterator[Batch]:
+    """threatexchange's lists name no entry: each is ``LABEL:LINE``, as a bare hash is."""
+    for batch in batches:
+        batch.names = [f"{label}:{ln}" for ln in batch.lines]
+        yield batch
 
 
 def iter_entries(source, *, label: str | None = None, where: str | None = None
@@ -391,3 +626,85 @@ def parse_text(text: str, label: str = "-") -> list[tuple[int, tuple[str, bytes]
     """:func:`iter_entries` of a list held in a string (tests, small inputs)."""
     raw = text.encode("utf-8", "surrogateescape")
     return list(iter_entries(io.BytesIO(raw), label=label, where=label))
+
+
+# -- writing ------------------------------------------------------------------------------
+
+_TX_FIELDS = ("collab", "category", "tags", "metadata")  # the extras tx-dataset writes in its own places
+
+
+class ListWriter:
+    """Entries out in one of :data:`FORMATS`, as text a stream with ``surrogateescape`` writes
+    (names' undecodable bytes go out as they are, :mod:`neuralhash.pathnames`' rules).
+
+    ``extra_columns``: for csv and tx-dataset-csv, the extra fields that get a
+    column (every one a row may hold: a field without a column is an error,
+    never dropped silently). text and tx-file drop extras, and the tx formats
+    names; ``dropped_names`` / ``dropped_extras`` count the entries that lost them.
+    """
+
+    def __init__(self, fmt: str, extra_columns: list[str] | tuple[str, ...] = ()):
+        if fmt not in FORMATS:
+            raise HashListError(f"unknown hash-list format {fmt!r} (formats: {', '.join(FORMATS)})")
+        self.fmt = fmt
+        self.extra_columns = [c for c in extra_columns if not (fmt == "tx-dataset-csv" and c in _TX_FIELDS[:3])]
+        self.dropped_names = 0
+        self.dropped_extras = 0
+
+    def header(self) -> str:
+        if self.fmt == "csv":
+            return csv_row(["path", "hash", "model", "list", *self.extra_columns])
+        if self.fmt == "tx-dataset-csv":
+            return _crlf(csv_row([*TX_CSV_COLUMNS, *self.extra_columns]))
+        return ""
+
+    def row(self, name: str, hex_text: str, model: str, list_name: str,
+            extra: Mapping[str, Any] | None = None) -> str:
+        extra = extra or {}
+        fmt = self.fmt
+        if fmt == "text":
+            self.dropped_extras += bool(extra)
+            return text_line(hex_text, name)
+        if fmt == "jsonl":
+            obj = {**json_fields(name), "hash": hex_text, "model": model, "list": list_name}
+            obj.update((k, v) for k, v in extra.items() if k not in RESERVED)
+            text = json.dumps(obj, ensure_ascii=False)
+            # A value holding undecodable bytes (from a CSV cell) as \udcXX escapes: the line stays UTF-8.
+            return (text if is_utf8(text) else json.dumps(obj)) + "\n"
+        if fmt == "csv":
+            return csv_row([name, hex_text, model, list_name, *self._cells(extra, ())])
+        self.dropped_names += 1
+        if fmt == "tx-file":
+            self.dropped_extras += bool(extra)
+            return f"{TX_SIGNAL_TYPE} {hex_text}\n"
+        collab = extra.get("collab", list_name)
+        collab = collab if isinstance(collab, str) else json.dumps(collab)
+        category = extra.get("category", TX_DEFAULT_CATEGORY if "metadata" not in extra else "")
+        tags = extra.get("tags") or []
+        tags = [tags] if isinstance(tags, str) else tags  # from a list of another tool: as it is
+        tags = " ".join(map(str, tags)) if fmt == "tx-dataset-csv" else ",".join(map(str, tags))
+        if fmt == "tx-dataset-csv":
+            return _crlf(csv_row([TX_SIGNAL_TYPE, hex_text, collab, _cell(category), tags,
+                                  *self._cells(extra, _TX_FIELDS[:3])]))
+        self.dropped_extras += any(k not in _TX_FIELDS for k in extra)
+        metadata = extra["metadata"] if "metadata" in extra else (f"{category} {tags}" if tags else category)
+        # What `threatexchange dataset -P` prints: type, signal, repr of the collaboration, the opinion.
+        return f"{TX_SIGNAL_TYPE} {hex_text} {collab!r} {_cell(metadata)}\n"
+
+    def _cells(self, extra: Mapping[str, Any], own: tuple[str, ...]) -> list[str]:
+        unknown = [k for k in extra if k not in RESERVED and k not in own and k not in self.extra_columns]
+        if unknown:
+            raise HashListError(f"an entry has the extra field {display(str(unknown[0]))!r}, which has no column")
+        return [_cell(extra.get(c)) for c in self.extra_columns]
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: a string as it is, nothing as empty, anything else as its JSON text."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _crlf(row: str) -> str:
+    # csv_row quotes exactly as Python's csv writer (QUOTE_MINIMAL) does; threatexchange's rows end in \r\n.
+    return row[:-1] + "\r\n"

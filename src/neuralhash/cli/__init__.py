@@ -20,6 +20,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import NeuralHashError
+from ..hashlists import FORMATS
 from .audit_cmds import add_audit_command
 from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
                      int_at_least, int_between, non_empty, positive_float)
@@ -188,18 +189,26 @@ def add_index_commands(add) -> None:
                    help=f"images per network run (default 4, at most {MAX_BATCH})")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
 
-    p = action("import", cmd_index_import, "import a hash list into a list: HEX  PATH lines, CSV or JSONL")
+    p = action("import", cmd_index_import, "import a hash list into a list: HEX  PATH lines, CSV, JSONL, or "
+                                           "threatexchange's signal files and dataset exports")
     p.add_argument("file", metavar="FILE", help="the hash list, or - for standard input")
     p.add_argument("--list", default=None, metavar="NAME",
                    help="the list to import into (default: the file's name without extension)")
     p.add_argument("--model-id", default="imported", type=non_empty,
                    help="the model the hashes belong to: a stored id (or its unique start) or a name "
                         "(default 'imported')")
+    p.add_argument("--format", choices=FORMATS, default=None, metavar="NAME",
+                   help=f"the list's format: {', '.join(FORMATS)} (default: told by its first line)")
 
-    p = action("export", cmd_index_export, "write stored hashes out (HEX  PATH lines, or --jsonl / --csv)")
+    p = action("export", cmd_index_export, "write stored hashes out (HEX  PATH lines, or --jsonl / --csv / "
+                                           "--format NAME)")
     p.add_argument("--list", default=None, metavar="NAME", help="only this list")
     p.add_argument("--model-id", default=None, type=non_empty, help="only the hashes of this model (an id or its unique start)")
-    _add_output_format(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--jsonl", action="store_true", help="one JSON object per line (--format jsonl)")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header row (--format csv)")
+    fmt.add_argument("--format", choices=FORMATS, default=None, metavar="NAME",
+                     help=f"any format index import reads: {', '.join(FORMATS)} (default text)")
 
     p = action("lists", cmd_index_lists, "the lists in the database: hashes, model, name")
     p.add_argument("--jsonl", action="store_true")

@@ -106,7 +106,7 @@ def cmd_index_import(args) -> int:
     with _open(args.db, create=True) as store:
         model_id = _model_id(store, args.model_id)
         report = store.import_file(source, list_name=args.list or ("imported" if args.file == "-" else None),
-                                   model_id=model_id)
+                                   model_id=model_id, format=args.format)
     for lineno, reason in report.skipped:
         print(f"neuralhash: {display(args.file)}:{lineno}: {reason}", file=sys.stderr)
     if report.skipped_total > len(report.skipped):
@@ -119,17 +119,39 @@ def cmd_index_import(args) -> int:
 
 
 def cmd_index_export(args) -> int:
+    from ..hashlists import HashListError, ListWriter
+
     pass_file_names_through()
+    fmt = args.format or _format(args)
     with _open(args.db, create=False) as store:
         model_id = store.resolve_model(args.model_id).model_id if args.model_id is not None else None
-        write = _rows_writer(_format(args), ["path", "hash", "model", "list"])
-        for row in store.export(list_name=args.list, model_id=model_id):
-            if write is None:
-                sys.stdout.write(text_line(row.hex, row.path))
-            else:
-                write({"path": row.path, "hash": row.hex, "model": row.model_id, "list": row.list})
+        columns = store.extra_fields(list_name=args.list, model_id=model_id) if "csv" in fmt else []
+        writer = ListWriter(fmt, columns)
+        sys.stdout.write(writer.header())
+        try:
+            for row in store.export(list_name=args.list, model_id=model_id):
+                sys.stdout.write(writer.row(row.path, row.hex, row.model_id, row.list, _extra(args.db, row)))
+        except HashListError as exc:
+            raise NeuralHashError(f"{display(args.db)}: {exc}") from None
     sys.stdout.flush()
+    lost = [f"{n} entries' names" for n in [writer.dropped_names] if n]
+    lost += [f"{n} entries' extra fields" for n in [writer.dropped_extras] if n]
+    if lost:
+        print(f"neuralhash: note: the {fmt} format has no place for {' and '.join(lost)}; not written "
+              f"(--format jsonl or csv keeps them)", file=sys.stderr)
     return 0
+
+
+def _extra(db: str, row):
+    """A row's extra fields; a value that is not a JSON object (a database edited by hand) is an error."""
+    try:
+        extra = row.extra
+    except ValueError:
+        extra = ()
+    if extra is not None and not isinstance(extra, dict):
+        raise NeuralHashError(f"{display(db)}: row {row.row} ({display(row.path)}): its extra fields are not a "
+                              f"JSON object")
+    return extra
 
 
 def cmd_index_lists(args) -> int:

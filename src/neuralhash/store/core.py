@@ -52,6 +52,11 @@ class StoredHash:
     hex: str
     model_id: str
     list: str = ""
+    extra_json: str | None = None  # the entry's extra fields (a JSON object's text), see neuralhash.hashlists
+
+    @property
+    def extra(self) -> dict[str, Any] | None:
+        return None if self.extra_json is None else json.loads(self.extra_json)
 
 
 @dataclass(frozen=True)
@@ -122,9 +127,10 @@ class _Write:
 
     def append(self, list_key: int, names: Sequence[str], digests: bytes | bytearray,
                extra: Sequence[tuple] | None = None, raw_names: Sequence[bytes] | None = None,
-               utf8: bool = False) -> range:
+               utf8: bool = False, extras: Sequence[str | None] | None = None) -> range:
         """Insert rows (names[k], digests[12k:12k+12][, size, mtime_ns, sha256]); their ids.
-        ``raw_names``: the names' bytes when at hand; ``utf8``: every name is known to be UTF-8."""
+        ``raw_names``: the names' bytes when at hand; ``utf8``: every name is known to be UTF-8;
+        ``extras``: per row the extra fields' JSON text (the column must exist)."""
         k = len(names)
         if k == 0:
             return range(0)
@@ -141,7 +147,11 @@ class _Write:
                     pass
             utf8 = utf8 and plain
             del joined
-        if extra is None and utf8:
+        if extras is not None:
+            blobs = np.frombuffer(bytes(digests), dtype="V12").tolist()
+            self.db.executemany("INSERT INTO images (id, list, path, hash, extra) VALUES (?, ?, ?, ?, ?)",
+                                zip(ids, [list_key] * k, map(sql_value, names), blobs, extras))
+        elif extra is None and utf8:
             # One statement a batch: SQLite walks a JSON array of the names and slices the
             # hashes from one blob, twice as fast as binding every row from Python.
             self.db.execute("INSERT INTO images (id, list, path, hash) "
@@ -787,8 +797,10 @@ class HashStore:
     # -- import / export ------------------------------------------------------------------
 
     def import_file(self, source, *, list_name: str | None = None, model_id: str = IMPORTED_MODEL,
-                    description: str = "") -> ImportReport:
-        """Import a hash list (a path or a binary file object: ``HEX  PATH`` lines, CSV or JSONL).
+                    description: str = "", format: str | None = None) -> ImportReport:
+        """Import a hash list (a path or a binary file object) in any of :data:`neuralhash.hashlists.FORMATS`
+        (``format``; default: detected). Entries' extra fields (CSV columns, JSON keys, threatexchange
+        opinions) are kept per entry and come back from :meth:`export`.
 
         All or nothing: the valid entries go in one transaction; malformed lines
         are in ``report.skipped``. An entry replaces the list's entry of the same
@@ -809,14 +821,19 @@ class HashStore:
             if not hasattr(source, "read"):
                 with contextlib.suppress(OSError):  # room for the lines the file's size suggests
                     tx._ensure(min(os.path.getsize(source) // 40, 1 << 28))
+            with_extra = False
             try:
-                for batch in hashlists.iter_batches(source, label=label):
+                for batch in hashlists.iter_batches(source, label=label, format=format):
                     report.skipped_total += len(batch.skipped)
                     room = MAX_SKIPPED - len(report.skipped)
                     if room > 0:
                         report.skipped += batch.skipped[:room]
+                    if batch.extras is not None and not with_extra:
+                        dbmod.add_extra_column(self._db)
+                        with_extra = True
                     if batch.names:
-                        tx.append(key, batch.names, batch.digests, raw_names=batch.raw, utf8=batch.utf8)
+                        tx.append(key, batch.names, batch.digests, raw_names=batch.raw, utf8=batch.utf8,
+                                  extras=batch.extras)
             except hashlists.HashListError as exc:
                 raise StoreError(str(exc)) from None
             added = tx.n0 + tx.pending - start
@@ -889,8 +906,7 @@ class HashStore:
         db.execute("DROP TABLE temp.nh_candidates")
         return replaced, dropped
 
-    def export(self, *, list_name: str | None = None, model_id: str | None = None) -> Iterator[StoredHash]:
-        """Every stored hash (of one list, of one model's lists, or all), in the order added."""
+    def _export_keys(self, list_name: str | None, model_id: str | None) -> tuple[list[int], dict[int, tuple]]:
         with self._lock, self._sql():
             lists = {key: (name, mid) for key, name, mid in self._db.execute(
                 "SELECT l.id, l.name, m.model_id FROM lists l JOIN models m ON m.id = l.model")}
@@ -903,21 +919,50 @@ class HashStore:
             keys = [k for k, (_, mid) in lists.items() if mid == model.model_id]
         else:
             keys = list(lists)
+        return keys, lists
+
+    def export(self, *, list_name: str | None = None, model_id: str | None = None) -> Iterator[StoredHash]:
+        """Every stored hash (of one list, of one model's lists, or all), in the order added, with
+        its extra fields (``StoredHash.extra``)."""
+        keys, lists = self._export_keys(list_name, model_id)
         if not keys:
             return
         marks = ",".join("?" * len(keys))
+        with self._lock, self._sql():
+            extra = "extra" if dbmod.has_extra_column(self._db) else "NULL"
         last = 0
         while True:  # in pages, so that no read transaction stays open between yields
             with self._lock, self._sql("exporting"):
                 rows = self._db.execute(
-                    f"SELECT id, list, path, hash FROM images WHERE id > ? AND list IN ({marks}) "
+                    f"SELECT id, list, path, hash, {extra} FROM images WHERE id > ? AND list IN ({marks}) "
                     f"ORDER BY id LIMIT 10000", [last, *keys]).fetchall()
             if not rows:
                 return
-            for rid, key, path, digest in rows:
+            for rid, key, path, digest, fields in rows:
                 name, mid = lists[key]
-                yield StoredHash(rid, from_sql(path), bytes(digest).hex(), mid, name)
+                yield StoredHash(rid, from_sql(path), bytes(digest).hex(), mid, name, fields)
             last = rows[-1][0]
+
+    def extra_fields(self, *, list_name: str | None = None, model_id: str | None = None) -> list[str]:
+        """The extra fields the entries :meth:`export` yields hold, in the order they first appear
+        (the columns of a CSV export). At most :data:`neuralhash.hashlists.MAX_EXTRA_COLUMNS`."""
+        keys, _ = self._export_keys(list_name, model_id)
+        with self._lock, self._sql("listing extra fields"):
+            if not keys or not dbmod.has_extra_column(self._db):
+                return []
+            marks = ",".join("?" * len(keys))
+            # SQLite finds each field's first row; the rows themselves, parsed here, give the order.
+            firsts = [rid for (rid,) in self._db.execute(
+                f"SELECT min(i.id) FROM images i, json_each(i.extra) j WHERE i.extra IS NOT NULL "
+                f"AND i.list IN ({marks}) GROUP BY j.key LIMIT ?", [*keys, hashlists.MAX_EXTRA_COLUMNS + 1])]
+            if len(firsts) > hashlists.MAX_EXTRA_COLUMNS:
+                raise StoreError(f"{self.where}: the entries hold more than {hashlists.MAX_EXTRA_COLUMNS} "
+                                 f"distinct extra fields, too many for CSV columns; export JSON Lines")
+            out: dict[str, None] = {}
+            for rid in sorted(set(firsts)):
+                (text,) = self._db.execute("SELECT extra FROM images WHERE id=?", (rid,)).fetchone()
+                out.update((k, None) for k in json.loads(text))
+        return list(out)
 
     # -- searching ------------------------------------------------------------------------
 

@@ -12,6 +12,10 @@ Schema 2 (this version)::
     lists   id, name UNIQUE, model -> models.id, count
     images  id, list, path, hash BLOB(12), size, mtime_ns, sha256
 
+``images.extra`` (nullable TEXT, added by the first import that carries extra
+fields, so older databases and older readers are unaffected) holds an entry's
+extra fields as a JSON object (:mod:`neuralhash.hashlists`).
+
 ``images`` has no index besides its row id: names are found through the
 packed index's name keys (see :mod:`.packed`), which keeps a bulk import a
 plain append. ``path`` is TEXT for a UTF-8 name and a BLOB of its bytes
@@ -119,6 +123,16 @@ def recognise(db: sqlite3.Connection, where: str) -> str:
         return "v1"
     shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
     raise StoreError(f"{where}: not a neuralhash database (it holds other tables: {shown}); left untouched")
+
+
+def has_extra_column(db: sqlite3.Connection) -> bool:
+    return any(row[1] == "extra" for row in db.execute("PRAGMA table_info(images)"))
+
+
+def add_extra_column(db: sqlite3.Connection) -> None:
+    """Add ``images.extra`` when absent (the caller holds a write transaction; SQLite rewrites no row)."""
+    if not has_extra_column(db):
+        db.execute("ALTER TABLE images ADD COLUMN extra TEXT")
 
 
 def create_schema(db: sqlite3.Connection) -> None:
