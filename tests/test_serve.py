@@ -401,7 +401,13 @@ def test_import_every_format_and_export_back(client, nh):
     assert [r["hash"] for r in records] == [ds[0].hex(), ds[1].hex()]
     assert records[0]["path"] == "a b.jpg" and "path_b64" not in records[0]
     assert base64.b64decode(records[1]["path_b64"]) == b"caf\xe9 \xff.jpg"
-    assert client.get("/lists/c/export?format=csv").text == f"path,hash,model\nc.jpg,{ds[2].hex()},{nh.model_id}\n"
+    assert client.get("/lists/c/export?format=csv").text == f"path,hash,model,list\nc.jpg,{ds[2].hex()},{nh.model_id},c\n"
+    # Other columns of an imported list come back (the formats and rules of `index export`).
+    r = client.post("/lists/x/import", content=f"hash,path,source\n{ds[2].hex()},e.jpg,partner A\n".encode())
+    assert r.json()["imported"] == 1
+    assert client.get("/lists/x/export?format=csv").text == (
+        f"path,hash,model,list,source\ne.jpg,{ds[2].hex()},{nh.model_id},x,partner A\n")
+    assert client.get("/lists/x/export?format=tx-file").text == f"neuralhash {ds[2].hex()}\n"
     assert one_line_error(client.get("/lists/none/export"), 404)
     assert one_line_error(client.get("/lists/t/export?format=xml"), 422).startswith("format")
     # A lookup names the non-UTF-8 label losslessly too.

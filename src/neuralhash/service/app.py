@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import importlib.resources
 import ipaddress
-import json
 import re
 import tempfile
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from starlette.templating import Jinja2Templates
 from .. import __version__
 from ..errors import ImageError, NeuralHashError
 from ..hashing import DEFAULT_MARGIN
-from ..pathnames import PathNameError, csv_row, json_fields, name_from_json, text_line
+from ..hashlists import FORMATS as _LIST_FORMATS
+from ..pathnames import PathNameError, json_fields, name_from_json
 from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
 from .hasher import ImageHasher, UploadError
 
@@ -272,6 +272,11 @@ _RAW_LIST_BODY = {
 }
 
 
+_EXPORT_FORMATS = "^(" + "|".join(re.escape(f) for f in _LIST_FORMATS) + ")$"
+_MEDIA = {f: "text/csv" if f.endswith("csv") else "application/jsonl" if f == "jsonl" else "text/plain"
+          for f in _LIST_FORMATS}
+
+
 def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHasher) -> FastAPI:
     """The application; the database and the decoding workers open when it starts (its lifespan)."""
     check_config(config)
@@ -501,22 +506,18 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         return {"name": name, "imported": report.imported, "replaced": getattr(report, "replaced", 0),
                 "skipped": [{"line": n, "reason": r} for n, r in report.skipped]}
 
-    @app.get("/lists/{name}/export", summary="A list's hashes: text (HEX  PATH), jsonl or csv")
-    async def export_list(name: str, format: Annotated[str, Query(pattern="^(text|jsonl|csv)$")] = "text"
+    @app.get("/lists/{name}/export",
+             summary="A list's hashes in any format `index export` writes (extra fields kept by csv and jsonl)")
+    async def export_list(name: str, format: Annotated[str, Query(pattern=_EXPORT_FORMATS)] = "text"
                           ) -> StreamingResponse:
-        if format == "jsonl":
-            render = lambda r: json.dumps({**json_fields(r.path), "hash": r.hex, "list": name,  # noqa: E731
-                                           "model": r.model_id}, ensure_ascii=False) + "\n"
-            header, media = "", "application/jsonl"
-        elif format == "csv":
-            render = lambda r: csv_row([r.path, r.hex, r.model_id])  # noqa: E731
-            header, media = "path,hash,model\n", "text/csv"
-        else:
-            render = lambda r: text_line(r.hex, r.path)  # noqa: E731
-            header, media = "", "text/plain"
-        stream = backend().export(name, render, header)
+        from ..hashlists import ListWriter
+
+        columns = await backend().extra_fields(name) if "csv" in format else []
+        writer = ListWriter(format, columns)
+        render = lambda r: writer.row(r.path, r.hex, r.model_id, name, r.extra)  # noqa: E731
+        stream = backend().export(name, render, writer.header())
         first = await anext_or_none(stream)  # a missing list is a 404, not an empty 200
-        return StreamingResponse(_prepend(first, stream), media_type=media + "; charset=utf-8")
+        return StreamingResponse(_prepend(first, stream), media_type=_MEDIA[format] + "; charset=utf-8")
 
     # -- status --
 

@@ -389,6 +389,18 @@ class Backend:
 
     # -- export (a connection and a thread of its own) ----------------------------------------
 
+    async def extra_fields(self, name: str) -> list[str]:
+        """The extra fields (CSV columns) the entries of list ``name`` hold."""
+        from ..store import HashStore
+
+        await self.get_list(name)  # 404 for a missing list
+
+        def read() -> list[str]:
+            with HashStore(self.db_path, create=False) as store:
+                return store.extra_fields(list_name=name)
+
+        return await asyncio.to_thread(read)
+
     async def export(self, name: str, render: Callable[[Any], str], header: str = "") -> AsyncIterator[bytes]:
         """The rows of list ``name`` rendered one by one, as chunks of UTF-8 (surrogateescape) bytes."""
         from ..store import HashStore
