@@ -1,0 +1,45 @@
+"""Defects found by probing the merged project with hostile inputs (issue 10's classes, again)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from neuralhash.cli import main
+from conftest import WILD_DIR
+
+
+def _wild_copy(tmp_path, name="FindFour"):
+    src = WILD_DIR / f"{name}.mlmodelc"
+    if not src.is_dir():
+        pytest.skip(f"{src} is absent")
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    for f in dst.iterdir():
+        f.chmod(0o644)
+    return dst
+
+
+def _edit_layer(folder, layer_name, **fields):
+    net = folder / "model.espresso.net"
+    doc = json.loads(net.read_text())
+    layer = next(l for l in doc["layers"] if l["name"] == layer_name)
+    layer.update(fields)
+    net.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("value", [2**63, 1e30, 2**31])
+def test_huge_integer_field_is_refused_naming_layer_and_field(tmp_path, capsys, value):
+    """Espresso's integer fields are 32-bit: a larger one (or a huge float) is a GraphError, not an ONNX ValueError."""
+    folder = _wild_copy(tmp_path, "SSDOcr")
+    _edit_layer(folder, "402", pad_l=value)
+    assert main(["convert", str(folder), "-o", str(tmp_path / "o.onnx")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'402'" in err and "'pad_l'" in err and "out of range" in err, err
+    assert not (tmp_path / "o.onnx").exists()
+    # inspect lists what it cannot read as a problem and carries on (README: never raised)
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "problem" in out and "'pad_l' is out of range" in out, out
