@@ -43,3 +43,24 @@ def test_huge_integer_field_is_refused_naming_layer_and_field(tmp_path, capsys, 
     assert main(["inspect", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "problem" in out and "'pad_l' is out of range" in out, out
+
+
+def _edit_transform(folder, **fields):
+    net = folder / "model.espresso.net"
+    doc = json.loads(net.read_text())
+    doc["transform_params"]["input1"].update(fields)
+    net.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("fields", [{"bias_b": {}}, {"scale": "x"}, {"scale": 1e300}, {"bias_r": 10**400},
+                                    {"scale": True}, {"bias_g": None}])
+def test_verify_odd_transform_params_is_one_line(tmp_path, capsys, fields):
+    """verify preprocesses with the input's transform_params: a value that is not a finite number is
+    an error naming the file, input and field (inspect still shows it, as it is)."""
+    folder = _wild_copy(tmp_path, "FindFour")
+    _edit_transform(folder, **fields)
+    assert main(["verify", str(folder), "--seeds", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    key = next(iter(fields))
+    assert err.count("\n") == 0 and "transform_params" in err and repr(key) in err and "model.espresso.net" in err, err
+    assert main(["inspect", str(folder)]) == 0

@@ -110,6 +110,17 @@ def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int,
     return out
 
 
+def _transform_number(model: EspressoModel, params: dict, blob: str, key: str, default: float) -> float:
+    """A number of the input's ``transform_params`` (inspect shows odd ones; preprocessing needs real numbers)."""
+    value = params.get(key, default)
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is not None and abs(number) <= float(np.finfo(np.float32).max):  # a Python comparison: ints of any size
+        return float(number)
+    where = f"{model.sources.net}: " if model.sources.net is not None else ""
+    raise NeuralHashError(f"{where}transform_params of input {blob!r}: {key!r} should be a finite float32 number, "
+                          f"got {value!r}"[:300])
+
+
 def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel | None = None,
                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
     """Each image (a path, or a Pillow image) as a batch of one for the model's first input.
@@ -131,8 +142,8 @@ def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel 
         raise NeuralHashError(f"input blob {name!r} of [seq, k, h, w] {[seq, k, h, w]} is not an image")
     params = model.transform_params.get(name, {})
     params = params if isinstance(params, dict) else {}
-    scale = float(params.get("scale", 1.0))
-    bias = np.array([params.get(f"bias_{c}", 0.0) for c in "rgb"], np.float32)
+    scale = _transform_number(model, params, name, "scale", 1.0)
+    bias = np.array([_transform_number(model, params, name, f"bias_{c}", 0.0) for c in "rgb"], np.float32)
     out = []
     for i, p in enumerate(paths):
         label = os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"image {i}"
