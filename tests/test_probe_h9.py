@@ -64,3 +64,31 @@ def test_verify_odd_transform_params_is_one_line(tmp_path, capsys, fields):
     key = next(iter(fields))
     assert err.count("\n") == 0 and "transform_params" in err and repr(key) in err and "model.espresso.net" in err, err
     assert main(["inspect", str(folder)]) == 0
+
+
+def test_server_shutdown_interrupts_a_write_that_outlives_the_grace_period(tmp_path):
+    """A write still running at shutdown (a huge import, after uvicorn's grace period) held the
+    server's exit forever after SIGTERM: its SQL is interrupted and its transaction rolled back."""
+    import asyncio
+    import threading
+    import time
+
+    pytest.importorskip("fastapi")
+    from neuralhash.service.backend import Backend
+
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+
+    async def scenario():
+        backend = Backend(str(tmp_path / "s.db"))
+        task = asyncio.ensure_future(backend._writer.run(lambda store: store._db.execute(endless).fetchone()))
+        await asyncio.sleep(0.5)  # the statement is running in the writer thread
+        t0 = time.monotonic()
+        closing = threading.Thread(target=backend.close, daemon=True)
+        closing.start()
+        while closing.is_alive() and time.monotonic() - t0 < 20:
+            await asyncio.sleep(0.1)
+        assert not closing.is_alive(), "close() did not return: the running write was not stopped"
+        with pytest.raises(Exception, match="interrupt"):
+            await task
+
+    asyncio.run(scenario())
