@@ -165,16 +165,34 @@ def test_a_decoder_crash_fails_only_its_upload(tmp_path, nh):
         assert again.status_code == 200 and again.json()["hash"] == nh.hash(png(13)).hex
 
 
-def test_a_non_finite_projection_is_an_error_not_a_hash():
-    from neuralhash.errors import ImageError
-    from neuralhash.hashing import Hash
-    from neuralhash.service.hasher import check_finite
+def test_a_non_finite_output_fails_its_own_upload_not_its_batch(tmp_path, nh, monkeypatch):
+    """Uploads are hashed in batches: a network output that is not finite for one image is a 422
+    naming that upload, and the images batched with it still get their hashes (they did not:
+    the whole batch failed with a 500 naming the image's position in the batch)."""
+    expected = {name: nh.hash(data).hex for name, data in (("a.png", png(1)), ("b.png", png(2)))}
+    black = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(black, "PNG")
+    real_logits = nh.logits
 
-    values = np.linspace(-1, 1, 96).astype(np.float32)
-    check_finite(Hash.from_projection(values), "ok.png")
-    values[5] = np.nan
-    with pytest.raises(ImageError, match="bad.png: .*non-finite"):
-        check_finite(Hash.from_projection(values), "bad.png")
+    def nan_for_black(batch):
+        out = np.array(real_logits(batch), copy=True)
+        flat = np.asarray(batch).reshape(len(batch), -1)
+        out[(flat == flat.min()).all(axis=1)] = np.nan  # a uniform image (the black upload)
+        return out
+
+    monkeypatch.setattr(nh, "logits", nan_for_black)
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0, batch_size=8))
+    with TestClient(app) as client:
+        assert "bad.png: " in one_line_error(client.post("/hash", files={"image": ("bad.png", black.getvalue())}), 422)
+        r = client.post("/lists/known/hashes", json={"hashes": [{"hash": expected["a.png"], "path": "a"}]})
+        assert r.status_code == 200, r.text
+        r = client.post("/match", data={"max_distance": "0"},
+                        files=[("images", ("a.png", png(1))), ("images", ("bad.png", black.getvalue())),
+                               ("images", ("b.png", png(2)))])
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [q.get("hash") for q in results] == [expected["a.png"], None, expected["b.png"]], results
+        assert "bad.png" in results[1]["error"] and "not finite" in results[1]["error"], results[1]
 
 
 def test_upload_limit_is_413(tmp_path, nh):

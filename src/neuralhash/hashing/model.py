@@ -419,6 +419,11 @@ class NeuralHash:
                 raise NeuralHashError(f"image {i} of {len(out)}: {h}")
         return out  # type: ignore[return-value]
 
+    def hash_pixels_each(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
+        """Like :meth:`hash_pixels`, one batch, but per image: its Hash, or the reason there is none
+        (a non-finite network output, as a string), so one image never fails the others of its batch."""
+        return self._hashes_or_errors(pixels)
+
     def _hashes_or_errors(self, pixels: Sequence[np.ndarray]) -> list[Hash | str]:
         """Per image, its Hash or the reason there is none (a non-finite network output)."""
         if not len(pixels):
