@@ -92,3 +92,27 @@ def test_server_shutdown_interrupts_a_write_that_outlives_the_grace_period(tmp_p
             await task
 
     asyncio.run(scenario())
+
+
+def test_what_escapes_the_application_is_logged_in_one_line():
+    """A request cut off at the end of the grace period reached uvicorn's log as a 40-line traceback."""
+    import asyncio
+    import io
+    import logging
+
+    from neuralhash.service.server import _one_line
+
+    stream = io.StringIO()
+    log = logging.getLogger("test.h9.uvicorn")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.addFilter(_one_line)
+    log.propagate = False
+    try:
+        raise asyncio.CancelledError("Task cancelled, timeout graceful shutdown exceeded")
+    except BaseException as exc:
+        log.error("Exception in ASGI application\n", exc_info=exc)
+    text = stream.getvalue()
+    assert text == ("ERROR: Exception in ASGI application: CancelledError: "
+                    "Task cancelled, timeout graceful shutdown exceeded\n"), text
