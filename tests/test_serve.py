@@ -416,3 +416,12 @@ def test_add_takes_labels_as_bytes(client):
     assert client.get("/lists/b/export").content == d.hex().encode() + b"  " + raw + b"\n"
     r = client.post("/lists/b/hashes", json={"hashes": [{"hash": d.hex(), "path_b64": "***"}]})
     assert one_line_error(r, 422).startswith("hashes[0]")
+
+
+def test_routing_and_form_errors_are_one_line_of_json_too(client):
+    """The API's errors are {"error": ...}: an unknown path, a wrong method and a multipart body
+    without its boundary came back as Starlette's {"detail": ...}."""
+    assert "GET /no-such-page: not found" == one_line_error(client.get("/no-such-page"), 404)
+    assert "DELETE /hash" in one_line_error(client.delete("/hash"), 405)
+    r = client.post("/hash", content=b"garbage", headers={"Content-Type": "multipart/form-data"})
+    assert "boundary" in one_line_error(r, 400)

@@ -22,6 +22,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFi
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
 
 from .. import __version__
@@ -309,9 +310,14 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     # -- error handlers: one line of JSON each --
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    # Starlette's own class: routing (404, 405) and form parsing (a bad multipart body) raise it,
+    # and a handler of FastAPI's subclass would not see them (they came back as {"detail": ...}).
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if detail in ("Not Found", "Method Not Allowed"):  # say which request
+            detail = f"{request.method} {request.url.path}: {detail.lower()}"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
