@@ -425,3 +425,13 @@ def test_routing_and_form_errors_are_one_line_of_json_too(client):
     assert "DELETE /hash" in one_line_error(client.delete("/hash"), 405)
     r = client.post("/hash", content=b"garbage", headers={"Content-Type": "multipart/form-data"})
     assert "boundary" in one_line_error(r, 400)
+
+
+@pytest.mark.parametrize("model_id", ["", "a\nb", "\x00"])
+def test_a_model_id_is_printable_and_not_empty(client, model_id):
+    """POST /lists created lists of model '' or 'a<newline>b' (the CLI refuses an empty --model-id;
+    `index lists` prints one line per list)."""
+    assert "model_id" in one_line_error(client.post("/lists", json={"name": "l", "model_id": model_id}), 422)
+    r = client.post("/lists/l/hashes", json={"hashes": [{"hash": "00" * 12}], "model_id": model_id})
+    assert "model_id" in one_line_error(r, 422)
+    assert client.get("/lists").json() == []

@@ -49,6 +49,8 @@ MAX_QUERIES = 10_000
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE)]
+#: A model id or a prefix of one: printable, one line (the CLI refuses an empty one, lists print it).
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
 
 
@@ -97,14 +99,14 @@ class LookupRequest(BaseModel):
     max_distance: Distance = Field(description=f"in bits, 0..{MAX_DISTANCE}")
     limit: Limit = Field(DEFAULT_LIMIT, description=f"matches per hash at most, the nearest (1..{MAX_LIMIT})")
     lists: list[ListName] | None = Field(None, description="search only these lists (default: all of the model)")
-    model_id: str | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
+    model_id: ModelId | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
                                                    "default: the server's model if stored, else the only one")
 
 
 class NewList(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: ListName
-    model_id: str | None = Field(None, description="default: the server's model")
+    model_id: ModelId | None = Field(None, description="default: the server's model")
 
 
 class HashEntry(BaseModel):
@@ -117,7 +119,7 @@ class HashEntry(BaseModel):
 class AddHashes(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hashes: list[HashEntry] = Field(min_length=1, max_length=MAX_QUERIES)
-    model_id: str | None = Field(None, description="the list's model when it is created (default: the server's)")
+    model_id: ModelId | None = Field(None, description="the list's model when it is created (default: the server's)")
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -378,7 +380,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         images: Annotated[list[UploadFile], File(description="images to hash and match")] = [],  # noqa: B006
         hashes: Annotated[list[str], Form(description="hex hashes (repeat the field, or separate by commas)")] = [],  # noqa: B006
         lists: Annotated[str | None, Form(description="comma-separated list names (default: all)")] = None,
-        model_id: Annotated[str | None, Form(description="for hex-only queries: the model to search")] = None,
+        model_id: Annotated[ModelId | None, Form(description="for hex-only queries: the model to search")] = None,
         limit: Annotated[int, Form(ge=1, le=MAX_LIMIT, description="matches per query at most")] = DEFAULT_LIMIT,
     ) -> dict:
         """Per query (images first, then hashes, in the order given), the stored hashes within
@@ -485,7 +487,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list")
     async def import_list(request: Request, name: ListName,
-                          model_id: Annotated[str | None, Query(description="the list's model if it is new")] = None
+                          model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None
                           ) -> dict:
         """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
         lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped."""
