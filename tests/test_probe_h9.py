@@ -116,3 +116,68 @@ def test_what_escapes_the_application_is_logged_in_one_line():
     text = stream.getvalue()
     assert text == ("ERROR: Exception in ASGI application: CancelledError: "
                     "Task cancelled, timeout graceful shutdown exceeded\n"), text
+
+
+def _database(folder):
+    from neuralhash.store import HashStore
+
+    rng = __import__("numpy").random.default_rng(3)
+    lines = [f"{bytes(rng.integers(0, 256, 12, dtype='uint8')).hex()}  img{i}.jpg" for i in range(200)]
+    (folder / "l.txt").write_text("\n".join(lines) + "\n")
+    assert main(["index", "import", str(folder / "r.db"), str(folder / "l.txt"), "--model-id", "769e"]) == 0
+    return folder / "r.db", lines
+
+
+def _read_only_commands(db, lines, capsys):
+    capsys.readouterr()
+    assert main(["index", "lists", str(db)]) == 0
+    assert "200" in capsys.readouterr().out
+    assert main(["match", str(db), lines[7].split()[0], "--max-distance", "0"]) == 0
+    assert "img7.jpg" in capsys.readouterr().out
+    assert main(["index", "export", str(db)]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    assert main(["index", "import", str(db), str(db.parent / "l.txt"), "--list", "more"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "read-only" in err and str(db) in err, err
+
+
+def test_a_database_on_a_read_only_file_system_is_read(tmp_path, capsys):
+    """A WAL database on a read-only mount (a snapshot, a DVD, a read-only volume) could not be opened
+    at all, even by the read-only commands ("cannot open it (a missing folder, or no permission)"):
+    SQLite cannot create its -shm file there. Needs root to mount; skipped otherwise."""
+    import os
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a file system here (not root)")
+    try:
+        db, lines = _database(mnt)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True).returncode == 0
+        _read_only_commands(db, lines, capsys)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_read_only_medium_reads_through_immutable(tmp_path, capsys, monkeypatch):
+    """The same rule where mounting is not possible: the file system says it is read-only (statvfs)."""
+    import os
+
+    db, lines = _database(tmp_path)
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, result):
+            self._r = result
+
+        def __getattr__(self, name):
+            return getattr(self._r, name)
+
+        @property
+        def f_flag(self):
+            return self._r.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)))
+    _read_only_commands(db, lines, capsys)
