@@ -181,3 +181,26 @@ def test_read_only_medium_reads_through_immutable(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(os, "statvfs", lambda p: ReadOnly(real(p)))
     _read_only_commands(db, lines, capsys)
+
+
+def test_a_fifo_in_a_folder_is_not_opened(tmp_path):
+    """`hash DIR` and `index add DB DIR` blocked for ever on a FIFO named like an image in the folder."""
+    import os
+    import socket
+    import threading
+
+    from neuralhash.walk import walk_images
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.mkfifo(tmp_path / "b.png")
+    os.symlink(tmp_path / "missing.png", tmp_path / "c.png")  # dangling: listed, its reader reports it
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "d.png"))
+    os.symlink(tmp_path / "b.png", tmp_path / "e.png")  # a link to the FIFO
+    found = []
+    walker = threading.Thread(target=lambda: found.extend(walk_images(str(tmp_path), {".png"}, lambda p, r: None)),
+                              daemon=True)
+    walker.start()
+    walker.join(10)
+    sock.close()
+    assert found == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]
