@@ -435,3 +435,23 @@ def test_a_model_id_is_printable_and_not_empty(client, model_id):
     r = client.post("/lists/l/hashes", json={"hashes": [{"hash": "00" * 12}], "model_id": model_id})
     assert "model_id" in one_line_error(r, 422)
     assert client.get("/lists").json() == []
+
+
+def test_another_sites_page_cannot_write(client):
+    """On loopback there is no token: any web page the user visits could POST a text/plain body
+    (no CORS preflight) to /lists/NAME/import and fill the database. Browsers name the page's
+    origin; a request from another site's page is refused, the server's own page and clients
+    that are not browsers are not."""
+    body = ("00" * 12 + "  planted\n").encode()
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Origin": "http://testserver:8080"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = client.post("/lists/x/import", content=body, headers={"Content-Type": "text/plain", **headers})
+        assert "another site" in one_line_error(r, 403), headers
+    assert client.get("/lists").json() == []
+    # reading is not a write: another page may GET (it cannot read the answer without CORS)
+    assert client.get("/health", headers={"Origin": "http://evil.example"}).status_code == 200
+    r = client.post("/lists/x/import", content=body, headers={"Origin": "http://testserver",
+                                                                "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200, r.text
+    assert client.post("/lists/y/import", content=body).status_code == 200  # curl, scripts
+    assert [l["name"] for l in client.get("/lists").json()] == ["x", "y"]

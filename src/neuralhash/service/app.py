@@ -15,6 +15,7 @@ import ipaddress
 import json
 import re
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator
 
@@ -162,6 +163,26 @@ class BodyTooLarge(HTTPException):
 # -- guards: token and body size, as ASGI middleware ----------------------------------------
 
 
+def _cross_site(headers: dict) -> bool:
+    """Whether a browser says the request comes from another site's page: ``Sec-Fetch-Site``
+    cross-site, or an ``Origin`` whose host and port are not the ``Host`` asked for. Clients
+    that are not browsers send neither, and are not affected."""
+    if headers.get(b"sec-fetch-site", b"") == b"cross-site":
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    try:
+        parsed = urllib.parse.urlsplit(origin.decode("latin-1"))
+        if not parsed.hostname:  # "null" (a sandboxed page, a file:// page): not this server's page
+            return True
+        default = {"http": 80, "https": 443}.get(parsed.scheme)
+        host = urllib.parse.urlsplit("//" + headers.get(b"host", b"").decode("latin-1"))
+        return (parsed.hostname, parsed.port or default) != (host.hostname, host.port or default)
+    except ValueError:  # a port that is not a number
+        return True
+
+
 class Guard:
     """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
 
@@ -179,6 +200,12 @@ class Guard:
         if self.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
             await _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                          {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and _cross_site(headers):
+            # A web page of another site may POST a form or a text/plain body to a loopback
+            # server without any preflight: without this, any site visited could import a list.
+            await _error(403, f"{scope.get('method')} {scope['path']}: refused, the request comes from "
+                              "another site's web page (its Origin is not this server)")(scope, receive, send)
             return
         limit = self.max_import if scope["path"].endswith("/import") else self.max_upload
         declared = headers.get(b"content-length")
