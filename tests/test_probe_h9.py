@@ -204,3 +204,16 @@ def test_a_fifo_in_a_folder_is_not_opened(tmp_path):
     walker.join(10)
     sock.close()
     assert found == [str(tmp_path / "a.png"), str(tmp_path / "c.png")]
+
+
+def test_verify_with_the_onnx_of_another_model_is_one_line(tmp_path, capsys):
+    """verify SRC --onnx OTHER.onnx ended in ONNX Runtime's ValueError traceback (missing inputs)."""
+    find_four = _wild_copy(tmp_path, "FindFour")
+    ssd = WILD_DIR / "SSDOcr.mlmodelc"
+    other = tmp_path / "ff.onnx"
+    assert main(["convert", str(find_four), "-o", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(ssd), "--onnx", str(other), "--seeds", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(other) in err and "'input1'" in err and "'boxes'" in err, err
+    assert main(["verify", str(find_four), "--onnx", str(other), "--seeds", "1"]) == 0  # its own: passes

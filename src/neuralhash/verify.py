@@ -184,6 +184,7 @@ def verify(
         onnx_model = convert(model, optimize=optimize)
     session = make_session(onnx_model, providers)
     input_name = model.inputs[0]
+    _check_interface(model, session)
     worst: dict[str, list[float]] = {blob: [0.0, 0.0, 0.0] for blob in model.outputs}  # abs, rel, scale
     report = VerificationReport(atol=atol, inputs=[label for label, _ in cases])
     failing_case = None
@@ -199,6 +200,26 @@ def verify(
     if failing_case is not None:
         report.divergence = first_divergence(model, onnx_model, failing_case, atol, providers)
     return report
+
+
+def _check_interface(model: EspressoModel, session: Any) -> None:
+    """An ONNX model given with ``--onnx`` must be this model's conversion: its input and outputs by
+    name, the input of the same size (ONNX Runtime's own complaint was a traceback)."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [b for b in model.outputs if b not in outputs]
+    name = model.inputs[0]
+    if name not in inputs or missing or len(inputs) != 1:
+        raise ConversionError(
+            f"the ONNX model is not a conversion of this Espresso model: it takes {sorted(inputs)} and gives "
+            f"{sorted(outputs)[:8]}; the Espresso model takes {[name]} and gives {list(model.outputs)[:8]}")
+    shape = model.shapes.get(name)
+    want = list(shape.view) if shape is not None else None
+    got = inputs[name]
+    if want is not None and len(got) == 1 + len(want) and any(
+            isinstance(g, int) and g != w for g, w in zip(got[1:], want)):
+        raise ConversionError(f"the ONNX model's input {name!r} is {got}; the Espresso model's is "
+                              f"[batch, {', '.join(map(str, want))}]")
 
 
 def first_divergence(
