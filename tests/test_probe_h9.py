@@ -217,3 +217,15 @@ def test_verify_with_the_onnx_of_another_model_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(other) in err and "'input1'" in err and "'boxes'" in err, err
     assert main(["verify", str(find_four), "--onnx", str(other), "--seeds", "1"]) == 0  # its own: passes
+
+
+@pytest.mark.parametrize("port", ["65536", "70000"])
+def test_serve_port_above_65535_is_a_usage_error(tmp_path, capsys, port):
+    """`serve --port 70000` served on port 4464 (70000 - 65536), saying so only in passing."""
+    pytest.importorskip("fastapi")
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", str(tmp_path / "s.db"), "--port", port])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--port" in err and port in err, err
+    assert not (tmp_path / "s.db").exists()
