@@ -229,3 +229,13 @@ def test_serve_port_above_65535_is_a_usage_error(tmp_path, capsys, port):
     err = capsys.readouterr().err
     assert "--port" in err and port in err, err
     assert not (tmp_path / "s.db").exists()
+
+
+def test_audit_max_distance_above_96_is_a_usage_error(tmp_path, capsys):
+    """It read the list first, then exited 1 with "max_distance must be between 0 and 96" (a Python name)."""
+    lst = tmp_path / "l.txt"
+    lst.write_text("59a34eabe31910abfb06f308  a.jpg\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["audit", str(lst), "--max-distance", "97"])
+    assert stop.value.code == 2
+    assert "argument --max-distance" in capsys.readouterr().err
