@@ -455,3 +455,21 @@ def test_another_sites_page_cannot_write(client):
     assert r.status_code == 200, r.text
     assert client.post("/lists/y/import", content=body).status_code == 200  # curl, scripts
     assert [l["name"] for l in client.get("/lists").json()] == ["x", "y"]
+
+
+def test_dns_rebinding_is_refused(tmp_path, nh):
+    """Served on loopback without a token, a page of evil.example re-pointed at 127.0.0.1 (DNS
+    rebinding) was same-origin with the server: it could read and write everything. `neuralhash
+    serve` answers loopback names only (ServeConfig.loopback_hosts_only)."""
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=None, workers=0, loopback_hosts_only=True))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example", ""):
+            assert "loopback names only" in one_line_error(client.get("/info", headers={"Host": host}), 403), host
+    # with a token, the token is the guard (any name may reach a server bound to another address)
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=None, workers=0, host="0.0.0.0",
+                                 token=TOKEN, loopback_hosts_only=True))
+    with TestClient(app, base_url="http://server.example") as client:
+        assert client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

@@ -80,6 +80,7 @@ def cmd_serve(args) -> int:
         db=args.db, model=nh, host=args.host, token=token,
         max_upload=args.max_upload or DEFAULT_MAX_UPLOAD, max_import=args.max_import or DEFAULT_MAX_IMPORT,
         workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
+        loopback_hosts_only=True,
     )
 
     def ready(url: str) -> None:

@@ -67,6 +67,10 @@ class ServeConfig:
     max_import: int = DEFAULT_MAX_IMPORT
     workers: int = 2  # image-decoding worker processes (0: decode in a thread of the server)
     batch_size: int = 8  # images through the network together at most
+    # Without a token, only requests addressed to a loopback name (the Host header): a web page
+    # whose name an attacker re-points at 127.0.0.1 (DNS rebinding) is then refused. The command
+    # sets it; False here so that test clients and ASGI hosts with names of their own work as before.
+    loopback_hosts_only: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -186,8 +190,10 @@ def _cross_site(headers: dict) -> bool:
 class Guard:
     """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
 
-    def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int) -> None:
+    def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int,
+                 loopback_hosts_only: bool = False) -> None:
         self.app = app
+        self.loopback_hosts_only = loopback_hosts_only
         self.token = ("Bearer " + token).encode() if token else None
         self.max_upload = max_upload
         self.max_import = max_import
@@ -201,6 +207,16 @@ class Guard:
             await _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                          {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
+        if self.loopback_hosts_only:
+            host = headers.get(b"host", b"").decode("latin-1")
+            try:
+                name = urllib.parse.urlsplit("//" + host).hostname or ""
+            except ValueError:
+                name = ""
+            if not is_loopback(name):
+                await _error(403, f"Host {host[:100]!r}: this server answers loopback names only "
+                                  "(localhost, 127.0.0.1, ::1)")(scope, receive, send)
+                return
         if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and _cross_site(headers):
             # A web page of another site may POST a form or a text/plain body to a loopback
             # server without any preflight: without this, any site visited could import a list.
@@ -326,7 +342,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         description="NeuralHash hashing and matching against named hash lists. Errors are `{\"error\": \"...\"}`.",
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import)
+    app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import,
+                       loopback_hosts_only=config.loopback_hosts_only and not config.token)
     templates = Jinja2Templates(directory=str(importlib.resources.files("neuralhash.service") / "templates"))
 
     def backend() -> Backend:
