@@ -239,3 +239,18 @@ def test_audit_max_distance_above_96_is_a_usage_error(tmp_path, capsys):
         main(["audit", str(lst), "--max-distance", "97"])
     assert stop.value.code == 2
     assert "argument --max-distance" in capsys.readouterr().err
+
+
+def test_hash_with_a_model_that_is_not_neuralhash_names_that_model(tmp_path, capsys, monkeypatch):
+    """`hash --model SSDOcr.mlmodelc` named the converted file in the cache (~/.cache/.../HEX.onnx)."""
+    from PIL import Image
+
+    ssd = WILD_DIR / "SSDOcr.mlmodelc"
+    if not ssd.is_dir():
+        pytest.skip(f"{ssd} is absent")
+    monkeypatch.setenv("NEURALHASH_CACHE", str(tmp_path / "cache"))
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    for _ in range(2):  # converted, then found in the cache
+        assert main(["hash", "--model", str(ssd), str(tmp_path / "a.png")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(ssd) in err and ".onnx" not in err and "360" in err, err
