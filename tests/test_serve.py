@@ -191,6 +191,36 @@ def test_a_non_finite_network_output_is_422_and_spares_its_batch(tmp_path):
         assert [r.status_code for r in replies] == [200, 422, 200, 422]
 
 
+def test_a_non_finite_output_fails_its_own_upload_not_its_batch(tmp_path, nh, monkeypatch):
+    """Uploads are hashed in batches: a network output that is not finite for one image is a 422
+    naming that upload, and the images batched with it still get their hashes (they did not:
+    the whole batch failed with a 500 naming the image's position in the batch)."""
+    expected = {name: nh.hash(data).hex for name, data in (("a.png", png(1)), ("b.png", png(2)))}
+    black = io.BytesIO()
+    Image.new("RGB", (64, 48)).save(black, "PNG")
+    real_logits = nh.logits
+
+    def nan_for_black(batch):
+        out = np.array(real_logits(batch), copy=True)
+        flat = np.asarray(batch).reshape(len(batch), -1)
+        out[(flat == flat.min()).all(axis=1)] = np.nan  # a uniform image (the black upload)
+        return out
+
+    monkeypatch.setattr(nh, "logits", nan_for_black)
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0, batch_size=8))
+    with TestClient(app) as client:
+        assert "bad.png: " in one_line_error(client.post("/hash", files={"image": ("bad.png", black.getvalue())}), 422)
+        r = client.post("/lists/known/hashes", json={"hashes": [{"hash": expected["a.png"], "path": "a"}]})
+        assert r.status_code == 200, r.text
+        r = client.post("/match", data={"max_distance": "0"},
+                        files=[("images", ("a.png", png(1))), ("images", ("bad.png", black.getvalue())),
+                               ("images", ("b.png", png(2)))])
+        assert r.status_code == 200, r.text
+        results = r.json()["results"]
+        assert [q.get("hash") for q in results] == [expected["a.png"], None, expected["b.png"]], results
+        assert "bad.png" in results[1]["error"] and "not finite" in results[1]["error"], results[1]
+
+
 def test_upload_limit_is_413(tmp_path, nh):
     app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0, max_upload=10_000))
     buf = io.BytesIO()
@@ -426,3 +456,60 @@ def test_add_takes_labels_as_bytes(client):
     assert client.get("/lists/b/export").content == d.hex().encode() + b"  " + raw + b"\n"
     r = client.post("/lists/b/hashes", json={"hashes": [{"hash": d.hex(), "path_b64": "***"}]})
     assert one_line_error(r, 422).startswith("hashes[0]")
+
+
+def test_routing_and_form_errors_are_one_line_of_json_too(client):
+    """The API's errors are {"error": ...}: an unknown path, a wrong method and a multipart body
+    without its boundary came back as Starlette's {"detail": ...}."""
+    assert "GET /no-such-page: not found" == one_line_error(client.get("/no-such-page"), 404)
+    assert "DELETE /hash" in one_line_error(client.delete("/hash"), 405)
+    r = client.post("/hash", content=b"garbage", headers={"Content-Type": "multipart/form-data"})
+    assert "boundary" in one_line_error(r, 400)
+
+
+@pytest.mark.parametrize("model_id", ["", "a\nb", "\x00"])
+def test_a_model_id_is_printable_and_not_empty(client, model_id):
+    """POST /lists created lists of model '' or 'a<newline>b' (the CLI refuses an empty --model-id;
+    `index lists` prints one line per list)."""
+    assert "model_id" in one_line_error(client.post("/lists", json={"name": "l", "model_id": model_id}), 422)
+    r = client.post("/lists/l/hashes", json={"hashes": [{"hash": "00" * 12}], "model_id": model_id})
+    assert "model_id" in one_line_error(r, 422)
+    assert client.get("/lists").json() == []
+
+
+def test_another_sites_page_cannot_write(client):
+    """On loopback there is no token: any web page the user visits could POST a text/plain body
+    (no CORS preflight) to /lists/NAME/import and fill the database. Browsers name the page's
+    origin; a request from another site's page is refused, the server's own page and clients
+    that are not browsers are not."""
+    body = ("00" * 12 + "  planted\n").encode()
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
+                    {"Origin": "http://testserver:8080"}, {"Sec-Fetch-Site": "cross-site"}):
+        r = client.post("/lists/x/import", content=body, headers={"Content-Type": "text/plain", **headers})
+        assert "another site" in one_line_error(r, 403), headers
+    assert client.get("/lists").json() == []
+    # reading is not a write: another page may GET (it cannot read the answer without CORS)
+    assert client.get("/health", headers={"Origin": "http://evil.example"}).status_code == 200
+    r = client.post("/lists/x/import", content=body, headers={"Origin": "http://testserver",
+                                                                "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200, r.text
+    assert client.post("/lists/y/import", content=body).status_code == 200  # curl, scripts
+    assert [l["name"] for l in client.get("/lists").json()] == ["x", "y"]
+
+
+def test_dns_rebinding_is_refused(tmp_path, nh):
+    """Served on loopback without a token, a page of evil.example re-pointed at 127.0.0.1 (DNS
+    rebinding) was same-origin with the server: it could read and write everything. `neuralhash
+    serve` answers loopback names only (ServeConfig.loopback_hosts_only)."""
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=None, workers=0, loopback_hosts_only=True))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/health").status_code == 200
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert client.get("/health", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example:8000", "evil.example", "127.0.0.1.evil.example", ""):
+            assert "loopback names only" in one_line_error(client.get("/info", headers={"Host": host}), 403), host
+    # with a token, the token is the guard (any name may reach a server bound to another address)
+    app = create_app(ServeConfig(db=str(tmp_path / "h.db"), model=None, workers=0, host="0.0.0.0",
+                                 token=TOKEN, loopback_hosts_only=True))
+    with TestClient(app, base_url="http://server.example") as client:
+        assert client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200

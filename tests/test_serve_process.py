@@ -146,7 +146,7 @@ def test_sigterm_finishes_the_request_in_flight_and_a_restart_serves_the_same(tm
     before = s.request("POST", "/lookup", query)
 
     image = png_bytes(1)
-    sock = raw_request(s.port, f"POST /hash HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+    sock = raw_request(s.port, f"POST /hash HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
                                f"Content-Length: {len(image)}\r\n\r\n")
     sock.sendall(image[:100])  # the request is in flight...
     time.sleep(0.5)
@@ -168,7 +168,7 @@ def test_sigterm_finishes_the_request_in_flight_and_a_restart_serves_the_same(tm
 def test_the_upload_limit_stops_a_chunked_body_while_it_streams(tmp_path, nh, servers):
     s = Server(tmp_path / "h.db", "--max-upload", "1M")
     servers.append(s)
-    sock = raw_request(s.port, "POST /hash HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    sock = raw_request(s.port, "POST /hash HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = os.urandom(64 * 1024)
     sent = 0
     try:

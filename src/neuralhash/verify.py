@@ -110,6 +110,17 @@ def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int,
     return out
 
 
+def _transform_number(model: EspressoModel, params: dict, blob: str, key: str, default: float) -> float:
+    """A number of the input's ``transform_params`` (inspect shows odd ones; preprocessing needs real numbers)."""
+    value = params.get(key, default)
+    number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if number is not None and abs(number) <= float(np.finfo(np.float32).max):  # a Python comparison: ints of any size
+        return float(number)
+    where = f"{model.sources.net}: " if model.sources.net is not None else ""
+    raise NeuralHashError(f"{where}transform_params of input {blob!r}: {key!r} should be a finite float32 number, "
+                          f"got {value!r}"[:300])
+
+
 def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel | None = None,
                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
     """Each image (a path, or a Pillow image) as a batch of one for the model's first input.
@@ -131,8 +142,8 @@ def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel 
         raise NeuralHashError(f"input blob {name!r} of [seq, k, h, w] {[seq, k, h, w]} is not an image")
     params = model.transform_params.get(name, {})
     params = params if isinstance(params, dict) else {}
-    scale = float(params.get("scale", 1.0))
-    bias = np.array([params.get(f"bias_{c}", 0.0) for c in "rgb"], np.float32)
+    scale = _transform_number(model, params, name, "scale", 1.0)
+    bias = np.array([_transform_number(model, params, name, f"bias_{c}", 0.0) for c in "rgb"], np.float32)
     out = []
     for i, p in enumerate(paths):
         label = os.fspath(p) if isinstance(p, (str, os.PathLike)) else f"image {i}"
@@ -173,6 +184,7 @@ def verify(
         onnx_model = convert(model, optimize=optimize)
     session = make_session(onnx_model, providers)
     input_name = model.inputs[0]
+    _check_interface(model, session)
     worst: dict[str, list[float]] = {blob: [0.0, 0.0, 0.0] for blob in model.outputs}  # abs, rel, scale
     report = VerificationReport(atol=atol, inputs=[label for label, _ in cases])
     failing_case = None
@@ -188,6 +200,26 @@ def verify(
     if failing_case is not None:
         report.divergence = first_divergence(model, onnx_model, failing_case, atol, providers)
     return report
+
+
+def _check_interface(model: EspressoModel, session: Any) -> None:
+    """An ONNX model given with ``--onnx`` must be this model's conversion: its input and outputs by
+    name, the input of the same size (ONNX Runtime's own complaint was a traceback)."""
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    missing = [b for b in model.outputs if b not in outputs]
+    name = model.inputs[0]
+    if name not in inputs or missing or len(inputs) != 1:
+        raise ConversionError(
+            f"the ONNX model is not a conversion of this Espresso model: it takes {sorted(inputs)} and gives "
+            f"{sorted(outputs)[:8]}; the Espresso model takes {[name]} and gives {list(model.outputs)[:8]}")
+    shape = model.shapes.get(name)
+    want = list(shape.view) if shape is not None else None
+    got = inputs[name]
+    if want is not None and len(got) == 1 + len(want) and any(
+            isinstance(g, int) and g != w for g, w in zip(got[1:], want)):
+        raise ConversionError(f"the ONNX model's input {name!r} is {got}; the Espresso model's is "
+                              f"[batch, {', '.join(map(str, want))}]")
 
 
 def first_divergence(

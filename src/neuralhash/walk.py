@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Callable, Iterator
 
 
@@ -11,7 +12,7 @@ def walk_images(top: str, extensions, on_error: Callable[[str, str], None]) -> I
 
     Symbolic links to directories are followed unless they lead back to a
     directory already being walked (a loop); entries are matched on their
-    lowercase suffix. An unreadable directory is passed to ``on_error(path, reason)``
+    lowercase suffix; only regular files are listed (a FIFO, socket or device is skipped). An unreadable directory is passed to ``on_error(path, reason)``
     (which may raise) and skipped.
     """
     try:
@@ -51,4 +52,12 @@ def walk_images(top: str, extensions, on_error: Callable[[str, str], None]) -> I
                 continue  # a symbolic link back into the tree being walked
             stack.append((entry.path, entries(entry.path), ancestors | {key}))
         elif os.path.splitext(entry.name)[1].lower() in extensions:
-            yield entry.path
+            try:
+                mode = entry.stat().st_mode  # follows symbolic links
+            except OSError:
+                yield entry.path  # a dangling link, a vanished file: the reader names the reason
+                continue
+            # Regular files only, as `find -type f`: opening a FIFO named *.png blocked the whole
+            # run for ever, and a device or socket is no image.
+            if stat.S_ISREG(mode):
+                yield entry.path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import int_at_least, out
+from .common import int_at_least, int_between, out
 
 
 def add_audit_command(add) -> None:
@@ -18,7 +18,7 @@ def add_audit_command(add) -> None:
                    help="hashes of ordinary distinct images: a neuralhash database or a hash list")
     p.add_argument("--reference-model-id", metavar="ID", default=None,
                    help="with a database holding several models: whose hashes to use")
-    p.add_argument("--max-distance", type=int_at_least(0), default=DEFAULT_MAX_DISTANCE, metavar="D",
+    p.add_argument("--max-distance", type=int_between(0, 96), default=DEFAULT_MAX_DISTANCE, metavar="D",
                    help=f"matching distance in bits, 0..96 (default {DEFAULT_MAX_DISTANCE})")
     p.add_argument("--limit", type=int_at_least(0), default=DEFAULT_LIMIT, metavar="N",
                    help=f"list at most N items of each kind (default {DEFAULT_LIMIT}; counts are always complete)")

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import NeuralHashError
+from ..errors import ConversionError, NeuralHashError
 from .common import load_espresso, out
 
 
@@ -288,17 +288,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
             proto = onnx.load(args.onnx)
         except Exception as exc:  # onnx raises protobuf DecodeError and OSError alike
             raise NeuralHashError(f"{args.onnx}: cannot read ONNX model ({exc})") from None
-    report = verify(
-        model,
-        proto,
-        images=args.image or (),
-        seeds=range(args.seeds),
-        batch=args.batch,
-        atol=args.atol,
-        providers=args.provider,
-        optimize=not args.no_optimize,
-        max_input_size=args.max_input_size,
-    )
+    try:
+        report = verify(
+            model,
+            proto,
+            images=args.image or (),
+            seeds=range(args.seeds),
+            batch=args.batch,
+            atol=args.atol,
+            providers=args.provider,
+            optimize=not args.no_optimize,
+            max_input_size=args.max_input_size,
+        )
+    except ConversionError as exc:
+        if args.onnx:  # a given ONNX file that does not fit the model: name it
+            raise ConversionError(f"{args.onnx}: {exc}") from None
+        raise
     print_report(report)
     return 0 if report.passed else 1
 

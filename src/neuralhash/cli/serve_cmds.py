@@ -8,7 +8,7 @@ import re
 import sys
 
 from ..errors import ModelNotFoundError, NeuralHashError
-from .common import add_model, int_at_least
+from .common import add_model, int_at_least, int_between
 
 TOKEN_ENV = "NEURALHASH_TOKEN"
 SERVE_EXTRA = "`neuralhash serve` needs the optional extra: pip install 'neuralhash-toolkit[serve]'"
@@ -31,7 +31,7 @@ def add_serve_command(add) -> None:
     add_model(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; any other needs a token)")
-    p.add_argument("--port", type=int_at_least(0), default=8000, help="TCP port (default 8000; 0: any free one)")
+    p.add_argument("--port", type=int_between(0, 65535), default=8000, help="TCP port (default 8000; 0: any free one)")
     p.add_argument("--token-file", metavar="FILE",
                    help=f"a file holding the bearer token every request must carry (or ${TOKEN_ENV})")
     p.add_argument("--max-upload", type=byte_size, default=None, metavar="BYTES",
@@ -80,6 +80,7 @@ def cmd_serve(args) -> int:
         db=args.db, model=nh, host=args.host, token=token,
         max_upload=args.max_upload or DEFAULT_MAX_UPLOAD, max_import=args.max_import or DEFAULT_MAX_IMPORT,
         workers=args.workers if args.workers is not None else (os.cpu_count() or 1),
+        loopback_hosts_only=True,
     )
 
     def ready(url: str) -> None:

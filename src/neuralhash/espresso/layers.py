@@ -84,6 +84,10 @@ def register(type_name: str):
     return wrap
 
 
+#: The largest value an integer field may hold (Espresso's fields are int32).
+INT32_MAX = 2**31 - 1
+
+
 class _Fields:
     """Typed access to a layer's JSON fields with errors that name layer and field."""
 
@@ -104,9 +108,12 @@ class _Fields:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
         if not isinstance(value, int):
             raise GraphError(f"{self.where}: field {key!r} should be an integer, got {value!r}")
+        # Espresso's fields are 32-bit; a larger one would reach ONNX (int64 attributes) as a traceback.
+        if not -INT32_MAX - 1 <= value <= INT32_MAX:
+            raise GraphError(f"{self.where}: field {key!r} is out of range, got {value}")
         return value
 
     def float(self, key: str, default: Any = _MISSING) -> float:

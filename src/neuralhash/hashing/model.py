@@ -291,8 +291,13 @@ class NeuralHash:
             # No writable cache: run from memory (the next construction converts again).
             return cls(None, onnx_bytes=data, seed=seed, providers=providers, description=description,
                        is_synthetic=_synthetic, max_pixels=max_pixels)
-        return cls(path, onnx_bytes=data, seed=seed, providers=providers, description=description,
-                   is_synthetic=_synthetic, max_pixels=max_pixels)
+        try:
+            return cls(path, onnx_bytes=data, seed=seed, providers=providers, description=description,
+                       is_synthetic=_synthetic, max_pixels=max_pixels)
+        except ProviderError:
+            raise
+        except NeuralHashError as exc:  # e.g. not NeuralHash's input: name the model given, not the cache file
+            raise NeuralHashError(str(exc).replace(str(path), f"{sources.net.parent} (converted)", 1)) from None
 
     @classmethod
     def demo(

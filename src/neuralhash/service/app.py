@@ -14,6 +14,7 @@ import importlib.resources
 import ipaddress
 import re
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator
 
@@ -22,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
 
 from .. import __version__
@@ -49,6 +51,8 @@ MAX_QUERIES = 10_000
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE)]
+#: A model id or a prefix of one: printable, one line (the CLI refuses an empty one, lists print it).
+ModelId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
 
 
@@ -64,6 +68,10 @@ class ServeConfig:
     max_import: int = DEFAULT_MAX_IMPORT
     workers: int = 2  # image-decoding worker processes (0: decode in a thread of the server)
     batch_size: int = 8  # images through the network together at most
+    # Without a token, only requests addressed to a loopback name (the Host header): a web page
+    # whose name an attacker re-points at 127.0.0.1 (DNS rebinding) is then refused. The command
+    # sets it; False here so that test clients and ASGI hosts with names of their own work as before.
+    loopback_hosts_only: bool = False
 
 
 def is_loopback(host: str) -> bool:
@@ -97,14 +105,14 @@ class LookupRequest(BaseModel):
     max_distance: Distance = Field(description=f"in bits, 0..{MAX_DISTANCE}")
     limit: Limit = Field(DEFAULT_LIMIT, description=f"matches per hash at most, the nearest (1..{MAX_LIMIT})")
     lists: list[ListName] | None = Field(None, description="search only these lists (default: all of the model)")
-    model_id: str | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
+    model_id: ModelId | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
                                                    "default: the server's model if stored, else the only one")
 
 
 class NewList(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: ListName
-    model_id: str | None = Field(None, description="default: the server's model")
+    model_id: ModelId | None = Field(None, description="default: the server's model")
 
 
 class HashEntry(BaseModel):
@@ -117,7 +125,7 @@ class HashEntry(BaseModel):
 class AddHashes(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hashes: list[HashEntry] = Field(min_length=1, max_length=MAX_QUERIES)
-    model_id: str | None = Field(None, description="the list's model when it is created (default: the server's)")
+    model_id: ModelId | None = Field(None, description="the list's model when it is created (default: the server's)")
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -160,11 +168,33 @@ class BodyTooLarge(HTTPException):
 # -- guards: token and body size, as ASGI middleware ----------------------------------------
 
 
+def _cross_site(headers: dict) -> bool:
+    """Whether a browser says the request comes from another site's page: ``Sec-Fetch-Site``
+    cross-site, or an ``Origin`` whose host and port are not the ``Host`` asked for. Clients
+    that are not browsers send neither, and are not affected."""
+    if headers.get(b"sec-fetch-site", b"") == b"cross-site":
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    try:
+        parsed = urllib.parse.urlsplit(origin.decode("latin-1"))
+        if not parsed.hostname:  # "null" (a sandboxed page, a file:// page): not this server's page
+            return True
+        default = {"http": 80, "https": 443}.get(parsed.scheme)
+        host = urllib.parse.urlsplit("//" + headers.get(b"host", b"").decode("latin-1"))
+        return (parsed.hostname, parsed.port or default) != (host.hostname, host.port or default)
+    except ValueError:  # a port that is not a number
+        return True
+
+
 class Guard:
     """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
 
-    def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int) -> None:
+    def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int,
+                 loopback_hosts_only: bool = False) -> None:
         self.app = app
+        self.loopback_hosts_only = loopback_hosts_only
         self.token = ("Bearer " + token).encode() if token else None
         self.max_upload = max_upload
         self.max_import = max_import
@@ -177,6 +207,22 @@ class Guard:
         if self.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
             await _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                          {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return
+        if self.loopback_hosts_only:
+            host = headers.get(b"host", b"").decode("latin-1")
+            try:
+                name = urllib.parse.urlsplit("//" + host).hostname or ""
+            except ValueError:
+                name = ""
+            if not is_loopback(name):
+                await _error(403, f"Host {host[:100]!r}: this server answers loopback names only "
+                                  "(localhost, 127.0.0.1, ::1)")(scope, receive, send)
+                return
+        if scope.get("method") not in ("GET", "HEAD", "OPTIONS") and _cross_site(headers):
+            # A web page of another site may POST a form or a text/plain body to a loopback
+            # server without any preflight: without this, any site visited could import a list.
+            await _error(403, f"{scope.get('method')} {scope['path']}: refused, the request comes from "
+                              "another site's web page (its Origin is not this server)")(scope, receive, send)
             return
         limit = self.max_import if scope["path"].endswith("/import") else self.max_upload
         declared = headers.get(b"content-length")
@@ -303,7 +349,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         description="NeuralHash hashing and matching against named hash lists. Errors are `{\"error\": \"...\"}`.",
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import)
+    app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import,
+                       loopback_hosts_only=config.loopback_hosts_only and not config.token)
     templates = Jinja2Templates(directory=str(importlib.resources.files("neuralhash.service") / "templates"))
 
     def backend() -> Backend:
@@ -316,9 +363,14 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     # -- error handlers: one line of JSON each --
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    # Starlette's own class: routing (404, 405) and form parsing (a bad multipart body) raise it,
+    # and a handler of FastAPI's subclass would not see them (they came back as {"detail": ...}).
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if detail in ("Not Found", "Method Not Allowed"):  # say which request
+            detail = f"{request.method} {request.url.path}: {detail.lower()}"
+        return _error(exc.status_code, detail, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -378,7 +430,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         images: Annotated[list[UploadFile], File(description="images to hash and match")] = [],  # noqa: B006
         hashes: Annotated[list[str], Form(description="hex hashes (repeat the field, or separate by commas)")] = [],  # noqa: B006
         lists: Annotated[str | None, Form(description="comma-separated list names (default: all)")] = None,
-        model_id: Annotated[str | None, Form(description="for hex-only queries: the model to search")] = None,
+        model_id: Annotated[ModelId | None, Form(description="for hex-only queries: the model to search")] = None,
         limit: Annotated[int, Form(ge=1, le=MAX_LIMIT, description="matches per query at most")] = DEFAULT_LIMIT,
     ) -> dict:
         """Per query (images first, then hashes, in the order given), the stored hashes within
@@ -485,7 +537,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list")
     async def import_list(request: Request, name: ListName,
-                          model_id: Annotated[str | None, Query(description="the list's model if it is new")] = None
+                          model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None
                           ) -> dict:
         """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
         lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped."""

@@ -28,6 +28,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
@@ -116,7 +117,18 @@ class _Thread:
                 self.store.close()
                 self.store = None
 
-        self._pool.submit(shut).result()
+        done = self._pool.submit(shut)
+        # A write still running now (the server's grace period is over) would hold the shutdown
+        # for as long as it runs: its SQL is interrupted, its transaction rolls back.
+        while not done.done():
+            store = self.store
+            if store is not None:
+                store.interrupt()
+            try:
+                done.result(timeout=0.2)
+            except FuturesTimeout:
+                pass
+        done.result()
         self._pool.shutdown(wait=True)
 
 

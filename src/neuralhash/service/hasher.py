@@ -45,7 +45,7 @@ class ImageHasher:
         self._quarantine: ProcessPoolExecutor | None = None
         self._quarantine_lock = asyncio.Lock()
         self._net = ThreadPoolExecutor(1, thread_name_prefix="nh-net")
-        self._pending: list[tuple[np.ndarray, asyncio.Future]] = []
+        self._pending: list[tuple[np.ndarray, str, asyncio.Future]] = []
         self._running: asyncio.Task | None = None
 
     def _new_pool(self, workers: int) -> ProcessPoolExecutor:
@@ -98,7 +98,7 @@ class ImageHasher:
             raise UploadError(f"{name}: empty upload (0 bytes)")
         pixels = await self._decode(data, name)
         future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((pixels, future))
+        self._pending.append((pixels, name, future))
         if self._running is None or self._running.done():
             self._running = asyncio.create_task(self._run_network())
         return await future
@@ -108,19 +108,20 @@ class ImageHasher:
         while self._pending:
             batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size:]
             try:
-                hashes = await loop.run_in_executor(self._net, self.nh.hash_pixels_each, [p for p, _ in batch])
+                # Per image: a non-finite output fails its own upload (named), not its batch-mates.
+                hashes = await loop.run_in_executor(self._net, self.nh.hash_pixels_each, [p for p, _, _ in batch])
             except Exception as exc:
                 error = exc if isinstance(exc, NeuralHashError) else NeuralHashError(
                     f"the network failed on a batch of {len(batch)} ({type(exc).__name__}: {exc})")
-                for _, future in batch:
+                for _, _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for (_, future), h in zip(batch, hashes):
+            for (_, name, future), h in zip(batch, hashes):
                 if future.done():
                     continue
-                if isinstance(h, str):  # a non-finite network output: an error, never a hash
-                    future.set_exception(ImageError(f"<bytes>: {h}"))
+                if isinstance(h, str):
+                    future.set_exception(ImageError(f"{name}: {h}"))
                 else:
                     future.set_result(h)
 

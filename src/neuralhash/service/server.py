@@ -8,6 +8,7 @@ database. Everything committed is in the database; a restart serves it.
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 from typing import Callable
@@ -30,6 +31,7 @@ def serve(config: ServeConfig, *, port: int = 8000, on_ready: Callable[[str], No
         app, host=config.host, port=port, log_level=log_level, access_log=False,
         timeout_graceful_shutdown=graceful_timeout, lifespan="on", server_header=False,
     ))
+    logging.getLogger("uvicorn.error").addFilter(_one_line)  # after uvicorn.Config has set up its logging
     if on_ready is not None:
         started = server.startup
 
@@ -56,6 +58,18 @@ def serve(config: ServeConfig, *, port: int = 8000, on_ready: Callable[[str], No
     if not server.started:
         raise ServiceError(f"cannot serve on {config.host}:{port}: the server did not start")
     return received[0] if received else None
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """uvicorn logs what escapes the application with its traceback: a request cut off by the end of
+    the grace period (CancelledError) printed one per request. Errors are one line: the message and
+    the exception's type and text."""
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        record.msg = f"{record.getMessage().strip()}: {type(exc).__name__}: {exc}".replace("\n", " ")
+        record.args = None
+        record.exc_info = record.exc_text = None
+    return True
 
 
 def _listen(host: str, port: int) -> socket.socket:

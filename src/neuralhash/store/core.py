@@ -314,6 +314,15 @@ class HashStore:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else ""
 
+    def interrupt(self) -> None:
+        """Abort the SQL statement another thread is running on this store (it then fails with a
+        StoreError and its transaction rolls back); nothing happens when none is running. Safe from
+        any thread: a server shutting down stops a long write this way."""
+        try:
+            self._db.interrupt()
+        except sqlite3.ProgrammingError:  # closed meanwhile: nothing left to stop
+            pass
+
     def close(self) -> None:
         with self._lock:
             if self._packed is not None:

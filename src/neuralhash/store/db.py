@@ -94,13 +94,28 @@ def cause(exc: BaseException, timeout: float | None = None) -> str:
 def connect(path: str, *, create: bool, timeout: float) -> sqlite3.Connection:
     """A connection: read-write (creating the file) when ``create``, else read-only."""
     if create:
+        if _read_only_medium(path):  # SQLite would say "unable to open database file"
+            raise sqlite3.OperationalError("attempt to write a readonly database (a read-only file system)")
         db = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     else:
         uri = "file:" + urllib.parse.quote(os.fsencode(path)) + "?mode=ro"
+        # A WAL database needs its -shm file, which cannot be created on a read-only medium (a
+        # read-only mount, a snapshot, a DVD): SQLite then refuses to open it at all. Nothing can
+        # change a file there, which is exactly what immutable=1 promises SQLite.
+        if _read_only_medium(path):
+            uri += "&immutable=1"
         db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
     # Text that is not UTF-8 (written by another tool, or damaged) must not crash a read.
     db.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     return db
+
+
+def _read_only_medium(path: str) -> bool:
+    """Whether the file system holding ``path`` is mounted read-only (False when that cannot be told)."""
+    try:
+        return bool(os.statvfs(os.path.dirname(os.path.abspath(path)) or ".").f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows), or a missing folder: open as usual
+        return False
 
 
 def recognise(db: sqlite3.Connection, where: str) -> str:
