@@ -901,11 +901,12 @@ class HashStore:
                            (json.dumps(pairs),))
         replaced = dropped = 0
         if found:
-            db.execute("CREATE INDEX IF NOT EXISTS temp.nh_candidates_key ON nh_candidates (pkey)")
+            # Every candidate but the last of its (key, name) group goes. Grouping sorts the candidates
+            # once; a pairwise self-join was quadratic in the entries sharing one name (a list of one
+            # line repeated 80,000 times took minutes).
             cursor = db.execute(
-                "SELECT DISTINCT a.id FROM temp.nh_candidates a JOIN temp.nh_candidates b "
-                "ON b.pkey = a.pkey AND b.id > a.id JOIN images ia ON ia.id = a.id JOIN images ib ON ib.id = b.id "
-                "WHERE ia.path = ib.path")
+                "SELECT c.id FROM temp.nh_candidates c WHERE c.id NOT IN ("
+                "SELECT max(k.id) FROM temp.nh_candidates k JOIN images i ON i.id = k.id GROUP BY k.pkey, i.path)")
             doomed = np.fromiter((rid for (rid,) in cursor), np.int64)
             first_new = int(cols["rowid"][start])
             for a in range(0, doomed.size, 1 << 20):  # in slices: the deletion's arrays stay small
