@@ -179,3 +179,18 @@ def test_image_key_is_the_same_computed_in_strips(monkeypatch):
     assert measuring.image_key(image) == whole
     monkeypatch.setattr(measuring, "_KEY_ROWS_BYTES", 97 * 3 * 10)  # a short last strip
     assert measuring.image_key(image) == whole
+
+
+def test_python_dash_m_neuralhash_is_the_command():
+    import subprocess
+    import sys
+
+    from neuralhash import __version__
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "neuralhash", "--version"], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"neuralhash {__version__}"
+    proc = subprocess.run([sys.executable, "-m", "neuralhash", "hash"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 2 and "PATH" in proc.stderr

@@ -50,10 +50,10 @@ MAX_QUERIES = 10_000
 
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE)]
+Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE, strict=True)]  # strict: true or "8" is not a distance
 #: A model id or a prefix of one: printable, one line (the CLI refuses an empty one, lists print it).
 ModelId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT)]
+Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, strict=True)]
 
 
 @dataclass
