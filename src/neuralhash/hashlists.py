@@ -64,7 +64,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, Mapping
+from typing import IO, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -298,7 +298,9 @@ def _restore_order(batch: Batch) -> None:
     batch.skipped.sort()
 
 
-def _jsonl_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[Batch]:
+def _line_batches(lines: Iterator[list[bytes | None]], read: Callable[[Batch, int, str], None]) -> Iterator[Batch]:
+    """A batch per chunk of byte lines: ``read(batch, line number, text)`` for each non-blank line;
+    an over-long line is skipped as malformed. (The JSONL and threatexchange readers.)"""
     lineno = 0
     for chunk in lines:
         batch = Batch()
@@ -308,30 +310,36 @@ def _jsonl_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[
                 batch.skipped.append((lineno, _TOO_LONG))
                 continue
             text = _decode(raw)
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text, parse_constant=_no_constant)
-            except ValueError as exc:
-                batch.skipped.append((lineno, f"not a JSON object ({getattr(exc, 'msg', exc)})"))
-                continue
-            except RecursionError:
-                batch.skipped.append((lineno, "not a JSON object (nested too deeply)"))
-                continue
-            if not isinstance(obj, dict):
-                batch.skipped.append((lineno, "not a JSON object"))
-                continue
-            if obj.get("error"):
-                batch.skipped.append((lineno, f"an error record, not a hash ({display(str(obj.get('error')))})"))
-                continue
-            try:
-                name = name_from_json(obj)
-            except PathNameError as exc:
-                batch.skipped.append((lineno, str(exc)))
-                continue
-            batch.add(lineno, entry(obj.get("hash"), name, label, lineno),
-                      {k: v for k, v in obj.items() if k not in RESERVED})
+            if text.strip():
+                read(batch, lineno, text)
         yield batch
+
+
+def _jsonl_batches(lines: Iterator[list[bytes | None]], label: str) -> Iterator[Batch]:
+    def read(batch: Batch, lineno: int, text: str) -> None:
+        try:
+            obj = json.loads(text, parse_constant=_no_constant)
+        except ValueError as exc:
+            batch.skipped.append((lineno, f"not a JSON object ({getattr(exc, 'msg', exc)})"))
+            return
+        except RecursionError:
+            batch.skipped.append((lineno, "not a JSON object (nested too deeply)"))
+            return
+        if not isinstance(obj, dict):
+            batch.skipped.append((lineno, "not a JSON object"))
+            return
+        if obj.get("error"):
+            batch.skipped.append((lineno, f"an error record, not a hash ({display(str(obj.get('error')))})"))
+            return
+        try:
+            name = name_from_json(obj)
+        except PathNameError as exc:
+            batch.skipped.append((lineno, str(exc)))
+            return
+        batch.add(lineno, entry(obj.get("hash"), name, label, lineno),
+                  {k: v for k, v in obj.items() if k not in RESERVED})
+
+    return _line_batches(lines, read)
 
 
 def _no_constant(name: str):
@@ -454,24 +462,15 @@ _TX_TAIL = re.compile(rf"(?:'|\"|(?:{_CATEGORY})(?: |$))")
 
 
 def _tx_lines(lines: Iterator[list[bytes | None]], parse) -> Iterator[Batch]:
-    lineno = 0
-    for chunk in lines:
-        batch = Batch()
-        for raw in chunk:
-            lineno += 1
-            if raw is None:
-                batch.skipped.append((lineno, _TOO_LONG))
-                continue
-            text = _decode(raw).strip()  # as threatexchange reads them
-            if not text:
-                continue
-            got = parse(text)
-            if isinstance(got, str):
-                batch.skipped.append((lineno, got))
-            else:
-                hex_text, extra = got
-                batch.add(lineno, entry(hex_text, None, "", lineno), extra)
-        yield batch
+    def read(batch: Batch, lineno: int, text: str) -> None:
+        got = parse(text.strip())  # stripped, as threatexchange reads them
+        if isinstance(got, str):
+            batch.skipped.append((lineno, got))
+        else:
+            hex_text, extra = got
+            batch.add(lineno, entry(hex_text, None, "", lineno), extra)
+
+    return _line_batches(lines, read)
 
 
 def _tx_file_line(text: str) -> tuple[str, None] | str:
