@@ -355,6 +355,8 @@ def test_an_added_hash_is_found_by_the_next_lookup(client):
 def test_lists_create_count_restrict_delete(client, nh):
     a, b = random_digests(2, seed=9)
     assert client.post("/lists", json={"name": "partner"}).status_code == 201
+    # A name is a path segment of /lists/NAME: one with "/" could never be addressed.
+    assert one_line_error(client.post("/lists", json={"name": "a/b"}), 422).startswith("name")
     assert client.get("/lists/partner").json() == {"name": "partner", "model_id": nh.model_id, "count": 0}
     client.post("/lists/partner/hashes", json={"hashes": [{"hash": a.hex(), "path": "pa"}]})
     client.post("/lists/own/hashes", json={"hashes": [{"hash": a.hex(), "path": "oa"}, {"hash": b.hex()}]})

@@ -109,9 +109,13 @@ class LookupRequest(BaseModel):
                                                    "default: the server's model if stored, else the only one")
 
 
+#: A new list's name: also a path segment of /lists/NAME, so no "/" (a %2F arrives decoded and cannot route).
+NewListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+
+
 class NewList(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: ListName
+    name: NewListName
     model_id: ModelId | None = Field(None, description="default: the server's model")
 
 
