@@ -10,7 +10,10 @@ every test module takes these paths from here.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -155,3 +158,25 @@ def tiny_brightness_onnx(path: Path, *, log_of_brightness: bool) -> Path:
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
+
+
+def threatexchange_runner(tmp_path_factory, *, text: bool = False):
+    """``run(*args, check=True, **env)``: the real ``threatexchange`` CLI in a subprocess, with a
+    temporary HOME, this tree's ``neuralhash`` importable and the demo model (skips without the CLI)."""
+    beside = Path(sys.executable).parent / "threatexchange"
+    exe = str(beside) if beside.is_file() else shutil.which("threatexchange")
+    if exe is None:
+        pytest.skip("the threatexchange command is not installed")
+    home = tmp_path_factory.mktemp("tx-home")
+    env = {k: v for k, v in os.environ.items() if k not in ("TX_STATEDIR", "NEURALHASH_MODEL_PATH")}
+    env.update(HOME=str(home), PYTHONPATH=str(ROOT / "src"), NEURALHASH_MODEL="demo",
+               NEURALHASH_CACHE=str(tmp_path_factory.mktemp("tx-cache")))
+
+    def run(*args, check: bool = True, **extra_env):
+        proc = subprocess.run([exe, *args], capture_output=True, text=text, env={**env, **extra_env},
+                              cwd=str(home), timeout=300)
+        if check:
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    return run

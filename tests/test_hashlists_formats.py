@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import pytest
 from neuralhash import hashlists
 from neuralhash.pathnames import csv_row, text_line
 from neuralhash.store import HashStore
+from conftest import threatexchange_runner
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -249,27 +249,12 @@ def test_standard_input_with_a_forced_format_and_a_damaged_extra(tmp_path):
 tx = pytest.importorskip("threatexchange")
 
 
-def _tx_executable() -> str | None:
-    beside = Path(sys.executable).parent / "threatexchange"
-    return str(beside) if beside.is_file() else shutil.which("threatexchange")
-
-
 @pytest.fixture(scope="module")
 def tx_run(tmp_path_factory):
-    exe = _tx_executable()
-    if exe is None:
-        pytest.skip("the threatexchange command is not installed")
-    home = tmp_path_factory.mktemp("tx-home")
-    env = {k: v for k, v in os.environ.items() if k not in ("TX_STATEDIR", "NEURALHASH_MODEL_PATH")}
-    env.update(HOME=str(home), PYTHONPATH=SRC, NEURALHASH_MODEL="demo")
-
-    def run(*args):
-        proc = subprocess.run([exe, *args], capture_output=True, env=env, cwd=str(home), timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
-
+    """The real threatexchange CLI with the extension added; returns a command's standard output."""
+    run = threatexchange_runner(tmp_path_factory)
     run("config", "extensions", "add", "neuralhash.integrations.threatexchange")
-    return run
+    return lambda *args: run(*args).stdout
 
 
 def _neuralhash_lines(data: bytes, sep: bytes = b"\n") -> bytes:

@@ -15,15 +15,11 @@ import pytest
 
 import neuralhash
 from neuralhash.cli import main
+from conftest import threatexchange_runner
 
 SRC = str(Path(neuralhash.__file__).resolve().parents[1])
 MODULE = "neuralhash.integrations.threatexchange"
 DATA = Path(neuralhash.__file__).resolve().parent / "data"
-
-
-def _tx_executable() -> str | None:
-    beside = Path(sys.executable).parent / "threatexchange"
-    return str(beside) if beside.is_file() else shutil.which("threatexchange")
 
 
 def _flip(hex_text: str, bits) -> str:
@@ -138,22 +134,7 @@ def test_hashing_errors_are_neuralhash_errors(ext, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tx_run(tmp_path_factory):
-    exe = _tx_executable()
-    if exe is None:
-        pytest.skip("the threatexchange command is not installed")
-    home = tmp_path_factory.mktemp("tx-home")
-    env = {k: v for k, v in os.environ.items() if k not in ("TX_STATEDIR", "NEURALHASH_MODEL_PATH")}
-    env.update(HOME=str(home), PYTHONPATH=SRC, NEURALHASH_MODEL="demo",
-               NEURALHASH_CACHE=str(tmp_path_factory.mktemp("tx-cache")))
-
-    def run(*args, check=True, **extra_env):
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, env={**env, **extra_env},
-                              cwd=str(home), timeout=300)
-        if check:
-            assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc
-
-    return run
+    return threatexchange_runner(tmp_path_factory, text=True)
 
 
 def test_threatexchange_cli_end_to_end(tx_run, tmp_path, capsys, module_env):
