@@ -86,3 +86,7 @@ class ImageError(NeuralHashError):
 
 class ModelNotFoundError(NeuralHashError):
     """No NeuralHash model was found where one was looked for."""
+
+
+class FirmwareError(NeuralHashError):
+    """Apple firmware (an IPSW, a UDIF .dmg, an APFS or GPT image) that cannot be read, or is refused."""

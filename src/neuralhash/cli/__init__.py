@@ -3,7 +3,7 @@
 One module per family of commands: ``model_cmds`` (decode, inspect, convert,
 verify, demo), ``hash_cmds`` (hash, compare; ``dask_cmds`` on a cluster),
 ``index_cmds`` (index, match, dupes), ``audit_cmds`` (audit), ``robustness_cmds`` (robustness),
-``serve_cmds`` (serve);
+``serve_cmds`` (serve), ``extract_cmds`` (extract);
 ``common``, ``output`` and ``paths`` hold what they share.
 
 Exit codes: 0 success, 1 failure (bad input, a failed item, verification
@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import NeuralHashError
 from ..hashlists import FORMATS
 from .audit_cmds import add_audit_command
+from .extract_cmds import add_extract_command, check_extract_usage
 from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
                      int_at_least, int_between, non_empty, positive_float)
 from .hash_cmds import cmd_compare, cmd_hash
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(subparser=p)
 
     add_serve_command(add)
+    add_extract_command(add)
     return parser
 
 
@@ -261,6 +263,8 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
         sub.error("--null applies to the paths read from standard input: give - as a PATH")
     if args.command == "verify" and args.seeds == 0 and not args.image:
         sub.error("--seeds 0 needs at least one --image: there would be nothing to compare")
+    if args.command == "extract":
+        check_extract_usage(args, sub)
     if args.command == "robustness":
         from .robustness_cmds import check_robustness_usage
 
