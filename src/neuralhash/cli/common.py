@@ -10,10 +10,11 @@ import sys
 
 from ..espresso.container import DEFAULT_MAX_DECODED_SIZE
 
-SRC_HELP = "an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files"
+SRC_HELP = ("an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files, or "
+            "firmware holding NeuralHash (an IPSW, a .dmg, an APFS or GPT image)")
 MODEL_HELP = ("the model: omitted, the system one (macOS Vision.framework, or the folders in "
               "$NEURALHASH_MODEL_PATH); on Linux pass it: an Espresso folder or file, an .onnx file, "
-              "or 'demo' for the synthetic model")
+              "firmware holding NeuralHash (an IPSW, a .dmg, an APFS or GPT image), or 'demo' for the synthetic model")
 SEED_HELP = "the 96x128 seed (projection) file (default: the one beside the model, else rebuilt exactly)"
 
 

@@ -192,8 +192,22 @@ def seed_matrix(value: str | None):
     return read_seed_file(value) if value else default_seed_matrix()
 
 
+def firmware_src(src: str) -> str:
+    """SRC itself, or for firmware (an IPSW, a .dmg, an APFS or GPT image) the cache folder NeuralHash was
+    extracted into (once: later runs reuse it)."""
+    import os
+
+    from ..firmware import firmware_model_dir, sniff
+
+    if os.path.isfile(src) and sniff(src) is not None:
+        return os.fspath(firmware_model_dir(src, progress=lambda m: print(f"neuralhash: {m}", file=sys.stderr)))
+    return src
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..espresso import pipeline_stages
+
+    args.src = firmware_src(args.src)
 
     stages = () if (args.shape or args.weights) else pipeline_stages(args.src)
     if stages:

@@ -151,7 +151,7 @@ class EncryptedVolume:
     """A FileVault-encrypted volume: listed, not searched (this reader does not decrypt)."""
 
     def __init__(self, image: str, volume: str):
-        self.label = f"{image}: volume {volume!r}"
+        self.label = f"volume {volume!r}"
         self.volume = volume
 
 

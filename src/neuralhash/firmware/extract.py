@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .. import __version__
 from ..errors import FirmwareError
@@ -72,14 +72,18 @@ class ExtractResult:
     manifest_path: Path | None
 
 
-def _searchable(fw: Firmware, snapshot: str | None) -> tuple[list[Tree], list[str]]:
-    """(trees to search, labels of the encrypted volumes skipped)."""
-    trees, encrypted = [], []
+def _searchable(fw: Firmware, snapshot: str | None, encrypted: list[str]) -> Iterator[Tree]:
+    """The trees to search, lazily (a volume's 500 snapshots are opened only if the live trees lack a file);
+    encrypted volumes are not searched but appended to ``encrypted``."""
+    any_tree = False
     for tree in fw.trees(snapshot):
-        (trees if isinstance(tree, Tree) else encrypted).append(tree if isinstance(tree, Tree) else tree.label)
-    if snapshot is not None and not trees:
+        if isinstance(tree, Tree):
+            any_tree = True
+            yield tree
+        else:
+            encrypted.append(tree.label)
+    if snapshot is not None and not any_tree and not encrypted:
         raise FirmwareError(f"{fw.source}: no snapshot named {snapshot!r}")
-    return trees, encrypted
 
 
 def _found(tree: Tree, path: str, name: str, variant: str | None) -> FoundFile | None:
@@ -96,9 +100,9 @@ def find_neuralhash(fw: Firmware, *, snapshot: str | None = None, progress: Prog
     than the model when its version says so, naming encrypted volumes skipped, and listing what was searched.
     """
     found: dict[str, FoundFile] = {}
-    trees, encrypted = _searchable(fw, snapshot)
+    encrypted: list[str] = []
     searched = []
-    for tree in trees:
+    for tree in _searchable(fw, snapshot, encrypted):
         if len(found) == len(NEURALHASH_FILES):
             break
         if progress:
@@ -136,26 +140,26 @@ def _not_found_message(fw: Firmware, searched: list[str], encrypted: list[str], 
 
 def find_paths(fw: Firmware, paths: Iterable[str], *, snapshot: str | None = None) -> list[FoundFile]:
     """The files at ``paths`` (from the volume's root), each from the first tree that has it."""
-    trees, encrypted = _searchable(fw, snapshot)
     out = []
     for path in paths:
         clean = path.strip("/")
-        for tree in trees:
+        encrypted: list[str] = []
+        searched = []
+        for tree in _searchable(fw, snapshot, encrypted):
+            searched.append(tree.label)
             hit = _found(tree, clean, clean.rsplit("/", 1)[-1], None)
             if hit is not None:
                 out.append(hit)
                 break
         else:
-            raise FirmwareError(_not_found_message(fw, [t.label for t in trees], encrypted, f"{path}"))
+            raise FirmwareError(_not_found_message(fw, searched, encrypted, path))
     return out
 
 
 def list_espresso(fw: Firmware, *, snapshot: str | None = None, progress: Progress | None = None) -> list[dict]:
     """Every compiled Espresso model (``*.espresso.net``) in the live trees (or one snapshot), walking the
     whole tree (symbolic links are not followed)."""
-    trees, _ = _searchable(fw, snapshot)
-    if snapshot is None:
-        trees = [t for t in trees if t.snapshot is None]
+    trees = [t for t in _searchable(fw, snapshot, []) if snapshot is not None or t.snapshot is None]
     models, seen = [], 0
     for tree in trees:
         if progress:

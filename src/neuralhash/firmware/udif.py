@@ -9,9 +9,11 @@ cache, so a reader of the APFS inside touches a tiny part of a 10 GB image.
 
 Checks: the trailer's fields must lie inside the file, every chunk inside the
 data fork and the disk, every chunk must decode to exactly its sectors; the
-data fork's CRC32 (when the trailer has one) is checked for images up to
-:data:`CRC_CHECK_LIMIT` bytes, where it costs one read of the file (a real
-IPSW's image is read lazily instead, and relies on the chunk and APFS checks).
+trailer's master checksum (a CRC32 of the tables' checksums) is always checked;
+the data fork's CRC32 and each ``blkx`` table's CRC32 of its decoded sectors
+are checked for images up to :data:`CRC_CHECK_LIMIT` bytes, where they cost
+one read of the file (a real IPSW's image is read lazily instead, and relies on
+the chunk checks, zlib/bzip2/LZMA's own checksums and APFS's checksums).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Partition:
     name: str
     sector: int
     sectors: int
+    crc32: int | None  # of its decoded sectors, when the mish table holds one
 
 
 def is_udif(fh: ReadOnlyFile) -> bool:
@@ -90,6 +93,8 @@ class UdifDisk(ReadOnlyFile):
         checksum_type, checksum_bits = struct.unpack_from(">II", koly, 80)
         (data_crc,) = struct.unpack_from(">I", koly, 88)
         xml_offset, xml_length = struct.unpack_from(">QQ", koly, 216)
+        master_type, master_bits = struct.unpack_from(">II", koly, 352)
+        (master_crc,) = struct.unpack_from(">I", koly, 360)
         (sector_count,) = struct.unpack_from(">Q", koly, 492)
         if header_size != KOLY_SIZE or version != 4:
             raise FirmwareError(f"{name}: UDIF trailer of version {version}, size {header_size}: not a UDIF image "
@@ -109,8 +114,12 @@ class UdifDisk(ReadOnlyFile):
         fh.seek(xml_offset)
         self.partitions, self.chunks = self._read_plist(fh.read(xml_length), data_offset, data_length)
         self._starts = [c.sector for c in self.chunks]
+        if master_type == 2 and master_bits == 32:
+            self._check_master(master_crc)
         if checksum_type == 2 and checksum_bits == 32 and data_length <= CRC_CHECK_LIMIT:
             self._check_crc(data_crc)
+        if self.size <= CRC_CHECK_LIMIT:
+            self._check_partitions()
 
     def _read_plist(self, xml: bytes, data_offset: int, data_length: int):
         name = self.name
@@ -122,6 +131,7 @@ class UdifDisk(ReadOnlyFile):
         except Exception as exc:  # noqa: BLE001 - plistlib raises many types on bad input
             raise FirmwareError(f"{name}: unreadable UDIF property list ({type(exc).__name__}: {exc})") from None
         partitions, chunks = [], []
+        self._mish_checksums: list[bytes] = []
         total_sectors = self.size // SECTOR
         for index, entry in enumerate(entries):
             label = f"{name}: blkx entry {index}"
@@ -135,7 +145,10 @@ class UdifDisk(ReadOnlyFile):
                                     f"{(len(data) - 204) // 40}")
             if first + count > total_sectors:
                 raise FirmwareError(f"{label}: sectors {first:,}+{count:,} past the disk's {total_sectors:,}")
-            partitions.append(Partition(str(entry.get("Name") or entry.get("CFName") or ""), first, count))
+            crc_type, crc_bits, crc = struct.unpack_from(">III", data, 64)
+            self._mish_checksums.append(data[72:76])
+            partitions.append(Partition(str(entry.get("Name") or entry.get("CFName") or ""), first, count,
+                                        crc if (crc_type, crc_bits) == (2, 32) else None))
             for i in range(n_chunks):
                 kind, _comment, sector, sectors, offset, length = struct.unpack_from(">IIQQQQ", data, 204 + 40 * i)
                 if kind in (COMMENT, TERMINATOR) or sectors == 0:
@@ -163,6 +176,27 @@ class UdifDisk(ReadOnlyFile):
             if a.sector + a.sectors > b.sector:
                 raise FirmwareError(f"{name}: chunks overlap at disk offset {b.sector * SECTOR:,}")
         return partitions, chunks
+
+    def _check_master(self, expected: int) -> None:
+        """The trailer's master checksum: CRC32 of the blkx tables' own checksums (cheap: no data read)."""
+        crc = zlib.crc32(b"".join(self._mish_checksums))
+        if crc != expected:
+            raise FirmwareError(f"{self.name}: UDIF master checksum mismatch (CRC32 {crc:08x}, trailer says "
+                                f"{expected:08x}): the image's tables are corrupt")
+
+    def _check_partitions(self) -> None:
+        """Each blkx entry's CRC32 of its decoded chunks, ignored (free) chunks left out as hdiutil does
+        (small images only: it decodes everything)."""
+        for part in self.partitions:
+            if part.crc32 is None:
+                continue
+            crc = 0
+            for chunk in self.chunks:
+                if part.sector <= chunk.sector < part.sector + part.sectors and chunk.kind != IGNORE:
+                    crc = zlib.crc32(self._pread(chunk.sector * SECTOR, chunk.sectors * SECTOR), crc)
+            if crc != part.crc32:
+                raise FirmwareError(f"{self.name}: blkx entry {part.name!r} (disk offset {part.sector * SECTOR:,}): "
+                                    f"checksum mismatch (CRC32 {crc:08x}, table says {part.crc32:08x}): corrupt")
 
     def _check_crc(self, expected: int) -> None:
         crc, pos, end = 0, self._data_offset, self._data_offset + self._data_length

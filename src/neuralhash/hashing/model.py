@@ -326,7 +326,9 @@ class NeuralHash:
         max_pixels: int | None = None,
     ) -> "NeuralHash":
         """``"demo"``: the synthetic model; ``*.onnx``: :meth:`from_onnx`; any other path:
-        :meth:`from_espresso`; None: Apple's model found by :func:`find_system_model`.
+        :meth:`from_espresso`; firmware (an IPSW, a UDIF .dmg, an APFS or GPT image): NeuralHash extracted
+        once into the cache (:func:`neuralhash.firmware.firmware_model_dir`), then :meth:`from_espresso`;
+        None: Apple's model found by :func:`find_system_model`.
         ``max_pixels``: the default pixel limit of the images hashed (see :meth:`from_onnx`)."""
         if spec is None:
             return cls.from_espresso(find_system_model(), seed=seed, providers=providers, cache_dir=cache_dir,
@@ -336,6 +338,10 @@ class NeuralHash:
             return cls.demo(cache_dir=cache_dir, providers=providers, seed=seed, max_pixels=max_pixels)
         if text.lower().endswith(".onnx"):
             return cls.from_onnx(text, seed=seed, providers=providers, max_pixels=max_pixels)
+        from ..firmware import firmware_model_dir, sniff
+
+        if os.path.isfile(text) and sniff(text) is not None:  # an IPSW, a .dmg, an APFS or GPT image
+            text = os.fspath(firmware_model_dir(text, cache_dir))
         return cls.from_espresso(text, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels)
 
     # -- properties ---------------------------------------------------------------------------
