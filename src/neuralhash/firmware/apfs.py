@@ -11,6 +11,7 @@ transparent compression (decmpfs) from a file object; this module adapts it:
 - B-tree nodes and volume superblocks are checked against their
   Fletcher-64 checksums when read (dissect checks only the container's
   superblocks), so a damaged image is refused instead of read wrong.
+- a child B-tree node must be one level below its parent (no cycles);
 - every error it raises becomes one :class:`FirmwareError` line naming the image.
 """
 
@@ -37,6 +38,7 @@ def _dissect():
     try:
         import dissect.apfs
         import dissect.apfs.stream
+        from dissect.apfs.objects.btree import BTree
         from dissect.apfs.objects.btree_node import BTreeNode
         from dissect.apfs.objects.fs import FS
     except ImportError:
@@ -46,6 +48,7 @@ def _dissect():
         _route_lzfse(dissect.apfs.stream)
         for cls in (BTreeNode, FS):  # container object maps: dissect checks them, falling back
             _check_checksums(cls)
+        _check_levels(BTree)
         _patched = True
     return dissect.apfs
 
@@ -68,6 +71,21 @@ def _check_checksums(cls) -> None:
             raise FirmwareError(f"{cls.__name__} at block {self.address}: checksum mismatch")
 
     cls.__init__ = checked_init
+
+
+def _check_levels(btree_cls) -> None:
+    """A child node must be one level below its parent: a damaged tree whose node points at itself (or up)
+    would otherwise send dissect's search round in circles for ever."""
+    original = btree_cls._node_child
+
+    def checked_child(self, node, idx, *args, **kwargs):
+        child = original(self, node, idx, *args, **kwargs)
+        if child.level != node.level - 1:
+            raise FirmwareError(f"B-tree node at block {child.address}: level {child.level} under a node of "
+                                f"level {node.level}: corrupt")
+        return child
+
+    btree_cls._node_child = checked_child
 
 
 @contextlib.contextmanager

@@ -125,6 +125,14 @@ class StreamFile(ReadOnlyFile):
         self._stream_pos = 0
 
     def _pread(self, offset: int, size: int) -> bytes:
+        try:
+            return self._stream_read(offset, size)
+        except FirmwareError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zipfile raises BadZipFile, zlib.error, EOFError...
+            raise FirmwareError(f"{self.name}: corrupt compressed data ({type(exc).__name__}: {exc})") from None
+
+    def _stream_read(self, offset: int, size: int) -> bytes:
         if offset < self._stream_pos:
             self._stream.close()
             self._stream = self._opener()
