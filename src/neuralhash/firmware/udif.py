@@ -11,7 +11,7 @@ Checks: the trailer's fields must lie inside the file, every chunk inside the
 data fork and the disk, every chunk must decode to exactly its sectors; the
 trailer's master checksum (a CRC32 of the tables' checksums) is always checked;
 the data fork's CRC32 and each ``blkx`` table's CRC32 of its decoded sectors
-are checked for images up to :data:`CRC_CHECK_LIMIT` bytes, where they cost
+are checked for disks up to :data:`CRC_CHECK_LIMIT` bytes, where they cost
 one read of the file (a real IPSW's image is read lazily instead, and relies on
 the chunk checks, zlib/bzip2/LZMA's own checksums and APFS's checksums).
 """
@@ -37,7 +37,7 @@ MAX_PLIST = 64 << 20
 MAX_CHUNK = 64 << 20
 #: Decoded chunks kept in memory, in bytes.
 CACHE_BYTES = 32 << 20
-#: Images whose data fork is at most this big get their CRC32 checked when they are opened.
+#: Images whose disk is at most this big get their data fork and blkx CRC32s checked when they are opened.
 CRC_CHECK_LIMIT = 64 << 20
 
 ZERO_FILL, RAW, IGNORE, ADC, ZLIB, BZIP2, LZFSE, LZMA = (0x00000000, 0x00000001, 0x00000002, 0x80000004,
@@ -116,9 +116,9 @@ class UdifDisk(ReadOnlyFile):
         self._starts = [c.sector for c in self.chunks]
         if master_type == 2 and master_bits == 32:
             self._check_master(master_crc)
-        if checksum_type == 2 and checksum_bits == 32 and data_length <= CRC_CHECK_LIMIT:
-            self._check_crc(data_crc)
-        if self.size <= CRC_CHECK_LIMIT:
+        if self.size <= CRC_CHECK_LIMIT:  # a small disk: checked whole (a large one is read lazily)
+            if checksum_type == 2 and checksum_bits == 32:
+                self._check_crc(data_crc)
             self._check_partitions()
 
     def _read_plist(self, xml: bytes, data_offset: int, data_length: int):
