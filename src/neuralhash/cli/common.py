@@ -22,6 +22,16 @@ def out(text: str = "") -> None:
     print(text, flush=True)
 
 
+def firmware_src(src: str) -> str:
+    """SRC itself, or for firmware (an IPSW, a .dmg, an APFS or GPT image) the cache folder NeuralHash was
+    extracted into (once: later runs reuse it)."""
+    from ..firmware import firmware_model_dir, sniff
+
+    if os.path.isfile(src) and sniff(src) is not None:
+        return os.fspath(firmware_model_dir(src, progress=lambda m: print(f"neuralhash: {m}", file=sys.stderr)))
+    return src
+
+
 def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, strict: bool = True):
     """The model named by SRC, with --shape / --weights overriding the files found beside it."""
     from dataclasses import replace
@@ -29,7 +39,7 @@ def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, str
     from ..espresso import load_model, locate
     from ..espresso.model import sources_from_paths
 
-    sources = locate(args.src)
+    sources = locate(firmware_src(args.src))
     explicit = sources_from_paths(sources.net, shape=args.shape, weights=args.weights)
     sources = replace(sources, **{k: getattr(explicit, k) for k in ("shape", "weights") if getattr(explicit, k)})
     return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size,

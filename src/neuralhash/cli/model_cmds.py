@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConversionError, NeuralHashError
-from .common import load_espresso, out
+from .common import firmware_src, load_espresso, out
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -190,18 +190,6 @@ def seed_matrix(value: str | None):
     if value is None:
         return None
     return read_seed_file(value) if value else default_seed_matrix()
-
-
-def firmware_src(src: str) -> str:
-    """SRC itself, or for firmware (an IPSW, a .dmg, an APFS or GPT image) the cache folder NeuralHash was
-    extracted into (once: later runs reuse it)."""
-    import os
-
-    from ..firmware import firmware_model_dir, sniff
-
-    if os.path.isfile(src) and sniff(src) is not None:
-        return os.fspath(firmware_model_dir(src, progress=lambda m: print(f"neuralhash: {m}", file=sys.stderr)))
-    return src
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -225,6 +226,7 @@ def build_manifest(fw: Firmware, files: list[FoundFile], digests: list[str]) -> 
         "source": fw.source,
         "layers": fw.layers,
         "os": os_version(fw) or None,
+        "build_manifest": fw.product or None,
         "files": [{**f.describe(), "sha256": d} for f, d in zip(files, digests)],
         "written_by": f"neuralhash {__version__}",
     }
@@ -245,6 +247,15 @@ def write_files(fw: Firmware, files: list[FoundFile], out_dir: str | os.PathLike
         raise FirmwareError(f"{folder}: cannot create the folder ({exc.strerror or exc})") from None
     if not folder.is_dir():
         raise FirmwareError(f"{folder}: not a folder")
+    needed = sum(f.size for f in files)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if free is not None and needed > free:
+        if created:
+            folder.rmdir()
+        raise FirmwareError(f"{folder}: the files need {needed:,} bytes, the disk has {free:,} free")
     staged: list[Path] = []
     try:
         digests = []

@@ -25,6 +25,7 @@ AEA_ADVICE = (f"iOS 18, macOS 15 and later ship their images AEA-encrypted, and 
               f"servers (not fetched by this tool): use an IPSW of {WORKING_RELEASES}, or copy the files from a Mac")
 OLDER_ADVICE = f"NeuralHash ships in {WORKING_RELEASES.replace(' to 17.x', '+').replace(' to 14.x', '+')}"
 SYSTEM_VERSION = "System/Library/CoreServices/SystemVersion.plist"
+ESPRESSO_SUFFIXES = (".espresso.net", ".espresso.shape", ".espresso.weights", ".dat", ".onnx", ".json")
 
 
 @dataclass
@@ -88,7 +89,10 @@ def sniff(path: str | os.PathLike) -> str | None:
     """What a file is, from a few bytes ("ipsw", "udif", "gpt", "apfs", "aea", "encrypted-udif"), or None.
 
     Cheap (the first 4 KiB and the last 512 bytes): ``convert`` and ``hash --model`` ask it of every file.
+    Espresso files are never firmware, whatever bytes their weights happen to hold.
     """
+    if os.fspath(path).endswith(ESPRESSO_SUFFIXES):
+        return None
     try:
         with open(path, "rb") as f:
             head = f.read(4608)
@@ -113,7 +117,7 @@ def _kind(head: bytes, tail: bytes) -> str | None:
         return "gpt"
     if head[32:36] == b"NXSB":
         return "apfs"
-    if head[1024:1026] in (b"H+", b"HX"):
+    if head[1024:1028] in (b"H+\x00\x04", b"HX\x00\x05"):  # signature and version of an HFS+ / HFSX header
         return "hfs"
     return None
 
