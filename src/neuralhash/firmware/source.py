@@ -148,7 +148,7 @@ def _open_layers(fh: ReadOnlyFile, fw: Firmware) -> None:
     if kind == "gpt":
         sector = gpt.gpt_sector_size(fh)
         files, parts = gpt.apfs_partitions(fh, sector)
-        fw.layers.append(f"GPT ({len(parts)} partitions, {len(files)} APFS)")
+        fw.layers.append(f"GPT ({len(files)} APFS of {len(parts)} partitions)")
         if not files:
             if any(p.type == gpt.HFS_TYPE for p in parts):
                 raise _hfs(name)
