@@ -155,6 +155,23 @@ def test_decmpfs_every_method(apfs_fixtures, method):
     assert hashlib.sha256(read(image, f"dir/compressed-{method}-fork")).hexdigest() == FORK_SHA256
 
 
+def test_lzfse_goes_through_the_binding():
+    """decmpfs LZFSE chunks are decoded by the lzfse binding, not dissect.util's pure-Python decoder (slow, and
+    failing on dense streams of 200 KB and more)."""
+    import random
+
+    import dissect.apfs.stream
+    import lzfse
+
+    from neuralhash.firmware.apfs import _dissect
+
+    _dissect()
+    rng = random.Random(1)
+    dense = bytes(rng.choice(b"abcdefgh") for _ in range(300_000))
+    assert dissect.apfs.stream.lzfse.decompress(lzfse.compress(dense)) == dense
+    assert dissect.apfs.stream.lzfse.__class__.__name__ == "SimpleNamespace"
+
+
 def test_links_and_plain_files(apfs_fixtures):
     image = apfs_fixture(apfs_fixtures, "case_sensitive.bin")
     assert read(image, "dir/file") == APPLE_FILE

@@ -25,6 +25,7 @@ from typing import BinaryIO, Iterator
 
 from ..errors import FirmwareError
 from . import codecs
+from .rangefile import MAX_READ
 from .trees import Entry, Tree
 
 EXTRA_HINT = "pip install 'neuralhash-toolkit[extract]'"
@@ -100,6 +101,9 @@ def _read_only_what_is_asked(stream_cls) -> None:
     def _read(self, offset: int, length: int) -> bytes:
         if self.volume.is_encrypted:
             return original(self, offset, length)
+        if length > MAX_READ:
+            raise FirmwareError(f"file {self.oid}: a read of {length:,} bytes (limit {MAX_READ >> 20} MiB): "
+                                "a corrupt size?")
         container = self.volume.container
         parts = []
         while length > 0:

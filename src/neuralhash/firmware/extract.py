@@ -334,6 +334,7 @@ def firmware_model_dir(src: str | os.PathLike, cache_dir: str | os.PathLike | No
     try:
         os.replace(tmp, folder)
     except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process filled the cache first: use its copy
         if not (folder / MANIFEST).is_file():
             raise FirmwareError(f"{folder}: cannot write the cache") from None
     return folder
