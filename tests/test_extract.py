@@ -21,7 +21,7 @@ import apfs_writer as W  # noqa: E402
 import extract_images as X  # noqa: E402
 from neuralhash.cli import main  # noqa: E402
 from neuralhash.errors import FirmwareError  # noqa: E402
-from neuralhash.firmware import extract, find_neuralhash, find_paths, open_firmware  # noqa: E402
+from neuralhash.firmware import extract, find_neuralhash, find_paths, list_espresso, open_firmware  # noqa: E402
 from neuralhash.firmware.rangefile import CountingFile  # noqa: E402
 from neuralhash.firmware.udif import UdifDisk  # noqa: E402
 
@@ -408,6 +408,11 @@ def test_folder_source(images, tmp_path):
         (res / name).write_bytes((tmp_path / "files" / name).read_bytes())
     (root / X.VISION / "Versions" / "Current").symlink_to("A")
     (root / X.VISION / "Resources").symlink_to("Versions/Current/Resources")
+    (root / "Users" / "me").mkdir(parents=True)
+    (root / "Users" / "me" / "mine.espresso.net").write_bytes(b"{}")
     with open_firmware(root) as fw:
         found = find_neuralhash(fw)
+        models = list_espresso(fw)
     assert found[0].path == f"{X.VISION}/Resources/{X.MODEL_NAMES[0]}"
+    # A system's root: only System/, usr/ and Library/Apple/ are walked (not the users' folders).
+    assert [m["path"] for m in models] == [f"{X.VISION}/Versions/A/Resources/{X.MODEL_NAMES[0]}"]

@@ -24,7 +24,7 @@ from .. import __version__
 from ..errors import FirmwareError
 from ..fileio import atomic_write
 from .source import OLDER_ADVICE, Firmware, older_than_model, open_firmware, os_version
-from .trees import Entry, Tree, resolve
+from .trees import Entry, FolderTree, Tree, resolve
 
 #: NeuralHash's file names and what each is.
 NEURALHASH_FILES = {
@@ -42,6 +42,8 @@ VISION_FOLDERS = (
     "System/Library/Frameworks/Vision.framework/Resources",
     "System/Library/Frameworks/Vision.framework/Versions/A/Resources",
 )
+#: The folders walked by ``--espresso`` in a folder that is a system's root.
+SYSTEM_TOPS = ("System", "usr", "Library/Apple")
 #: A file larger than this is not extracted (NeuralHash's weights are about 7 MB).
 MAX_FILE_SIZE = 2 << 30
 MANIFEST = "manifest.json"
@@ -104,8 +106,9 @@ def find_neuralhash(fw: Firmware, *, snapshot: str | None = None, progress: Prog
     encrypted: list[str] = []
     searched = []
     for tree in _searchable(fw, snapshot, encrypted):
-        if len(found) == len(NEURALHASH_FILES):
-            break
+        if len(found) == len(NEURALHASH_FILES) or (tree.snapshot is not None and snapshot is None
+                                                   and _has_complete_model(found)):
+            break  # snapshots are searched only for a model the live trees lack
         if progress:
             progress(f"searching {tree.label}")
         searched.append(tree.label)
@@ -119,6 +122,11 @@ def find_neuralhash(fw: Firmware, *, snapshot: str | None = None, progress: Prog
     if not any(f.name.endswith(".net") for f in files) or not any(f.name.endswith(".weights") for f in files):
         raise FirmwareError(_not_found_message(fw, searched, encrypted, "NeuralHash (NeuralHashv3b*.espresso.*)"))
     return files
+
+
+def _has_complete_model(found: dict[str, FoundFile]) -> bool:
+    """Some variant's graph, shape and weights are all found."""
+    return any(all(n in found for n, v in NEURALHASH_FILES.items() if v == variant) for variant in ("float32", "float16"))
 
 
 def _not_found_message(fw: Firmware, searched: list[str], encrypted: list[str], what: str) -> str:
@@ -166,6 +174,11 @@ def list_espresso(fw: Firmware, *, snapshot: str | None = None, progress: Progre
         if progress:
             progress(f"listing {tree.label}")
         stack = [("", tree.root())]
+        if isinstance(tree, FolderTree) and (tree.path / "System" / "Library").is_dir():
+            # A system's root (a Mac's /): its user data, other volumes and /dev are no place for Apple's models.
+            stack = [(f"{top}/", e) for top in SYSTEM_TOPS if (e := resolve(tree, top)) is not None and e.kind == "dir"]
+            if progress:
+                progress(f"  a system folder: only {', '.join(t + '/' for t in SYSTEM_TOPS)} are walked")
         while stack:
             prefix, directory = stack.pop()
             for name, entry in tree.children(directory):
