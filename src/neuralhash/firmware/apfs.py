@@ -156,14 +156,6 @@ class Container:
             text += f"; newer checkpoints up to xid {self.newest_xid} are damaged and were skipped"
         return text + ")"
 
-    def volume_info(self) -> list[dict]:
-        out = []
-        with apfs_errors(self.name):
-            for fs in self.volumes:
-                out.append({"name": fs.name, "role": role_name(fs), "encrypted": bool(fs.is_encrypted),
-                            "case_insensitive": bool(fs.is_case_insensitive), "sealed": bool(fs.is_sealed)})
-        return out
-
     def trees(self, snapshot: str | None = None, *, snapshots: bool = True) -> Iterator[Tree | "EncryptedVolume"]:
         """The volumes' live trees (the System role first), then their snapshots (newest first).
 
@@ -188,10 +180,6 @@ class Container:
                 for snap in snaps:
                     if snapshot is None or snap.name == snapshot:
                         yield VolumeTree(self.name, snap.open(), snap.name)
-
-    def snapshot_names(self) -> list[str]:
-        with apfs_errors(self.name):
-            return [s.name for fs in self.volumes if not fs.is_encrypted for s in fs.snapshots]
 
 
 def role_name(fs) -> str:

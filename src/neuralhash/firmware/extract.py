@@ -353,9 +353,5 @@ def firmware_model_dir(src: str | os.PathLike, cache_dir: str | os.PathLike | No
     return folder
 
 
-def found_as_json(files: list[FoundFile]) -> list[dict]:
-    return [f.describe() for f in files]
-
-
 __all__ = ["FoundFile", "ExtractResult", "find_neuralhash", "find_paths", "list_espresso", "extract",
            "firmware_model_dir", "write_files"]

@@ -28,11 +28,6 @@ class Ipsw:
     product: dict = field(default_factory=dict)  # ProductVersion, ProductBuildVersion, SupportedProductTypes
 
 
-def is_zip(fh: ReadOnlyFile) -> bool:
-    fh.seek(0)
-    return fh.read(4) == b"PK\x03\x04"
-
-
 def _zip(fh: ReadOnlyFile) -> zipfile.ZipFile:
     fh.seek(0)
     try:

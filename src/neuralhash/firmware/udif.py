@@ -68,13 +68,6 @@ class Partition:
     crc32: int | None  # of its decoded sectors, when the mish table holds one
 
 
-def is_udif(fh: ReadOnlyFile) -> bool:
-    if fh.size < KOLY_SIZE:
-        return False
-    fh.seek(fh.size - KOLY_SIZE)
-    return fh.read(4) == b"koly"
-
-
 class UdifDisk(ReadOnlyFile):
     """The disk a UDIF image holds, read lazily. ``fh``: the image file (or a stored zip member)."""
 
@@ -83,7 +76,6 @@ class UdifDisk(ReadOnlyFile):
         self._fh = fh
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cached_bytes = 0
-        self.chunks_decoded = 0
         fh.seek(fh.size - KOLY_SIZE)
         koly = fh.read(KOLY_SIZE)
         if koly[:4] != b"koly":
@@ -226,7 +218,6 @@ class UdifDisk(ReadOnlyFile):
         data = _DECODERS[chunk.kind](raw, expected, where)
         if len(data) != expected:
             raise FirmwareError(f"{where}: decodes to {len(data):,} bytes, not its {expected:,}: corrupt")
-        self.chunks_decoded += 1
         self._cache[index] = data
         self._cached_bytes += len(data)
         while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
