@@ -416,3 +416,66 @@ def test_folder_source(images, tmp_path):
     assert found[0].path == f"{X.VISION}/Resources/{X.MODEL_NAMES[0]}"
     # A system's root: only System/, usr/ and Library/Apple/ are walked (not the users' folders).
     assert [m["path"] for m in models] == [f"{X.VISION}/Versions/A/Resources/{X.MODEL_NAMES[0]}"]
+
+
+# -- sizes a file declares, deflated members, commands given firmware they refuse -------------------------
+
+
+def test_absurd_udif_chunk_is_refused(tmp_path):
+    import struct
+
+    image = bytearray(W.udif(W.wrap_gpt(W.build_apfs({"a": b"x"}))))
+    xml_offset, xml_length = struct.unpack_from(">QQ", image, len(image) - 512 + 216)
+    xml = bytes(image[xml_offset : xml_offset + xml_length])
+    import plistlib
+
+    plist = plistlib.loads(xml)
+    mish = bytearray(plist["resource-fork"]["blkx"][0]["Data"])
+    struct.pack_into(">Q", mish, 16, 1 << 40)  # the entry's sector count
+    struct.pack_into(">Q", mish, 204 + 16, 1 << 20)  # the first chunk: 512 MiB of sectors
+    struct.pack_into(">Q", image, len(image) - 512 + 492, 1 << 40)  # the disk: 512 TiB
+    plist["resource-fork"]["blkx"][0]["Data"] = bytes(mish)
+    patched = plistlib.dumps(plist)
+    image[xml_offset : xml_offset + xml_length] = patched
+    (tmp_path / "huge.dmg").write_bytes(bytes(image))
+    with pytest.raises(FirmwareError, match=r"huge\.dmg: chunk at disk offset 0: a LZFSE chunk of 536,870,912 bytes"):
+        UdifDisk(CountingFile(tmp_path / "huge.dmg"))
+
+
+def test_file_larger_than_the_limit_is_not_read(images, tmp_path):
+    with pytest.raises(FirmwareError, match=r"declares 7,238,784 bytes, more than the 1,000,000 allowed"):
+        extract(images["macos"], tmp_path / "out", max_size=1_000_000)
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_enough_disk_space(images, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(FirmwareError, match=r"the files need [\d,]+ bytes, the disk has 1,000 free"):
+        extract(images["macos"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_deflated_ipsw_member(demo, tmp_path):
+    """A zip re-made with deflate: read through zipfile's stream (slowly), with the same result."""
+    import plistlib
+    import zipfile
+
+    dmg = W.udif(W.wrap_gpt(X.ios_container(demo)))
+    manifest = {"BuildIdentities": [{"Manifest": {"OS": {"Info": {"Path": "root.dmg"}}}}]}
+    with zipfile.ZipFile(tmp_path / "deflated.ipsw", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("BuildManifest.plist", plistlib.dumps(manifest))
+        zf.writestr("root.dmg", dmg)
+    result = extract(tmp_path / "deflated.ipsw", tmp_path / "out")
+    for name, data in demo.items():
+        assert (tmp_path / "out" / name).read_bytes() == data
+    assert result.manifest["os"]["version"] == "15.0"
+
+
+def test_hash_model_with_refused_firmware_is_one_line(tmp_path):
+    proc = run_cli("hash", "--model", str(fixture(UDIF_DIR / "hfsplus_lzfse.dmg")), str(tmp_path / "none.png"))
+    line = one_line_error(proc)
+    assert "HFS+" in line

@@ -4,7 +4,6 @@ at Apple's paths) and photo.jpg; the --list output shown is the output printed."
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
