@@ -48,6 +48,8 @@ SYSTEM_TOPS = ("System", "usr", "Library/Apple")
 MAX_FILE_SIZE = 2 << 30
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+#: A line of progress every this many bytes of a long read.
+PROGRESS_EVERY = 64 << 20
 
 Progress = Callable[[str], None]
 
@@ -194,7 +196,7 @@ def list_espresso(fw: Firmware, *, snapshot: str | None = None, progress: Progre
     return models
 
 
-def _stage(found: FoundFile, folder: Path, max_size: int) -> tuple[Path, str]:
+def _stage(found: FoundFile, folder: Path, max_size: int, progress: Progress | None = None) -> tuple[Path, str]:
     """The file copied to a hidden temporary name in ``folder``: (temporary path, sha256)."""
     if found.size > max_size:
         raise FirmwareError(f"{found.tree.label}: {found.path} declares {found.size:,} bytes, more than the "
@@ -210,6 +212,8 @@ def _stage(found: FoundFile, folder: Path, max_size: int) -> tuple[Path, str]:
                 digest.update(block)
                 out.write(block)
                 written += len(block)
+                if progress and written % PROGRESS_EVERY < len(block) and written < found.size:
+                    progress(f"  {written >> 20} of {found.size >> 20} MiB")
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise FirmwareError(f"{tmp}: cannot write ({exc.strerror or exc})") from None
@@ -275,7 +279,7 @@ def write_files(fw: Firmware, files: list[FoundFile], out_dir: str | os.PathLike
         for f in files:
             if progress:
                 progress(f"reading {f.path} ({f.size:,} bytes) from {f.tree.label}")
-            tmp, digest = _stage(f, folder, max_size)
+            tmp, digest = _stage(f, folder, max_size, progress)
             staged.append(tmp)
             digests.append(digest)
         manifest = build_manifest(fw, files, digests)
