@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 #: cache written by an earlier revision is not used.
 DEMO_REVISION = 2
 
+#: The demo's ONNX model (with the hash head), beside its Espresso files; NeuralHash.demo() runs it.
+DEMO_ONNX = "model.onnx"
+
 
 def cache_root() -> Path:
     """``$NEURALHASH_CACHE``, else ``$XDG_CACHE_HOME/neuralhash``, else ``~/.cache/neuralhash``."""
@@ -80,7 +83,7 @@ def run_demo(
     model = load_model(folder)
     start = time.perf_counter()
     proto = convert(model, hash_head=default_seed_matrix())
-    onnx_path = folder / "model.onnx"
+    onnx_path = folder / DEMO_ONNX
     save_model(proto, onnx_path)
     seconds = time.perf_counter() - start
     images = sample_image_paths()

@@ -10,7 +10,8 @@ import sys
 
 from ..espresso.container import DEFAULT_MAX_DECODED_SIZE
 
-SRC_HELP = "an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files"
+SRC_HELP = ("an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files, "
+            "or 'demo' for the synthetic demo model")
 MODEL_HELP = ("the model: omitted, the system one (macOS Vision.framework, or the folders in "
               "$NEURALHASH_MODEL_PATH); on Linux pass it: an Espresso folder or file, an .onnx file, "
               "or 'demo' for the synthetic model")
@@ -28,11 +29,20 @@ def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, str
     from ..espresso import load_model, locate
     from ..espresso.model import sources_from_paths
 
-    sources = locate(args.src)
+    sources = locate(demo_source(args.src))
     explicit = sources_from_paths(sources.net, shape=args.shape, weights=args.weights)
     sources = replace(sources, **{k: getattr(explicit, k) for k in ("shape", "weights") if getattr(explicit, k)})
     return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size,
                       strict=strict)
+
+
+def demo_source(src: str) -> str:
+    """SRC as given, or for ``demo`` the synthetic demo model's folder (written on first use), as --model."""
+    if src != "demo":
+        return src
+    from ..demo import demo_model_dir
+
+    return str(demo_model_dir())
 
 
 #: Pillow's default MAX_IMAGE_PIXELS (the help text states it without importing Pillow).

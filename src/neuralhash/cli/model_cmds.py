@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConversionError, NeuralHashError
-from .common import load_espresso, out
+from .common import demo_source, load_espresso, out
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -195,7 +195,7 @@ def seed_matrix(value: str | None):
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..espresso import pipeline_stages
 
-    stages = () if (args.shape or args.weights) else pipeline_stages(args.src)
+    stages = () if (args.shape or args.weights) else pipeline_stages(demo_source(args.src))
     if stages:
         return _convert_pipeline(args, stages)
     _write_onnx(args, _convert_one(args, args.src), args.output)

@@ -270,10 +270,22 @@ class NeuralHash:
         seed: Any = None,
         max_pixels: int | None = None,
     ) -> "NeuralHash":
-        """The built-in synthetic model (written once to the cache). Its hashes mean nothing perceptually."""
-        from ..demo import demo_model_dir
+        """The built-in synthetic model (written once to the cache). Its hashes mean nothing perceptually.
+
+        The ONNX file ``neuralhash demo`` wrote beside the model is used when present (no second
+        conversion); a file that does not load is ignored and the model converted."""
+        from ..demo import DEMO_ONNX, demo_model_dir
 
         folder = demo_model_dir(Path(cache_dir) if cache_dir is not None else None)
+        description = f"synthetic demo model (random weights, no perceptual meaning), {folder}"
+        if (folder / DEMO_ONNX).is_file():
+            try:
+                return cls(folder / DEMO_ONNX, seed=seed, providers=providers, description=description,
+                           is_synthetic=True, max_pixels=max_pixels, cache_dir=cache_dir)
+            except ProviderError:
+                raise
+            except NeuralHashError:
+                pass  # e.g. cut short by a crash while the demo wrote it: convert below
         return cls.from_espresso(folder, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels,
                                  _synthetic=True)
 
