@@ -167,6 +167,16 @@ def add_model(p: argparse.ArgumentParser) -> None:
     add_max_pixels(p)
 
 
+def add_max_distance(p: argparse.ArgumentParser, what: str = "matching distance") -> None:
+    """--max-distance D: 0..MAX_DISTANCE bits, default DEFAULT_MAX_DISTANCE (one rule for the commands and
+    the service: neuralhash.matching.index)."""
+    from ..matching.index import DEFAULT_MAX_DISTANCE, MAX_DISTANCE
+
+    p.add_argument("--max-distance", type=int_between(0, MAX_DISTANCE), default=DEFAULT_MAX_DISTANCE, metavar="D",
+                   help=f"{what} in bits, 0..{MAX_DISTANCE} (default {DEFAULT_MAX_DISTANCE}; unrelated hashes "
+                        "lie about 48 bits apart)")
+
+
 def add_max_pixels(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int_at_least(1), default=None, metavar="N",
                    help="refuse images of more than N pixels, from their header (default: Pillow's limit, "
