@@ -14,7 +14,8 @@ import pytest
 from neuralhash.convert import convert
 from neuralhash.espresso import EspressoModel, read_json_file
 from neuralhash.hashing import NeuralHash
-from neuralhash.hashing.model_ids import NEURALHASH_V3B, SYNTHETIC_MARK, model_id_of, structure_digest
+from neuralhash.hashing.model_ids import (NEURALHASH_V3B, SYNTHETIC_MARK, WELL_KNOWN_MODELS, model_id_of,
+                                          structure_digest)
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.synthetic import (TRANSFORM_PARAMS, neuralhash_v3b_layers, neuralhash_v3b_shapes,
                                   sample_image_paths, synthetic_blobs)
@@ -94,3 +95,71 @@ def test_hashing_imports_no_onnx(tmp_path):
     again = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert again.stderr.strip().endswith("NO-ONNX 0"), again.stderr
     assert again.stdout == first.stdout and len(again.stdout.split()[0]) == 24
+
+
+@pytest.fixture(scope="module")
+def v3b_onnx(tmp_path_factory):
+    """An ONNX file with the structure of Apple's v3b and unmarked (stand-in trained) weights."""
+    layers = neuralhash_v3b_layers("float16")
+    path = tmp_path_factory.mktemp("v3b") / "neuralhash.onnx"
+    path.write_bytes(_onnx_bytes(layers, _unmarked(layers, seed=5), neuralhash_v3b_shapes()))
+    return path
+
+
+def test_a_list_labelled_neuralhash_v3b_matches_apples_model(v3b_onnx, tmp_path, monkeypatch, capsys):
+    """The README's scenario: a published list imported as NeuralHash v3b hashes (in those words), an
+    image hashed with Apple's model: found at distance 0. Unlabelled, the list is skipped, and said so."""
+    from neuralhash.cli import main
+
+    monkeypatch.setenv("NEURALHASH_CACHE", str(tmp_path / "cache"))
+    image = str(sample_image_paths()[1])
+    db = str(tmp_path / "f.db")
+    digest = NeuralHash.from_onnx(v3b_onnx).hash(image).hex
+    (tmp_path / "published.txt").write_text(f"{digest}  known.jpg\n")
+    model = ["--model", str(v3b_onnx)]
+
+    assert main(["index", "import", db, str(tmp_path / "published.txt"), "--list", "unlabelled"]) == 0
+    assert main(["index", "add", db, str(sample_image_paths()[0]), *model, "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["match", db, image, *model, "--max-distance", "0"]) == 0  # (random weights: images 3 bits apart)
+    got = capsys.readouterr()
+    assert got.out == ""
+    assert ("searched 'images' (1) of model neuralhash-v3b; skipped 'unlabelled' (1, holds hashes of model "
+            "imported, not neuralhash-v3b)") in got.err
+    assert "--model-id neuralhash-v3b" in got.err
+
+    assert main(["index", "import", db, str(tmp_path / "published.txt"), "--list", "published",
+                 "--model-id", "NeuralHash-v3b"]) == 0
+    capsys.readouterr()
+    assert main(["match", db, image, *model, "--jsonl", "--max-distance", "0"]) == 0
+    got = capsys.readouterr()
+    import json
+
+    found = [json.loads(line) for line in got.out.splitlines()]
+    assert [(m["list"], m["path"], m["distance"]) for m in found] == [("published", "known.jpg", 0)]
+    assert "searched 'images' (1), 'published' (1) of model neuralhash-v3b; skipped 'unlabelled'" in got.err
+
+    assert main(["models", db]) == 0
+    listing = capsys.readouterr().out
+    assert listing == ("imported  imported from published.txt\n"
+                       "           1  unlabelled\n"
+                       f"neuralhash-v3b  {WELL_KNOWN_MODELS['neuralhash-v3b']}\n"
+                       "           1  images\n"
+                       "           1  published\n")
+    assert main(["models", *model]) == 0
+    assert capsys.readouterr().out.startswith(f"neuralhash-v3b  ONNX model {v3b_onnx}")
+
+
+def test_a_model_with_no_list_in_the_database_is_an_error_naming_the_skipped_lists(v3b_onnx, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from neuralhash.cli import main
+
+    monkeypatch.setenv("NEURALHASH_CACHE", str(tmp_path / "cache"))
+    db = str(tmp_path / "f.db")
+    (tmp_path / "l.txt").write_text("59a34eabe31910abfb06f308  a.jpg\n")
+    assert main(["index", "import", db, str(tmp_path / "l.txt"), "--model-id", "apple-v3b"]) == 0
+    capsys.readouterr()
+    assert main(["match", db, str(sample_image_paths()[0]), "--model", str(v3b_onnx)]) == 1
+    err = capsys.readouterr().err
+    assert "searched no list of model neuralhash-v3b; skipped 'l' (1, holds hashes of model apple-v3b" in err
+    assert "holds no hashes of model neuralhash-v3b" in err

@@ -12,6 +12,7 @@ import os
 import sys
 
 from ..errors import NeuralHashError
+from ..hashing.model_ids import short_model_id
 from ..pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason, is_hex_hash, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
@@ -99,7 +100,7 @@ def cmd_index_add(args) -> int:
         finally:
             progress.clear()
     print(f"neuralhash: {display(args.db)}: list {args.list!r}: {report.added} added, {report.updated} updated, "
-          f"{report.unchanged} unchanged, {len(report.failed)} failed (model {nh.model_id[:12]}: {nh.description})",
+          f"{report.unchanged} unchanged, {len(report.failed)} failed (model {short_model_id(nh.model_id)}: {nh.description})",
           file=sys.stderr, flush=True)
     return 1 if failures.count or report.failed else 0
 
@@ -117,7 +118,7 @@ def cmd_index_import(args) -> int:
         print(f"neuralhash: {display(args.file)}: {report.skipped_total - len(report.skipped)} more malformed "
               f"line(s) not listed", file=sys.stderr)
     print(f"neuralhash: {display(args.db)}: list {report.list!r}: {report.imported} imported "
-          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, model {report.model_id[:12]!r}",
+          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, model {short_model_id(report.model_id)!r}",
           file=sys.stderr, flush=True)
     return 1 if report.skipped_total else 0
 
@@ -168,7 +169,7 @@ def cmd_index_lists(args) -> int:
     if not lists:
         print(f"neuralhash: {display(args.db)}: no lists", file=sys.stderr)
     for lst in lists:
-        out(f"{lst.count:>10}  {lst.model_id[:12]}  {lst.name}")
+        out(f"{lst.count:>10}  {short_model_id(lst.model_id)}  {lst.name}")
     return 0
 
 
@@ -220,8 +221,8 @@ def _search_model(args, store, nh, lists: list[str] | None) -> str:
     if args.model_id is not None:
         model = store.resolve_model(args.model_id, option="--model-id")
         if nh is not None and nh.model_id != model.model_id:
-            print(f"neuralhash: warning: comparing hashes of model {nh.model_id[:12]} ({nh.description}) with "
-                  f"stored hashes of model {model.model_id[:12]} ({model.description}), as --model-id asks",
+            print(f"neuralhash: warning: comparing hashes of model {short_model_id(nh.model_id)} ({nh.description}) with "
+                  f"stored hashes of model {short_model_id(model.model_id)} ({model.description}), as --model-id asks",
                   file=sys.stderr)
         return model.model_id
     if nh is not None:
@@ -239,7 +240,7 @@ def report_scope(db: str, scope) -> None:
     print(f"neuralhash: {display(db)}: {scope.describe()}", file=sys.stderr)
     if scope.skipped:
         print(f"neuralhash: note: hashes of different models never compare; a list of hashes made with model "
-              f"{scope.model_id[:12]} elsewhere is searched once imported with --model-id {scope.model_id} "
+              f"{short_model_id(scope.model_id)} elsewhere is searched once imported with --model-id {scope.model_id} "
               f"(`neuralhash models {display(db)}` shows the stored models)", file=sys.stderr)
 
 
@@ -259,7 +260,7 @@ def cmd_match(args) -> int:
         if not scope.searched:
             described = f" ({nh.description})" if nh is not None and nh.model_id == model_id else ""
             raise NeuralHashError(
-                f"{display(args.db)} holds no hashes of model {model_id[:12]}{described}, the model the queries "
+                f"{display(args.db)} holds no hashes of model {short_model_id(model_id)}{described}, the model the queries "
                 f"were hashed with; nothing to search. Pass --model-id to search another model's hashes anyway")
         matcher = store.matcher(model_id, lists)
 

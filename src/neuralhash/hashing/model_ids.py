@@ -63,6 +63,11 @@ SYNTHETIC_MARK = (np.array([(-1) ** i * (i + 1) / 64 for i in range(27)], dtype=
 _ID_VERSION = b"neuralhash model id 2\0"
 
 
+def short_model_id(model_id: str) -> str:
+    """A model id for messages: a sha256 digest shortened to its first 12 digits, a name in full."""
+    return model_id[:12] if _is_digest(model_id) else model_id
+
+
 def well_known_description(model_id: str) -> str | None:
     """What a well-known id stands for (None for a digest or any other name)."""
     return WELL_KNOWN_MODELS.get(model_id)
