@@ -215,13 +215,13 @@ def add_index_commands(add) -> None:
                      help=f"any format index import reads: {', '.join(FORMATS)} (default text)")
 
     p = action("lists", cmd_index_lists, "the lists in the database: hashes, model, name")
-    p.add_argument("--jsonl", action="store_true")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per list")
 
     p = action("remove-list", cmd_index_remove_list, "remove a list and its hashes")
     p.add_argument("name", metavar="NAME")
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
-    p.add_argument("--jsonl", action="store_true")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per model")
 
     action("upgrade", cmd_index_upgrade,
            "upgrade a database written by an older version, and verify its packed index")
@@ -279,6 +279,10 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 sub.error(f"argument --{option.replace('_', '-')}: {what}: {value}")
     check_providers(args, sub)
     cap_workers(args)
+    if args.command == "serve" and not os.path.lexists(args.db):
+        # Said, not silent: a misspelt name would serve an empty database that matches nothing.
+        print(f"neuralhash: note: {display(args.db)} does not exist: serve creates it, an empty database "
+              "(lists are added with POST /lists/NAME/import)", file=sys.stderr, flush=True)
 
 
 def add_null(p: argparse.ArgumentParser) -> None:
