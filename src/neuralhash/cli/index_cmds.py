@@ -183,14 +183,17 @@ def cmd_index_remove_list(args) -> int:
 def cmd_index_info(args) -> int:
     with _open(args.db, create=False) as store:
         models = store.models()
+    from .model_id_cmds import model_description
+
     if args.jsonl:
         for m in models:
-            out(json.dumps({"model": m.model_id, "description": m.description, "hashes": m.count}))
+            out(json.dumps({"model": m.model_id, "description": model_description(m.model_id, m.description),
+                            "hashes": m.count}))
         return 0
     if not models:
         out(f"{display(args.db)}: no hashes")
     for m in models:
-        out(f"{m.count:>10}  {m.model_id}  {m.description}")
+        out(f"{m.count:>10}  {m.model_id}  {model_description(m.model_id, m.description)}")
     return 0
 
 

@@ -23,7 +23,8 @@ def add_models_command(add) -> None:
     p.set_defaults(subparser=p)
 
 
-def _description(model_id: str, stored: str = "") -> str:
+def model_description(model_id: str, stored: str = "") -> str:
+    """What a stored model is: a well-known id's meaning, else the description stored with it."""
     from ..hashing.model_ids import well_known_description
 
     return well_known_description(model_id) or stored or "no description"
@@ -51,10 +52,10 @@ def _list_database(args: argparse.Namespace) -> None:
     for m in models:
         own = [lst for lst in lists if lst.model_id == m.model_id]
         if args.jsonl:
-            out(json.dumps({"model": m.model_id, "description": _description(m.model_id, m.description),
+            out(json.dumps({"model": m.model_id, "description": model_description(m.model_id, m.description),
                             "hashes": m.count, "lists": [{"name": lst.name, "hashes": lst.count} for lst in own]},
                            ensure_ascii=False))
             continue
-        out(f"{m.model_id}  {_description(m.model_id, m.description)}")
+        out(f"{m.model_id}  {model_description(m.model_id, m.description)}")
         for lst in own:
             out(f"  {lst.count:>10}  {display(lst.name)}")
