@@ -100,7 +100,8 @@ def cmd_index_add(args) -> int:
         finally:
             progress.clear()
     print(f"neuralhash: {display(args.db)}: list {args.list!r}: {report.added} added, {report.updated} updated, "
-          f"{report.unchanged} unchanged, {len(report.failed)} failed (model {short_model_id(nh.model_id)}: {nh.description})",
+          f"{report.unchanged} unchanged, {len(report.failed)} failed "
+          f"(model {short_model_id(nh.model_id)}: {nh.description})",
           file=sys.stderr, flush=True)
     return 1 if failures.count or report.failed else 0
 
@@ -118,7 +119,8 @@ def cmd_index_import(args) -> int:
         print(f"neuralhash: {display(args.file)}: {report.skipped_total - len(report.skipped)} more malformed "
               f"line(s) not listed", file=sys.stderr)
     print(f"neuralhash: {display(args.db)}: list {report.list!r}: {report.imported} imported "
-          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, model {short_model_id(report.model_id)!r}",
+          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, "
+          f"model {short_model_id(report.model_id)!r}",
           file=sys.stderr, flush=True)
     return 1 if report.skipped_total else 0
 
@@ -224,9 +226,9 @@ def _search_model(args, store, nh, lists: list[str] | None) -> str:
     if args.model_id is not None:
         model = store.resolve_model(args.model_id, option="--model-id")
         if nh is not None and nh.model_id != model.model_id:
-            print(f"neuralhash: warning: comparing hashes of model {short_model_id(nh.model_id)} ({nh.description}) with "
-                  f"stored hashes of model {short_model_id(model.model_id)} ({model.description}), as --model-id asks",
-                  file=sys.stderr)
+            print(f"neuralhash: warning: comparing hashes of model {short_model_id(nh.model_id)} ({nh.description}) "
+                  f"with stored hashes of model {short_model_id(model.model_id)} ({model.description}), "
+                  "as --model-id asks", file=sys.stderr)
         return model.model_id
     if nh is not None:
         return nh.model_id
@@ -263,8 +265,9 @@ def cmd_match(args) -> int:
         if not scope.searched:
             described = f" ({nh.description})" if nh is not None and nh.model_id == model_id else ""
             raise NeuralHashError(
-                f"{display(args.db)} holds no hashes of model {short_model_id(model_id)}{described}, the model the queries "
-                f"were hashed with; nothing to search. Pass --model-id to search another model's hashes anyway")
+                f"{display(args.db)} holds no hashes of model {short_model_id(model_id)}{described}, the model "
+                "the queries were hashed with; nothing to search. Pass --model-id to search another model's hashes "
+                "anyway")
         matcher = store.matcher(model_id, lists)
 
         queries: list[tuple[str, bytes]] = []
