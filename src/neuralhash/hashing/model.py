@@ -27,7 +27,7 @@ from ..errors import ModelNotFoundError, NeuralHashError, ProviderError
 from ..runtime import make_session
 from .hash import Hash, HashResult
 from .image import SIZE, decode, describe, resolve_max_pixels, to_input
-from .model_ids import cached_model_id, model_id_of  # noqa: F401 - model_id_of: public here since 0.x
+from .model_ids import cached_model_id, model_id_of  # noqa: F401 - model_id_of: distributed imports it here
 from .seed import FEATURES, HASH_BITS, default_seed_matrix, is_apple_seed, read_seed_file
 
 #: Environment variable: folders (``os.pathsep``-separated) searched for Apple's model
