@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,6 @@ from neuralhash.hashing.model_ids import (NEURALHASH_V3B, SYNTHETIC_MARK, WELL_K
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.synthetic import (TRANSFORM_PARAMS, neuralhash_v3b_layers, neuralhash_v3b_shapes,
                                   sample_image_paths, synthetic_blobs)
-
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "neuralhash-v3b"
-
 
 def _unmarked(layers, seed=0):
     """Synthetic weights without the synthetic mark: what trained weights look like to the id."""
@@ -40,11 +36,9 @@ def _onnx_bytes(layers, blobs, shapes, transform_params=TRANSFORM_PARAMS, **opti
 
 
 @pytest.fixture(scope="module")
-def real_graph():
-    if not (REAL / "NeuralHashv3b-current.espresso.net").is_file():
-        pytest.skip("Apple's v3b graph file is not in ../shared/fixtures")
-    layers = read_json_file(REAL / "NeuralHashv3b-current.espresso.net")[0]["layers"]
-    doc = read_json_file(REAL / "NeuralHashv3b-current.espresso.shape")[0]
+def real_graph(real_dir):
+    layers = read_json_file(real_dir / "NeuralHashv3b-current.espresso.net")[0]["layers"]
+    doc = read_json_file(real_dir / "NeuralHashv3b-current.espresso.shape")[0]
     shapes = {blob: (e["n"], e["k"], e["h"], e["w"]) for blob, e in doc["layer_shapes"].items()}
     return layers, shapes
 
