@@ -315,36 +315,31 @@ def startup_rounds(onnx: Path, seed: Path, paths: list[Path], rounds: int, log) 
         "loop": [sys.executable, "-c", LOOP_SCRIPT, str(onnx), str(seed), *images],
     }
     times: dict[str, list[float]] = {k: [] for k in commands}
-    cpu: dict[str, list[float]] = {k: [] for k in commands}
     outputs: dict[str, str] = {}
     load = [os.getloadavg()[0]]
     for r in range(rounds + 1):
         for name in (list(commands) if r % 2 else list(reversed(commands))):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t = time.perf_counter()
             res = subprocess.run(commands[name], capture_output=True, text=True, env=env)
             seconds = time.perf_counter() - t
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             if res.returncode:
                 raise SystemExit(f"start-up {name} failed:\n{res.stderr}")
             outputs[name] = res.stdout
             if r:  # round 0 warms the caches (and computes the model's id once)
                 times[name].append(seconds)
-                cpu[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                 log(f"start-up round {r}/{rounds} {name}: {seconds:.2f} s for {len(images)} images")
     ratios = [g / f for f, g in zip(times["command"], times["loop"])]
     load.append(os.getloadavg()[0])
-    return {"images": len(images), "times": times, "cpu": cpu, "ratio": statistics.median(ratios),
+    return {"images": len(images), "times": times, "ratio": statistics.median(ratios),
             "same_hashes": outputs["command"] == outputs["loop"], "load": load}
 
 
 def print_startup(result: dict) -> None:
     f, g = (statistics.median(result["times"][k]) for k in ("command", "loop"))
-    fc, gc = (statistics.median(result["cpu"][k]) for k in ("command", "loop"))
     n = result["images"]
     print(f"start-up, whole processes on {n} images of set B (median of {len(result['times']['loop'])} rounds):")
-    print(f"  (f) neuralhash hash --model ONNX   {f:.2f} s  ({fc:.2f} CPU seconds, its workers included)")
-    print(f"  (g) plain ONNX Runtime loop         {g:.2f} s  ({gc:.2f} CPU seconds)")
+    print(f"  (f) neuralhash hash --model ONNX   {f:.2f} s")
+    print(f"  (g) plain ONNX Runtime loop         {g:.2f} s")
     print(f"  same hashes: {'yes' if result['same_hashes'] else 'NO'}")
     goal = result["ratio"] >= STARTUP_GOAL
     print(f"  {'PASS' if goal else 'MISS'}  command >= {STARTUP_GOAL}x the plain loop on {n} images: "
