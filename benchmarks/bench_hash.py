@@ -52,6 +52,14 @@ than Apple's); whether exact mode gives the same bits as the plain loop and the
 reference script; then the goals on set B, PASS or MISS each:
 exact >= 1.7x (b), >= 20x (a), >= 0.85 of (e).
 
+Start-up (also alone with --startup): whole processes on the first 16 images of set B,
+timed from launch to exit, imports and model loading included, as a user meets them:
+  (f) command     `python -m neuralhash hash --model ONNX` (its defaults: worker processes)
+  (g) plain loop  a `python -c` script: import onnxruntime/numpy/Pillow, one session, the
+                  loop of (b)
+Goal: (f) >= 1.7x as fast as (g). Both run once untimed first (the model's id is computed
+and cached on the first use of a model, as for any user), then alternate for the rounds.
+
 Linux only (reads /proc for memory and child processes).
 """
 
@@ -275,6 +283,74 @@ def run_scale(args: argparse.Namespace, paths: list[str]) -> dict:
     return {"mad_fast": [r[0] for r in rows], "mad_jpeg": [r[1] for r in rows], "jpeg_hashes": hexes}
 
 
+# The plain ONNX Runtime loop as a whole process (start-up section), argv: model, seed file, images...
+LOOP_SCRIPT = r"""
+import sys
+import numpy as np
+import onnxruntime
+from PIL import Image
+
+session = onnxruntime.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+seed = np.frombuffer(open(sys.argv[2], "rb").read()[128:], dtype=np.float32).reshape(96, 128)
+name = session.get_inputs()[0].name
+for path in sys.argv[3:]:
+    arr = np.asarray(Image.open(path).convert("RGB").resize((360, 360)), dtype=np.float32) / 255.0
+    arr = (arr * 2.0 - 1.0).transpose(2, 0, 1)[None]
+    v = seed.dot(session.run(None, {name: np.ascontiguousarray(arr)})[0].flatten())
+    print(np.packbits(v >= 0).tobytes().hex() + "  " + path)
+"""
+
+STARTUP_IMAGES = 16
+STARTUP_GOAL = 1.7
+
+
+def startup_rounds(onnx: Path, seed: Path, paths: list[Path], rounds: int, log) -> dict:
+    """Wall seconds of (f) the command and (g) the plain loop process, alternating, after one untimed
+    run of each; and whether their hashes agree."""
+    images = [str(p) for p in paths[:STARTUP_IMAGES]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    commands = {
+        "command": [sys.executable, "-m", "neuralhash", "hash", "--model", str(onnx), *images],
+        "loop": [sys.executable, "-c", LOOP_SCRIPT, str(onnx), str(seed), *images],
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    outputs: dict[str, str] = {}
+    load = [os.getloadavg()[0]]
+    for r in range(rounds + 1):
+        for name in (list(commands) if r % 2 else list(reversed(commands))):
+            t = time.perf_counter()
+            res = subprocess.run(commands[name], capture_output=True, text=True, env=env)
+            seconds = time.perf_counter() - t
+            if res.returncode:
+                raise SystemExit(f"start-up {name} failed:\n{res.stderr}")
+            outputs[name] = res.stdout
+            if r:  # round 0 warms the caches (and computes the model's id once)
+                times[name].append(seconds)
+                log(f"start-up round {r}/{rounds} {name}: {seconds:.2f} s for {len(images)} images")
+    ratios = [g / f for f, g in zip(times["command"], times["loop"])]
+    load.append(os.getloadavg()[0])
+    return {"images": len(images), "times": times, "ratio": statistics.median(ratios),
+            "same_hashes": outputs["command"] == outputs["loop"], "load": load}
+
+
+def print_startup(result: dict) -> None:
+    f, g = (statistics.median(result["times"][k]) for k in ("command", "loop"))
+    n = result["images"]
+    print(f"start-up, whole processes on {n} images of set B (median of {len(result['times']['loop'])} rounds):")
+    print(f"  (f) neuralhash hash --model ONNX   {f:.2f} s")
+    print(f"  (g) plain ONNX Runtime loop         {g:.2f} s")
+    print(f"  same hashes: {'yes' if result['same_hashes'] else 'NO'}")
+    goal = result["ratio"] >= STARTUP_GOAL
+    print(f"  {'PASS' if goal else 'MISS'}  command >= {STARTUP_GOAL}x the plain loop on {n} images: "
+          f"{result['ratio']:.2f}x (median of per-round ratios)")
+    before, after = result["load"]
+    cores = os.cpu_count() or 1
+    print(f"  load average {before:.1f} before, {after:.1f} after, on {cores} cores" + (
+        ": other processes were using the cores the command's decoding workers need; rerun on an idle machine"
+        if max(before, after) > cores / 2 else ""))
+
+
 def run_one(args: argparse.Namespace) -> dict:
     mode, set_name = args.run_one
     paths = [str(p) for p in bench_hash_images.build_set(Path(args.out) / "images", set_name, args.n)]
@@ -423,6 +499,8 @@ def main() -> None:
                         help="cache folder for the image sets and the demo model (default: %(default)s)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, --quick 1)")
     parser.add_argument("--ref-images", type=int, help="images timed for the reference mode (default 12, --quick 4)")
+    parser.add_argument("--startup", action="store_true",
+                        help=f"only the start-up section: {STARTUP_IMAGES} images of set B, (f) against (g)")
     parser.add_argument("--run-one", nargs=2, metavar=("MODE", "SET"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--onnx", help=argparse.SUPPRESS)
@@ -439,6 +517,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
 
+    if args.startup:
+        counts = {"B": STARTUP_IMAGES}
     sets = {s: bench_hash_images.build_set(args.out / "images", s, n, log) for s, n in counts.items()}
     for paths in sets.values():  # into the page cache, for every mode alike
         for p in paths:
@@ -450,6 +530,11 @@ def main() -> None:
     log(f"demo model ready in {time.perf_counter() - t:.1f} s: {onnx}")
     seed = args.out / "neuralhash_128x96_seed1.dat"
     write_seed_file(seed)
+
+    startup = startup_rounds(onnx, seed, sets["B"], max(rounds, 3), log)
+    if args.startup:
+        print_startup(startup)
+        return
 
     load_before = os.getloadavg()[0]
     runs: dict[tuple[str, str], list[dict]] = {}
@@ -550,6 +635,8 @@ def main() -> None:
           f"{cores} cores busy on set B" + (
               ": other processes were using the machine, which compresses every ratio against the single-threaded"
               " plain loop (b); rerun on an idle machine for the goals" if busy_e < 0.85 else ""))
+    print()
+    print_startup(startup)
     print(f"raw measurements: {raw}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -180,3 +181,12 @@ def threatexchange_runner(tmp_path_factory, *, text: bool = False):
         return proc
 
     return run
+
+
+def default_signal_dispositions() -> None:
+    """``preexec_fn`` for a child that a test signals: the signals it is sent start at their default
+    action. A test run under ``nohup`` (SIGHUP ignored) or as a background job (SIGINT ignored)
+    passes those dispositions on to every child, and an ignored signal is ignored across exec: the
+    child would carry on where the test expects it to stop."""
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)

@@ -116,7 +116,7 @@ def test_import_match_and_dupes(tmp_path, demo, capsys):
 
     # a hex query with a radius that reaches everything: sorted by distance, distances right
     h1 = demo.hash(files[1])
-    assert main(["match", db, h1.hex, "--max-distance", "96", "--csv"]) == 0
+    assert main(["match", db, h1.hex, "--max-distance", "32", "--csv"]) == 0  # 32: the largest distance
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(rows) == 4 and [int(r["distance"]) for r in rows] == sorted(int(r["distance"]) for r in rows)
     for r in rows:
@@ -135,7 +135,7 @@ def test_import_match_and_dupes(tmp_path, demo, capsys):
     assert main(["match", db, h1.hex, "--max-distance", "0"]) == 1
     assert "--model-id" in capsys.readouterr().err
     assert main(["match", db, h1.hex, "--max-distance", "0", "--model-id", "imported"]) == 0
-    assert capsys.readouterr().out.split() == [h1.hex, "0", h1.hex, "someone/else.jpg"]
+    assert capsys.readouterr().out.split() == [h1.hex, "0", "published", h1.hex, "someone/else.jpg"]
     assert main(["match", db, str(files[1]), "--max-distance", "0", "--model", "demo"]) == 0  # its own model
     assert Path(capsys.readouterr().out.split()[-1]).name == "img01.png"
 
@@ -205,7 +205,7 @@ def test_lists_from_the_command_line(tmp_path):
     assert [(r["path"], r["distance"], r["list"]) for r in rows] == [
         ("pub/one.jpg", 0, "published"), ("partner/x.jpg", 1, "partner")]
     got = _cli("match", db, h[0], "--max-distance", "1", "--list", "partner")
-    assert got.stdout.decode().split() == [h[0], "1", h[2], "partner/x.jpg"]
+    assert got.stdout.decode().split() == [h[0], "1", "partner", h[2], "partner/x.jpg"]  # QUERY DISTANCE LIST
     got = _cli("index", "export", db, "--list", "published")
     assert got.stdout.decode() == f"{h[0]}  pub/one.jpg\n{h[1]}  pub/two.jpg\n"
     # no hit: said on standard error, exit 0
@@ -260,20 +260,21 @@ def _limited(script: str, limit_mb: int) -> subprocess.CompletedProcess:
 
 
 def test_dupes_at_a_large_radius_stays_within_bounded_memory(tmp_path):
-    """20,000 hashes all within 40 bits of one another: 200 million pairs (3 GB as arrays), one group."""
+    """20,000 hashes all within 32 bits (the largest distance) of one another: 200 million pairs (3 GB as
+    arrays), one group."""
     db = str(tmp_path / "db.sqlite")
     rng = np.random.default_rng(3)
     center = rng.integers(0, 2, 96, dtype=np.uint8)
     bits = np.repeat(center[None], 20000, axis=0)
     for row in bits:
-        row[rng.choice(96, 20, replace=False)] ^= 1
+        row[rng.choice(96, 16, replace=False)] ^= 1
     packed = np.packbits(bits, axis=1)
     (tmp_path / "l.txt").write_text("".join(f"{bytes(p).hex()}  img{k:05d}.jpg\n" for k, p in enumerate(packed)))
     assert _cli("index", "import", db, str(tmp_path / "l.txt")).returncode == 0
     got = _limited(f"import sys; from neuralhash.cli import main; "
-                   f"sys.exit(main(['dupes', {db!r}, '--max-distance', '40', '--csv']))", 1024)
+                   f"sys.exit(main(['dupes', {db!r}, '--max-distance', '32', '--csv']))", 1024)
     assert got.returncode == 0, got.stderr[-2000:]
-    assert b"1 group(s) of near-duplicates within 40 bits (20000 images)" in got.stderr
+    assert b"1 group(s) of near-duplicates within 32 bits (20000 images)" in got.stderr
 
 
 def test_import_streams_under_a_memory_limit(tmp_path):

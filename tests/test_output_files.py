@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import default_signal_dispositions
 from neuralhash.cli import main
 from neuralhash.errors import NeuralHashError
 from neuralhash.espresso.writer import write_espresso
@@ -228,7 +229,8 @@ def test_signal_mid_write_leaves_the_old_output_and_nothing_else(big_model, tmp_
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     for attempt in range(3):  # the write lasts a fraction of a second: a busy machine may need another try
         proc = subprocess.Popen([sys.executable, "-c", _CONVERT, mode, str(big_model), str(out)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                preexec_fn=default_signal_dispositions)  # not nohup's SIG_IGN
         deadline = time.monotonic() + 60
         caught = False
         while proc.poll() is None and time.monotonic() < deadline:

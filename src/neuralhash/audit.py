@@ -52,9 +52,7 @@ import numpy as np
 
 from .errors import NeuralHashError
 from .matching import HASH_BITS, HASH_BYTES, HashIndex, check_radius, component_groups, connected_components
-
-#: The distance used when none is given (bits of 96): the project's usual near-duplicate radius.
-DEFAULT_MAX_DISTANCE = 4
+from .matching.index import DEFAULT_MAX_DISTANCE  # noqa: F401 - the one default, re-exported for audit's users
 #: A hash with at most this many bits of one value is degenerate.
 IMBALANCE = 14
 #: Poisson upper-tail probability below which a count of reference matches is flagged.
@@ -137,9 +135,10 @@ def hash_list_from_hex(hexes, name: str = "<hashes>") -> HashList:
     return HashList(name, packed, np.arange(1, len(packed) + 1, dtype=np.int64))
 
 
-def read_reference(spec: str | os.PathLike, *, model_id: str | None = None) -> np.ndarray:
+def read_reference(spec: str | os.PathLike, *, model_id: str | None = None, option: str = "model_id") -> np.ndarray:
     """The hashes (packed uint8 [R, 12]) of a reference set: a neuralhash SQLite
-    database (one model's hashes; ``model_id`` when it holds several) or a hash list."""
+    database (one model's hashes; ``model_id`` when it holds several) or a hash list.
+    ``option``: what an error tells the user to set (the command says ``--reference-model-id``)."""
     path = Path(os.fsdecode(spec))
     try:
         with open(path, "rb") as fh:
@@ -150,7 +149,7 @@ def read_reference(spec: str | os.PathLike, *, model_id: str | None = None) -> n
         from .store import HashStore
 
         with HashStore(path, create=False) as store:
-            return store.packed_hashes(model_id)
+            return store.packed_hashes(store.resolve_model(model_id, option=option).model_id)
     ref = read_hash_list(path)
     if ref.malformed:
         line, reason = ref.malformed[0]

@@ -14,17 +14,21 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from . import __version__
-from .convert import convert, save_model
-from .espresso import load_model
-from .hashing.image import bits_to_hex, preprocess
-from .hashing.seed import default_seed_matrix
-from .runtime import make_session
-from .verify import VerificationReport, verify
+
+if TYPE_CHECKING:
+    from .verify import VerificationReport
+
+#: Bumped when the demo's weights change (r2: the synthetic mark of hashing.model_ids), so that a
+#: cache written by an earlier revision is not used.
+DEMO_REVISION = 2
+
+#: The demo's ONNX model (with the hash head), beside its Espresso files; NeuralHash.demo() runs it.
+DEMO_ONNX = "model.onnx"
 
 
 def cache_root() -> Path:
@@ -41,7 +45,7 @@ class DemoResult:
     onnx_path: Path
     precision: str
     convert_seconds: float
-    report: VerificationReport
+    report: "VerificationReport"
     hashes: list[tuple[Path, str]]
 
 
@@ -49,7 +53,7 @@ def demo_model_dir(cache_dir: Path | None = None, precision: str = "float32") ->
     """Write the synthetic model once per version and precision; later calls reuse it."""
     from .synthetic import write_neuralhash_v3b
 
-    folder = (cache_dir or cache_root()) / f"demo-{__version__}-{precision}"
+    folder = (cache_dir or cache_root()) / f"demo-{__version__}-r{DEMO_REVISION}-{precision}"
     if (folder / "COMPLETE").is_file():
         return folder
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
@@ -67,13 +71,19 @@ def run_demo(
     precision: str = "float32",
     providers: Sequence[str] | None = None,
 ) -> DemoResult:
+    from .convert import convert, save_model
+    from .espresso import load_model
+    from .hashing.image import bits_to_hex, preprocess
+    from .hashing.seed import default_seed_matrix
+    from .runtime import make_session
     from .synthetic import sample_image_paths
+    from .verify import verify
 
     folder = demo_model_dir(cache_dir, precision)
     model = load_model(folder)
     start = time.perf_counter()
     proto = convert(model, hash_head=default_seed_matrix())
-    onnx_path = folder / "model.onnx"
+    onnx_path = folder / DEMO_ONNX
     save_model(proto, onnx_path)
     seconds = time.perf_counter() - start
     images = sample_image_paths()

@@ -1,11 +1,14 @@
-"""ONNX Runtime sessions: CPU by default, any installed execution provider on request."""
+"""ONNX Runtime sessions: CPU by default, any installed execution provider on request.
+
+Hashing imports this module: it imports ONNX Runtime only, never the ``onnx`` package
+(about a second of start-up that ``neuralhash hash`` does not need).
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Sequence
 
-import onnx
 import onnxruntime as ort
 
 from .errors import NeuralHashError, ProviderError
@@ -18,7 +21,7 @@ def available_providers() -> list[str]:
 
 
 def make_session(
-    model: onnx.ModelProto | str | os.PathLike | bytes,
+    model: "onnx.ModelProto | str | os.PathLike | bytes",  # noqa: F821 - onnx is not imported here
     providers: Sequence[str] | None = None,
     *,
     threads: int | None = None,
@@ -48,7 +51,7 @@ def make_session(
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    if isinstance(model, onnx.ModelProto):
+    if hasattr(model, "SerializeToString"):  # an onnx.ModelProto (onnx itself is not imported for hashing)
         model = model.SerializeToString()
     elif not isinstance(model, (bytes, str)):
         model = os.fspath(model)

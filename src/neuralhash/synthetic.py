@@ -40,6 +40,7 @@ import numpy as np
 
 from .errors import NeuralHashError
 from .espresso import EspressoModel, ModelSources, write_espresso
+from .hashing.model_ids import SYNTHETIC_MARK
 
 PRECISIONS = ("float32", "float16")
 PREFIXES = {"float32": "NeuralHashv3b-current", "float16": "NeuralHashv3b_fp16-current"}
@@ -340,7 +341,9 @@ def synthetic_blobs(layers: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[
     are N(0, 0.02); instance-norm parameters are [C, 4] rows (scale ~ N(1, 0.1),
     shift ~ N(0, 0.1), 0, 1; wider for the norm before the final pool, see below). Values are drawn as float32, per blob id, so a
     float16 blob is exactly the rounding of the float32 blob with the same id
-    and seed.
+    and seed. The first convolution's first output channel is
+    :data:`~neuralhash.hashing.model_ids.SYNTHETIC_MARK` (exact in float16), so
+    that no synthetic model gets the id of Apple's.
     """
     blobs: dict[int, np.ndarray] = {}
     for layer in layers:
@@ -351,6 +354,8 @@ def synthetic_blobs(layers: Sequence[Mapping[str, Any]], seed: int = 0) -> dict[
             for key in ("blob_weights", "blob_weights_f16"):
                 if key in layer:
                     w = _normal(seed, layer[key], (c, k // g, ny, nx), 0.0, float(np.sqrt(2.0 / fan_in)))
+                    if layer.get("bottom") == INPUT_BLOB and w.shape[1:] == SYNTHETIC_MARK.shape:
+                        w[0] = SYNTHETIC_MARK  # never taken for Apple's model (hashing.model_ids)
                     blobs[int(layer[key])] = _stored(w, key)
             for key in ("blob_biases", "b_f32"):
                 if key in layer:

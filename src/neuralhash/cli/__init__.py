@@ -22,9 +22,9 @@ from .. import __version__
 from ..errors import NeuralHashError
 from ..hashlists import FORMATS
 from .audit_cmds import add_audit_command
+from .common import (SRC_HELP, add_cap, add_files, add_max_distance, add_model, add_provider, cap_workers,
+                     check_providers, int_at_least, int_between, non_empty, positive_float)
 from .extract_cmds import add_extract_command, check_extract_usage
-from .common import (SRC_HELP, add_cap, add_files, add_model, add_provider, cap_workers, check_providers,
-                     int_at_least, int_between, non_empty, positive_float)
 from .hash_cmds import cmd_compare, cmd_hash
 from .index_cmds import (
     UsageError,
@@ -38,6 +38,7 @@ from .index_cmds import (
     cmd_index_upgrade,
     cmd_match,
 )
+from .model_id_cmds import add_models_command
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
 from ..pathnames import display
 from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply the EXIF orientation first (the reference pipeline does not)")
 
     add_index_commands(add)
+    add_models_command(add)
     add_audit_command(add)
 
     p = add("robustness", cmd_robustness,
@@ -189,7 +191,8 @@ def add_index_commands(add) -> None:
     add_model(p)
     p.add_argument("--batch-size", type=int_between(1, MAX_BATCH), default=4, metavar="N",
                    help=f"images per network run (default 4, at most {MAX_BATCH})")
-    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N")
+    p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
+                   help="image-decoding worker processes (default: one per CPU; 0: decode in this process)")
 
     p = action("import", cmd_index_import, "import a hash list into a list: HEX  PATH lines, CSV, JSONL, or "
                                            "threatexchange's signal files and dataset exports")
@@ -197,8 +200,9 @@ def add_index_commands(add) -> None:
     p.add_argument("--list", default=None, metavar="NAME",
                    help="the list to import into (default: the file's name without extension)")
     p.add_argument("--model-id", default="imported", type=non_empty,
-                   help="the model the hashes belong to: a stored id (or its unique start) or a name "
-                        "(default 'imported')")
+                   help="the model that made the hashes: 'neuralhash-v3b' for Apple's NeuralHash, a stored id "
+                        "(or its unique start; see `neuralhash models`), or a new name (default 'imported', "
+                        "which no model's hashes are compared with)")
     p.add_argument("--format", choices=FORMATS, default=None, metavar="NAME",
                    help=f"the list's format: {', '.join(FORMATS)} (default: told by its first line)")
 
@@ -213,13 +217,13 @@ def add_index_commands(add) -> None:
                      help=f"any format index import reads: {', '.join(FORMATS)} (default text)")
 
     p = action("lists", cmd_index_lists, "the lists in the database: hashes, model, name")
-    p.add_argument("--jsonl", action="store_true")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per list")
 
     p = action("remove-list", cmd_index_remove_list, "remove a list and its hashes")
     p.add_argument("name", metavar="NAME")
 
     p = action("info", cmd_index_info, "the models in the database and their hash counts")
-    p.add_argument("--jsonl", action="store_true")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per model")
 
     action("upgrade", cmd_index_upgrade,
            "upgrade a database written by an older version, and verify its packed index")
@@ -228,13 +232,14 @@ def add_index_commands(add) -> None:
     p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
     p.add_argument("queries", nargs="+", metavar="QUERY", help="an image path or a hash of 24 hex digits")
-    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    add_max_distance(p)
     p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="search only these lists")
     p.add_argument("--model-id", default=None, type=non_empty,
                    help="search the stored hashes of this model, an id or its unique start "
                         "(default: the model the queries are hashed with)")
     add_model(p)
-    p.add_argument("--exif-transpose", action="store_true")
+    p.add_argument("--exif-transpose", action="store_true",
+                   help="apply the EXIF orientation to query images first (the reference pipeline does not)")
     p.add_argument("--dihedral", action="store_true",
                    help="also match the 7 rotations/flips of each query image; reports the orientation that matched")
     _add_output_format(p)
@@ -242,7 +247,7 @@ def add_index_commands(add) -> None:
     p = add("dupes", cmd_dupes, "groups of near-duplicates in the database, largest first")
     p.set_defaults(subparser=p)
     p.add_argument("db", metavar="DB", help=db_help)
-    p.add_argument("--max-distance", type=int_between(0, 96), required=True, metavar="D", help="in bits, 0..96")
+    add_max_distance(p)
     p.add_argument("--list", default=None, metavar="NAME[,NAME]", help="group only the hashes of these lists")
     p.add_argument("--model-id", default=None, type=non_empty,
                    help="the model whose hashes to group, an id or its unique start (default: the only one)")
@@ -278,6 +283,10 @@ def check_usage(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                 sub.error(f"argument --{option.replace('_', '-')}: {what}: {value}")
     check_providers(args, sub)
     cap_workers(args)
+    if args.command == "serve" and not os.path.lexists(args.db):
+        # Said, not silent: a misspelt name would serve an empty database that matches nothing.
+        print(f"neuralhash: note: {display(args.db)} does not exist: serve creates it, an empty database "
+              "(lists are added with POST /lists/NAME/import)", file=sys.stderr, flush=True)
 
 
 def add_null(p: argparse.ArgumentParser) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import int_at_least, int_between, out
+from .common import add_max_distance, int_at_least, out
 
 
 def add_audit_command(add) -> None:
-    from ..audit import DEFAULT_LIMIT, DEFAULT_MAX_DISTANCE
+    from ..audit import DEFAULT_LIMIT
 
     p = add("audit", cmd_audit, "check a hash list: malformed, degenerate and duplicate entries; with a "
                                 "reference set, over-broad entries and the expected false-match rate")
@@ -18,8 +18,7 @@ def add_audit_command(add) -> None:
                    help="hashes of ordinary distinct images: a neuralhash database or a hash list")
     p.add_argument("--reference-model-id", metavar="ID", default=None,
                    help="with a database holding several models: whose hashes to use")
-    p.add_argument("--max-distance", type=int_between(0, 96), default=DEFAULT_MAX_DISTANCE, metavar="D",
-                   help=f"matching distance in bits, 0..96 (default {DEFAULT_MAX_DISTANCE})")
+    add_max_distance(p)
     p.add_argument("--limit", type=int_at_least(0), default=DEFAULT_LIMIT, metavar="N",
                    help=f"list at most N items of each kind (default {DEFAULT_LIMIT}; counts are always complete)")
     p.add_argument("--json", action="store_true", help="one JSON object")
@@ -28,7 +27,8 @@ def add_audit_command(add) -> None:
 def cmd_audit(args: argparse.Namespace) -> int:
     from ..audit import audit, format_text, read_hash_list, read_reference
 
-    reference = read_reference(args.reference, model_id=args.reference_model_id) if args.reference else None
+    reference = (read_reference(args.reference, model_id=args.reference_model_id, option="--reference-model-id")
+                 if args.reference else None)
     report = audit(read_hash_list(args.list), reference, max_distance=args.max_distance, limit=args.limit)
     if args.json:
         out(json.dumps(report.to_dict(), ensure_ascii=False))

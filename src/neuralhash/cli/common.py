@@ -10,8 +10,9 @@ import sys
 
 from ..espresso.container import DEFAULT_MAX_DECODED_SIZE
 
-SRC_HELP = ("an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files, or "
-            "firmware holding NeuralHash (an IPSW, a .dmg, an APFS or GPT image)")
+SRC_HELP = ("an Espresso folder (any prefix, .mlmodelc, Vision.framework Resources) or one of its files, "
+            "firmware holding NeuralHash (an IPSW, a .dmg, an APFS or GPT image), or 'demo' for the synthetic "
+            "demo model")
 MODEL_HELP = ("the model: omitted, the system one (macOS Vision.framework, or the folders in "
               "$NEURALHASH_MODEL_PATH); on Linux pass it: an Espresso folder or file, an .onnx file, "
               "firmware holding NeuralHash (an IPSW, a .dmg, an APFS or GPT image), or 'demo' for the synthetic model")
@@ -39,11 +40,25 @@ def load_espresso(args: argparse.Namespace, *, require_weights: bool = True, str
     from ..espresso import load_model, locate
     from ..espresso.model import sources_from_paths
 
-    sources = locate(firmware_src(args.src))
+    sources = locate(model_source(args.src))
     explicit = sources_from_paths(sources.net, shape=args.shape, weights=args.weights)
     sources = replace(sources, **{k: getattr(explicit, k) for k in ("shape", "weights") if getattr(explicit, k)})
     return load_model(sources, require_weights=require_weights, max_decoded_size=args.max_decoded_size,
                       strict=strict)
+
+
+def demo_source(src: str) -> str:
+    """SRC as given, or for ``demo`` the synthetic demo model's folder (written on first use), as --model."""
+    if src != "demo":
+        return src
+    from ..demo import demo_model_dir
+
+    return str(demo_model_dir())
+
+
+def model_source(src: str) -> str:
+    """SRC as a folder or file of Espresso files: ``demo`` and firmware resolved to their cache folders."""
+    return firmware_src(demo_source(src))
 
 
 #: Pillow's default MAX_IMAGE_PIXELS (the help text states it without importing Pillow).
@@ -166,6 +181,16 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", metavar="FILE", default=None, type=non_empty, help=SEED_HELP)
     add_provider(p)
     add_max_pixels(p)
+
+
+def add_max_distance(p: argparse.ArgumentParser, what: str = "matching distance") -> None:
+    """--max-distance D: 0..MAX_DISTANCE bits, default DEFAULT_MAX_DISTANCE (one rule for the commands and
+    the service: neuralhash.matching.index)."""
+    from ..matching.index import DEFAULT_MAX_DISTANCE, MAX_DISTANCE
+
+    p.add_argument("--max-distance", type=int_between(0, MAX_DISTANCE), default=DEFAULT_MAX_DISTANCE, metavar="D",
+                   help=f"{what} in bits, 0..{MAX_DISTANCE} (default {DEFAULT_MAX_DISTANCE}; unrelated hashes "
+                        "lie about 48 bits apart)")
 
 
 def add_max_pixels(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ import os
 import sys
 
 from ..errors import NeuralHashError
+from ..hashing.model_ids import short_model_id
 from ..pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason, is_hex_hash, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
@@ -67,6 +68,10 @@ def _model_id(store, given: str | None) -> str | None:
     itself: a new model name. The start of several ids is an error, never a new name."""
     if given is None:
         return None
+    from ..hashing.model_ids import WELL_KNOWN_MODELS
+
+    if given.lower() in WELL_KNOWN_MODELS:  # "NeuralHash-v3b" is Apple's model too
+        return given.lower()
     if any(m.model_id.startswith(given) for m in store.models()):
         return store.resolve_model(given).model_id
     return given
@@ -95,7 +100,8 @@ def cmd_index_add(args) -> int:
         finally:
             progress.clear()
     print(f"neuralhash: {display(args.db)}: list {args.list!r}: {report.added} added, {report.updated} updated, "
-          f"{report.unchanged} unchanged, {len(report.failed)} failed (model {nh.model_id[:12]}: {nh.description})",
+          f"{report.unchanged} unchanged, {len(report.failed)} failed "
+          f"(model {short_model_id(nh.model_id)}: {nh.description})",
           file=sys.stderr, flush=True)
     return 1 if failures.count or report.failed else 0
 
@@ -113,7 +119,8 @@ def cmd_index_import(args) -> int:
         print(f"neuralhash: {display(args.file)}: {report.skipped_total - len(report.skipped)} more malformed "
               f"line(s) not listed", file=sys.stderr)
     print(f"neuralhash: {display(args.db)}: list {report.list!r}: {report.imported} imported "
-          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, model {report.model_id[:12]!r}",
+          f"({report.replaced} replaced), {report.skipped_total} line(s) skipped, "
+          f"model {short_model_id(report.model_id)!r}",
           file=sys.stderr, flush=True)
     return 1 if report.skipped_total else 0
 
@@ -164,7 +171,7 @@ def cmd_index_lists(args) -> int:
     if not lists:
         print(f"neuralhash: {display(args.db)}: no lists", file=sys.stderr)
     for lst in lists:
-        out(f"{lst.count:>10}  {lst.model_id[:12]}  {lst.name}")
+        out(f"{lst.count:>10}  {short_model_id(lst.model_id)}  {lst.name}")
     return 0
 
 
@@ -178,14 +185,17 @@ def cmd_index_remove_list(args) -> int:
 def cmd_index_info(args) -> int:
     with _open(args.db, create=False) as store:
         models = store.models()
+    from .model_id_cmds import model_description
+
     if args.jsonl:
         for m in models:
-            out(json.dumps({"model": m.model_id, "description": m.description, "hashes": m.count}))
+            out(json.dumps({"model": m.model_id, "description": model_description(m.model_id, m.description),
+                            "hashes": m.count}))
         return 0
     if not models:
         out(f"{display(args.db)}: no hashes")
     for m in models:
-        out(f"{m.count:>10}  {m.model_id}  {m.description}")
+        out(f"{m.count:>10}  {m.model_id}  {model_description(m.model_id, m.description)}")
     return 0
 
 
@@ -210,8 +220,38 @@ def _check_queries(queries: list[str]) -> None:
             raise UsageError(f"argument QUERY: {display(q)!r}: not a hash of 24 hex digits, nor a file")
 
 
+def _search_model(args, store, nh, lists: list[str] | None) -> str:
+    """The model whose hashes match searches: --model-id, else the queries' model, else that of the
+    lists named, else the only one stored."""
+    if args.model_id is not None:
+        model = store.resolve_model(args.model_id, option="--model-id")
+        if nh is not None and nh.model_id != model.model_id:
+            print(f"neuralhash: warning: comparing hashes of model {short_model_id(nh.model_id)} ({nh.description}) "
+                  f"with stored hashes of model {short_model_id(model.model_id)} ({model.description}), "
+                  "as --model-id asks", file=sys.stderr)
+        return model.model_id
+    if nh is not None:
+        return nh.model_id
+    if lists:
+        named = [lst.model_id for lst in store.lists() if lst.name == lists[0]]
+        if named:
+            return named[0]  # search_scope checks the other lists named hold the same model
+    return store.resolve_model(None, option="--model-id").model_id
+
+
+def report_scope(db: str, scope) -> None:
+    """One line on standard error: the lists searched and those skipped with the reason, plus how to
+    label a list so that it is searched (issue 17: a list imported under another id was skipped silently)."""
+    print(f"neuralhash: {display(db)}: {scope.describe()}", file=sys.stderr)
+    if scope.skipped:
+        print(f"neuralhash: note: hashes of different models never compare; a list of hashes made with model "
+              f"{short_model_id(scope.model_id)} elsewhere is searched once imported with --model-id {scope.model_id} "
+              f"(`neuralhash models {display(db)}` shows the stored models)", file=sys.stderr)
+
+
 def cmd_match(args) -> int:
     from ..hashing.dihedral import dihedral_hashes
+    from ..store.scope import search_scope
 
     pass_file_names_through()
     lists = _split_lists(args.list)
@@ -219,26 +259,16 @@ def cmd_match(args) -> int:
     with _open(args.db, create=False) as store:
         images = [q for q in args.queries if not is_hex_hash(q)]
         nh = load_hasher(args) if images else None
-        stored = store.models()
-        if args.model_id is not None:
-            model = store.resolve_model(args.model_id)
-            if nh is not None and nh.model_id != model.model_id:
-                print(f"neuralhash: warning: comparing hashes of model {nh.model_id[:12]} ({nh.description}) with "
-                      f"stored hashes of model {model.model_id[:12]} ({model.description}), as --model-id asks",
-                      file=sys.stderr)
-        elif nh is not None:
-            if not any(m.model_id == nh.model_id for m in stored):
-                known = ", ".join(f"{m.model_id[:12]} ({m.description})" for m in stored) or "none"
-                raise NeuralHashError(
-                    f"{display(args.db)} holds no hashes of the model the queries were hashed with "
-                    f"({nh.model_id[:12]}: {nh.description}); stored models: {known}. "
-                    f"Hashes of different models do not compare; pass --model-id to search one anyway")
-            model = store.resolve_model(nh.model_id)
-        elif lists:
-            model = None  # the model of the lists named
-        else:
-            model = store.resolve_model(None)
-        matcher = store.matcher(model.model_id if model else None, lists)
+        model_id = _search_model(args, store, nh, lists)
+        scope = search_scope(store.lists(), model_id, lists, where=display(args.db))
+        report_scope(args.db, scope)
+        if not scope.searched:
+            described = f" ({nh.description})" if nh is not None and nh.model_id == model_id else ""
+            raise NeuralHashError(
+                f"{display(args.db)} holds no hashes of model {short_model_id(model_id)}{described}, the model "
+                "the queries were hashed with; nothing to search. Pass --model-id to search another model's hashes "
+                "anyway")
+        matcher = store.matcher(model_id, lists)
 
         queries: list[tuple[str, bytes]] = []
         failed = 0
@@ -265,14 +295,20 @@ def cmd_match(args) -> int:
         for m in hits:
             if write is None:
                 # sha256sum's rule: a line holding an escaped name starts with a backslash.
-                line = text_line(m.hex, m.path)
-                mark, line = ("\\", line[1:]) if line.startswith("\\") else ("", line)
-                sys.stdout.write(f"{mark}{display(label)}  {m.distance}  {line}")
+                sys.stdout.write(_match_line(label, [str(m.distance), display(m.list)], m))
             else:
                 write({"query": label, "query_hash": digest.hex(), "distance": m.distance, "hash": m.hex,
                        "path": m.path, "list": m.list})
     sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _match_line(label: str, columns: list[str], m) -> str:
+    """``QUERY  COLUMNS...  HASH  PATH`` (columns: [orientation,] distance, list); sha256sum's rule: a
+    line holding an escaped name starts with a backslash."""
+    line = text_line(m.hex, m.path)
+    mark, line = ("\\", line[1:]) if line.startswith("\\") else ("", line)
+    return f"{mark}{'  '.join([display(label), *columns])}  {line}"
 
 
 def _match_dihedral(args, matcher, queries: list, failed: int) -> int:
@@ -294,9 +330,7 @@ def _match_dihedral(args, matcher, queries: list, failed: int) -> int:
         label, hashes = expanded[position // n]
         matched.add(position // n)
         if write is None:
-            line = text_line(m.hex, m.path)
-            mark, line = ("\\", line[1:]) if line.startswith("\\") else ("", line)
-            sys.stdout.write(f"{mark}{display(label)}  {ORIENTATIONS[k]}  {m.distance}  {line}")
+            sys.stdout.write(_match_line(label, [ORIENTATIONS[k], str(m.distance), display(m.list)], m))
         else:
             write({"query": label, "query_hash": hashes[0].hex(), "orientation": ORIENTATIONS[k],
                    "distance": m.distance, "hash": m.hex, "path": m.path, "list": m.list})
@@ -312,9 +346,14 @@ def cmd_dupes(args) -> int:
     pass_file_names_through()
     lists = _split_lists(args.list)
     with _open(args.db, create=False) as store:
+        from ..store.scope import search_scope
+
         model_id = args.model_id
         if model_id is None and lists:
             model_id = next((lst.model_id for lst in store.lists() if lst.name == lists[0]), None)
+        model_id = store.resolve_model(model_id, option="--model-id").model_id
+        scope = search_scope(store.lists(), model_id, lists, where=display(args.db))
+        report_scope(args.db, scope)
         groups = store.duplicate_groups(model_id, args.max_distance, lists=lists)
     fmt = _format(args)
     if fmt == "jsonl":

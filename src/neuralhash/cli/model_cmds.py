@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..errors import ConversionError, NeuralHashError
-from .common import firmware_src, load_espresso, out
+from .common import load_espresso, model_source, out
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -195,7 +195,7 @@ def seed_matrix(value: str | None):
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..espresso import pipeline_stages
 
-    args.src = firmware_src(args.src)
+    args.src = model_source(args.src)
 
     stages = () if (args.shape or args.weights) else pipeline_stages(args.src)
     if stages:

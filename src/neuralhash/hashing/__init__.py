@@ -7,8 +7,9 @@
         print(r.path, r.hash if r.ok else r.error)
 
 Modules: ``hash`` (Hash, HashResult, DEFAULT_MARGIN), ``image`` (loading and
-preprocessing), ``model`` (NeuralHash, find_system_model), ``pipeline``
-(worker processes), ``seed`` (the projection matrix).
+preprocessing), ``model`` (NeuralHash, find_system_model), ``model_ids`` (the
+id stored with hashes: ``neuralhash-v3b`` for Apple's model, else a digest),
+``pipeline`` (worker processes), ``seed`` (the projection matrix).
 """
 
 from .hash import DEFAULT_MARGIN, Hash, HashResult

@@ -27,6 +27,7 @@ from ..errors import ModelNotFoundError, NeuralHashError, ProviderError
 from ..runtime import make_session
 from .hash import Hash, HashResult
 from .image import SIZE, decode, describe, resolve_max_pixels, to_input
+from .model_ids import cached_model_id, model_id_of  # noqa: F401 - model_id_of: distributed imports it here
 from .seed import FEATURES, HASH_BITS, default_seed_matrix, is_apple_seed, read_seed_file
 
 #: Environment variable: folders (``os.pathsep``-separated) searched for Apple's model
@@ -113,53 +114,13 @@ def _cache_key(digests: dict[str, str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def model_id_of(onnx_bytes: bytes, seed: np.ndarray) -> str:
-    """The ``model_id`` of a model and seed: sha256 (hex) of the network that computes the first
-    output (the 128 features) and of the float32 seed matrix.
-
-    Only what computes the features counts: the nodes the first output needs
-    and their weights, serialised deterministically, not the file's other
-    outputs (a ``--hash-head``) nor its producer, version or doc strings. So
-    the same network and seed get the same id whether converted in memory from
-    Espresso files or read from an ONNX file converted with or without
-    ``--hash-head``. Bytes that are not an ONNX model are identified by their
-    sha256 (ONNX Runtime then says what is wrong with them).
-    """
-    digest = hashlib.sha256(b"neuralhash model id 2\0")
-    try:
-        import onnx
-
-        model = onnx.load_model_from_string(onnx_bytes)
-        graph = model.graph
-        first = graph.output[0].name
-    except Exception:  # noqa: BLE001 - not an ONNX model: identify the bytes as they are
-        digest.update(onnx_bytes)
-    else:
-        needed, nodes = {first}, []
-        for node in reversed(graph.node):
-            if any(o in needed for o in node.output):
-                nodes.append(node)
-                needed.update(node.input)
-        for value in graph.input:
-            if value.name in needed:
-                digest.update(value.SerializeToString(deterministic=True))
-        for node in reversed(nodes):
-            digest.update(node.SerializeToString(deterministic=True))
-        for tensor in sorted((t for t in graph.initializer if t.name in needed), key=lambda t: t.name):
-            digest.update(tensor.SerializeToString(deterministic=True))
-        digest.update(first.encode())
-        for opset in sorted((o.domain, o.version) for o in model.opset_import):
-            digest.update(repr(opset).encode())
-    digest.update(np.asarray(seed).astype("<f4").tobytes())
-    return digest.hexdigest()
-
-
 class NeuralHash:
     """A NeuralHash model ready to hash images. Build it with one of the ``from_*`` methods.
 
-    ``model_id`` identifies the model and seed that produced the hashes
-    (sha256 of the ONNX bytes run and of the seed matrix); store it with
-    hashes so that hashes of different models are never compared.
+    ``model_id`` identifies the model and seed that produced the hashes (a
+    well-known name such as ``neuralhash-v3b``, else a sha256: see
+    :mod:`neuralhash.hashing.model_ids`); store it with hashes so that hashes
+    of different models are never compared.
     """
 
     def __init__(
@@ -173,6 +134,7 @@ class NeuralHash:
         is_synthetic: bool = False,
         threads: int | None = None,
         max_pixels: int | None = None,
+        cache_dir: str | os.PathLike | None = None,
     ):
         """Prefer the ``from_*`` constructors. ``onnx_path`` or ``onnx_bytes`` is the model to run;
         ``threads``: ONNX Runtime's intra-op threads (None: its default, one per core);
@@ -209,7 +171,7 @@ class NeuralHash:
         self._max_batch = static[0] if static[0] and static[0] > 0 else None  # a fixed batch size (often 1)
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
-        self._model_id = model_id_of(onnx_bytes, self._seed)
+        self._model_id = cached_model_id(onnx_bytes, self._seed, cache_dir)
         self._description = f"{description or where}; {seed_label}"
 
     # -- constructors -------------------------------------------------------------------------
@@ -276,7 +238,7 @@ class NeuralHash:
         if path.is_file():
             try:
                 return cls(path, seed=seed, providers=providers, description=description, is_synthetic=_synthetic,
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, cache_dir=cache_dir)
             except ProviderError:
                 raise  # not the cached file's fault
             except NeuralHashError:
@@ -290,10 +252,10 @@ class NeuralHash:
         except (OSError, NeuralHashError):
             # No writable cache: run from memory (the next construction converts again).
             return cls(None, onnx_bytes=data, seed=seed, providers=providers, description=description,
-                       is_synthetic=_synthetic, max_pixels=max_pixels)
+                       is_synthetic=_synthetic, max_pixels=max_pixels, cache_dir=cache_dir)
         try:
             return cls(path, onnx_bytes=data, seed=seed, providers=providers, description=description,
-                       is_synthetic=_synthetic, max_pixels=max_pixels)
+                       is_synthetic=_synthetic, max_pixels=max_pixels, cache_dir=cache_dir)
         except ProviderError:
             raise
         except NeuralHashError as exc:  # e.g. not NeuralHash's input: name the model given, not the cache file
@@ -308,10 +270,22 @@ class NeuralHash:
         seed: Any = None,
         max_pixels: int | None = None,
     ) -> "NeuralHash":
-        """The built-in synthetic model (written once to the cache). Its hashes mean nothing perceptually."""
-        from ..demo import demo_model_dir
+        """The built-in synthetic model (written once to the cache). Its hashes mean nothing perceptually.
+
+        The ONNX file ``neuralhash demo`` wrote beside the model is used when present (no second
+        conversion); a file that does not load is ignored and the model converted."""
+        from ..demo import DEMO_ONNX, demo_model_dir
 
         folder = demo_model_dir(Path(cache_dir) if cache_dir is not None else None)
+        description = f"synthetic demo model (random weights, no perceptual meaning), {folder}"
+        if (folder / DEMO_ONNX).is_file():
+            try:
+                return cls(folder / DEMO_ONNX, seed=seed, providers=providers, description=description,
+                           is_synthetic=True, max_pixels=max_pixels, cache_dir=cache_dir)
+            except ProviderError:
+                raise
+            except NeuralHashError:
+                pass  # e.g. cut short by a crash while the demo wrote it: convert below
         return cls.from_espresso(folder, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels,
                                  _synthetic=True)
 
@@ -348,7 +322,8 @@ class NeuralHash:
 
     @property
     def model_id(self) -> str:
-        """sha256 (hex) of the ONNX bytes run followed by the float32 seed matrix bytes."""
+        """The model's id: ``neuralhash-v3b`` for Apple's NeuralHash with Apple's seed, else a sha256
+        (hex) of the feature network and the seed (:mod:`neuralhash.hashing.model_ids`)."""
         return self._model_id
 
     @property

@@ -63,8 +63,46 @@ def decode_task(item: Any, *, exif_transpose: bool, fast: bool, max_pixels: int)
 
 
 def _worker_init() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them (no traceback from every worker)."""
+    """Workers leave Ctrl-C to the parent, which stops them (no traceback from every worker), and
+    exit when the parent dies, however it dies (``kill -9`` included: a worker waiting for work
+    would otherwise block on its pipe for good)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+
+
+#: prctl(2) option: the signal a process gets when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def _exit_with_parent() -> None:
+    """Two guards. On Linux, ``PR_SET_PDEATHSIG``: SIGKILL when the process that forked this one
+    (the forkserver, which itself exits with the parent) dies. Everywhere, a thread waiting on
+    multiprocessing's parent sentinel, a pipe whose other end only the parent holds: it reads end
+    of file when the parent is gone, and the worker exits."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl here: the sentinel thread below still watches
+            pass
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    if sentinel is None:
+        return
+    import threading
+
+    def watch() -> None:
+        from multiprocessing.connection import wait
+
+        try:
+            wait([sentinel])
+        except OSError:
+            pass  # a closed sentinel: the parent is gone as well
+        os._exit(1)  # no clean-up to do: a decoding worker holds nothing the parent waits for
+
+    threading.Thread(target=watch, name="neuralhash-parent-watch", daemon=True).start()
 
 
 def _decode_here(item: Any, *, exif_transpose: bool, fast: bool,

@@ -17,6 +17,15 @@ import numpy as np
 from ..errors import NeuralHashError
 from .packing import HASH_BITS, as_queries, check_packed, from_words, pack_hex, to_words
 
+#: The matching distance used when none is given (match, dupes, audit and the service): a few
+#: bits, what resizing and recompression move a hash.
+DEFAULT_MAX_DISTANCE = 4
+#: The largest matching distance the commands and the service accept (one rule for both).
+#: Unrelated NeuralHashes lie about 48 bits apart (41-53 of 96); 32 already reaches 1 in 2,000
+#: random hashes, so a wider radius is not a match, only an answer as large as the database.
+#: (:class:`HashIndex` itself answers any radius 0..96: :func:`check_radius`.)
+MAX_DISTANCE = 32
+
 # Brute force works on tiles of this many (query, hash) cells: the XOR, popcount and
 # compare temporaries of one tile (about 2.5 MB) stay in cache.
 _TILE = 1 << 18

@@ -621,8 +621,9 @@ class HashStore:
         names = [n for (n,) in self._db.execute("SELECT name FROM lists ORDER BY name")]
         return ", ".join(repr(n) for n in names) or "none"
 
-    def resolve_model(self, model_id: str | None) -> StoredModel:
-        """The stored model with this id or unique id prefix, or the only one when ``model_id`` is None."""
+    def resolve_model(self, model_id: str | None, *, option: str = "model_id") -> StoredModel:
+        """The stored model with this id or unique id prefix, or the only one when ``model_id`` is None.
+        ``option``: the name an error tells the user to set (a command passes ``--model-id``)."""
         models = self.models()
         if model_id is not None:
             exact = [m for m in models if m.model_id == model_id]
@@ -641,7 +642,7 @@ class HashStore:
             raise StoreError(f"{self.where}: the database holds no hashes yet")
         listed = "; ".join(f"{m.model_id[:12]} ({m.count} hashes, {m.description or 'no description'})"
                            for m in live)
-        raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with --model-id")
+        raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with {option}")
 
     # -- adding ---------------------------------------------------------------------------
 
@@ -995,7 +996,8 @@ class HashStore:
 
     def matcher(self, model_id: str | None = None, lists: Sequence[str] | None = None) -> "Matcher":
         """A :class:`Matcher` over the lists (default: every list) of one model (default: the
-        model of the lists named, else the only one)."""
+        model of the lists named, else the only one). Its ``scope`` (:class:`.scope.SearchScope`)
+        names the lists searched and the lists left out, with the reason (another model)."""
         if model_id is None and lists:
             mids = {lst.model_id for lst in self.lists() if lst.name in set(lists)}
             if len(mids) > 1:
@@ -1003,7 +1005,11 @@ class HashStore:
                                  f"different models; hashes of different models do not compare")
             model_id = next(iter(mids), None)
         model = self.resolve_model(model_id)
-        return Matcher(self, model, self._list_keys(model, lists))
+        matcher = Matcher(self, model, self._list_keys(model, lists))
+        from .scope import search_scope  # (scope imports this module)
+
+        matcher.scope = search_scope(self.lists(), model.model_id, lists, where=self.where)  # what it skips
+        return matcher
 
     def _live_positions(self, packed: pk.PackedFile, keys: Sequence[int]) -> np.ndarray:
         n = packed.header.n

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from ..hashing.model_ids import short_model_id as _short
 from .db import StoreError
 from .core import StoredList
 
@@ -33,7 +34,7 @@ class SearchScope:
     def describe(self) -> str:
         """One line for people: what was searched, and what was left out."""
         searched = ", ".join(f"{s.name!r} ({s.count})" for s in self.searched) or "no list"
-        line = f"searched {searched} of model {self.model_id[:12]}"
+        line = f"searched {searched} of model {_short(self.model_id)}"
         if self.skipped:
             line += "; skipped " + ", ".join(f"{s.name!r} ({s.count}, {s.reason})" for s in self.skipped)
         return line
@@ -58,7 +59,7 @@ def search_scope(lists: Sequence[StoredList], model_id: str, requested: Sequence
         searched = tuple(s for s in lists if s.model_id == model_id)
         skipped = tuple(
             SkippedList(s.name, s.model_id, s.count,
-                        f"holds hashes of model {s.model_id[:12]}, not {model_id[:12]}")
+                        f"holds hashes of model {_short(s.model_id)}, not {_short(model_id)}")
             for s in lists if s.model_id != model_id)
         return SearchScope(model_id, searched, skipped)
     if not requested:
@@ -72,7 +73,7 @@ def search_scope(lists: Sequence[StoredList], model_id: str, requested: Sequence
             known = ", ".join(repr(n) for n in by_name) or "none"
             raise StoreError(f"{where}: no list named {name!r} (lists: {known})")
         if found.model_id != model_id:
-            raise StoreError(f"{where}: list {name!r} holds hashes of model {found.model_id[:12]}, not "
-                             f"{model_id[:12]}; hashes of different models do not compare")
+            raise StoreError(f"{where}: list {name!r} holds hashes of model {found._short(model_id)}, not "
+                             f"{_short(model_id)}; hashes of different models do not compare")
         searched_list.append(found)
     return SearchScope(model_id, tuple(searched_list), ())
