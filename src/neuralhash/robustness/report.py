@@ -892,7 +892,7 @@ def write_report(result: RobustnessResult, out_dir: str | os.PathLike) -> list[P
     Each file is written atomically; other files in ``out_dir`` are left alone.
     """
     _figure_class()  # fail before touching the disk when matplotlib is missing
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
