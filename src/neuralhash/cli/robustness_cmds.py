@@ -7,12 +7,12 @@ import importlib.util
 import os
 import sys
 
-from ..errors import NeuralHashError
+from ..errors import NeuralHashError, install_hint
 from .common import error_reason, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
-HINT = "pip install 'neuralhash-toolkit[robustness]'"
+HINT = install_hint("robustness")
 
 
 def _choose_edits(spec: str | None):

@@ -27,13 +27,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import NeuralHashError
+from ..errors import NeuralHashError, install_hint
 from ..fileio import atomic_write
 from .results import MISSING, HasherInfo, RobustnessResult
 
 __all__ = ["terminal_summary", "write_report"]
 
-INSTALL_HINT = "pip install 'neuralhash-toolkit[robustness]'"
+INSTALL_HINT = install_hint("robustness")
 
 # One colour per hash, in the order of result.hashers, the same in every plot.
 PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
