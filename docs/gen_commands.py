@@ -62,12 +62,13 @@ def _argument(action: argparse.Action, formatter: argparse.HelpFormatter) -> str
     return f"`{names}`"
 
 
-def _section(path: str, parser: argparse.ArgumentParser, level: int) -> list[str]:
+def _section(path: str, parser: argparse.ArgumentParser, level: int, children: bool = True) -> list[str]:
     parser.formatter_class = _formatter
     formatter = parser._get_formatter()
     out = [f"{'#' * level} {path}", ""]
     if parser.description:
-        out += [parser.description[0].upper() + parser.description[1:] + ".", ""]
+        text = parser.description[0].upper() + parser.description[1:]
+        out += [text if text.endswith(".") else text + ".", ""]
     out += ["```text", parser.format_usage().strip(), "```", ""]
     rows = []
     for group in parser._action_groups:
@@ -81,7 +82,7 @@ def _section(path: str, parser: argparse.ArgumentParser, level: int) -> list[str
             rows.append(f"| {_argument(action, formatter)} | {_cell(meaning)} |")
     if rows:
         out += ["| argument | meaning |", "|---|---|", *rows, ""]
-    for name, child in _subcommands(parser):
+    for name, child in _subcommands(parser) if children else []:
         out += _section(f"{path} {name}", child, level + 1)
     return out
 
@@ -90,7 +91,7 @@ def render() -> str:
     from neuralhash.cli import build_parser
 
     parser = build_parser()
-    out = [HEADER]
+    out = [HEADER, *_section("neuralhash", parser, 2, children=False)]
     for name, child in _subcommands(parser):
         out += _section(f"neuralhash {name}", child, 2)
     return "\n".join(out).rstrip() + "\n"
