@@ -130,20 +130,23 @@ def _run_block(block: Block, env: dict, cwd: Path) -> str | None:
         argv = [sys.executable, script.name]
     else:
         argv = ["bash", "-e", "-o", "pipefail", "-c", block.text]
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=BLOCK_TIMEOUT)
-        failure = None if proc.returncode == 0 else f"exit code {proc.returncode}"
-    except subprocess.TimeoutExpired:
-        failure = f"still running after {BLOCK_TIMEOUT} s"
-        output = b""
-    finally:
+    log = cwd / f".docs_block_{block.line}.log"
+    with open(log, "wb") as out:  # a file, not a pipe: a background job holding it open does not stall us
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # whatever the block left running in the background
-        except ProcessLookupError:
-            pass
-        proc.wait()
+            proc.wait(timeout=BLOCK_TIMEOUT)
+            failure = None if proc.returncode == 0 else f"exit code {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = f"still running after {BLOCK_TIMEOUT} s"
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever the block left running in the background
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    output = log.read_bytes()
+    log.unlink()
     if failure is None:
         return None
     tail = output.decode("utf-8", "replace")[-3000:]
