@@ -115,7 +115,7 @@ def setting(tmp_path_factory):
         shim.chmod(0o755)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("NEURALHASH_", "PYTEST_")) and k not in ("PYTHONSAFEPATH",)}
-    env.update(HOME=str(home), PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    env.update(HOME=str(home), PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
                PYTHONPATH=os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
                NEURALHASH_CACHE=str(cache), XDG_CACHE_HOME=str(root / "xdg-cache"), OMP_NUM_THREADS="1",
                COLUMNS="100", NO_COLOR="1")
