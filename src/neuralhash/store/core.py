@@ -639,7 +639,7 @@ class HashStore:
             return live[0]
         if not live:
             raise StoreError(f"{self.where}: the database holds no hashes yet")
-        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hashes, {m.description or 'no description'})"
+        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hash{'' if m.count == 1 else 'es'}, {m.description or 'no description'})"
                            for m in live)
         raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with --model-id")
 
