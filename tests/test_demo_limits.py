@@ -21,14 +21,19 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immu
 
 
 @pytest.fixture(scope="module")
-def distances(tmp_path_factory):
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo-cache")
+
+
+@pytest.fixture(scope="module")
+def distances(cache):
     """{"unrelated": [...], "half-size": [...], "jpeg q90": [...]} in bits, for the demo model."""
     skimage_data = pytest.importorskip("skimage.data")
     from PIL import Image
 
     from neuralhash import NeuralHash
 
-    nh = NeuralHash.demo(cache_dir=tmp_path_factory.mktemp("demo-cache"))
+    nh = NeuralHash.demo(cache_dir=cache)
     photos = {n: Image.fromarray(getattr(skimage_data, n)()).convert("RGB") for n in PHOTOS}
     hashes = {n: nh.hash(im) for n, im in photos.items()}
     half, jpeg = [], []
@@ -75,10 +80,10 @@ def test_readme_does_not_promise_that_different_images_get_different_hashes():
     assert "can only be judged with Apple's model" in _readme_demo_paragraph()
 
 
-def test_demo_command_says_what_it_is_for(tmp_path, capsys):
+def test_demo_command_says_what_it_is_for(cache, capsys):
     from neuralhash.cli import main
 
-    assert main(["demo", "--cache-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
     assert "no perceptual meaning" in out
     assert "matching quality can only be judged with Apple's model" in out
