@@ -121,6 +121,17 @@ def test_input_text_is_escaped_in_the_page():
     assert "<b>note</b>" not in page and "&lt;b&gt;note&lt;/b&gt;" in page
 
 
+def test_jinja2_missing_is_one_error_before_anything_is_written(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from neuralhash.errors import NeuralHashError
+    from neuralhash.robustness.report import write_report
+
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    with pytest.raises(NeuralHashError, match=re.escape("needs jinja2: pip install '.[robustness]'")):
+        write_report(_cases()["full"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 if __name__ == "__main__":
     RECORD.parent.mkdir(exist_ok=True)
     RECORD.write_text(json.dumps(_current(), indent=0, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -76,8 +76,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         return cmd_list_edits()
     from ..hashing import IMAGE_EXTENSIONS
 
-    if importlib.util.find_spec("matplotlib") is None:  # checked first: it must not cost a whole run
-        raise NeuralHashError(f"the robustness report needs matplotlib: {HINT}")
+    for module, name in (("matplotlib", "matplotlib"), ("jinja2", "Jinja2")):  # first: not after a whole run
+        if importlib.util.find_spec(module) is None:
+            raise NeuralHashError(f"the robustness report needs {name}: {HINT}")
     from ..robustness import measure, terminal_summary, write_report
 
     edits = _choose_edits(args.edits)
