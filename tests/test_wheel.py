@@ -53,16 +53,37 @@ def test_wheel_metadata_offers_every_extra_and_ships_the_package_data(wheel):
         for dep in deps:
             name = dep.split("[")[0].split(">")[0].split(";")[0].strip()
             assert any(r.startswith(name) and f'extra == "{extra}"' in r for r in requires), (extra, dep)
-    assert "neuralhash/service/templates/page.html" in names or any(n.startswith("neuralhash/service/templates/")
-                                                                     for n in names)
+    assert "neuralhash/service/templates/index.html" in names
+    assert {"neuralhash/robustness/templates/report.html", "neuralhash/robustness/templates/report.css"} <= set(names)
     assert any(n.startswith("neuralhash/data/") and n.endswith(".png") for n in names)
 
 
-@pytest.mark.parametrize("extra", sorted(_extras()))
-def test_wheel_installs_with_each_extra(wheel, extra):
-    """pip resolves the wheel with the extra from what is installed here, without an index."""
+def _missing(extra: str) -> list[str]:
+    """The extra's requirements (for this Python) that are not installed here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for text in _extras()[extra]:
+        req = Requirement(text)
+        if req.name == "neuralhash-toolkit" or (req.marker and not req.marker.evaluate()):
+            continue
+        try:
+            version(req.name)
+        except PackageNotFoundError:
+            missing.append(req.name)
+    return missing
+
+
+def test_wheel_installs_with_each_extra(wheel):
+    """pip resolves the wheel with every extra from what is installed here, without an index (one
+    resolution for all: each takes seconds). An extra not installed here is left out, by name."""
+    extras = [e for e in sorted(_extras()) if not _missing(e)]
+    left_out = sorted(set(_extras()) - set(extras))
+    assert {"serve", "dask", "robustness", "heif", "docs"} <= set(extras), left_out  # '.[test]' holds these
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-q",
-                           f"{wheel}[{extra}]"], capture_output=True, text=True, timeout=120)
+                           f"{wheel}[{','.join(extras)}]"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
