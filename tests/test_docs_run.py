@@ -14,10 +14,11 @@ one the documentation assumes:
 The line right before a fence may hold a marker:
 ``<!-- docs-test: skip (reason) -->`` (the block needs what a test cannot have: Apple's
 files, a cluster, installing packages) or ``<!-- docs-test: run-by tests/FILE.py -->``
-(another test runs this block; that file must contain the block's text). ```text and
-```console blocks are output and are not run. A block that fails is reported with its file
-and line, its exit code and the end of its output. Background jobs a block starts (a
-server) are ended with its process group when the block ends.
+(another test runs this block; that file must contain the block's text). Blocks of other
+languages (```text, ```console, ```json...) are output or data and are not run; ```bash,
+```shell and the like are refused (they would look run and never be). A block that fails
+is reported with its file and line, its exit code and the end of its output. Background
+jobs a block starts (a server) are ended with its process group when the block ends.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import pytest
 from conftest import ROOT
 
 RUN = ("sh", "python")
-NOT_RUN = ("text", "console", "")
+# Commands under another name would silently not run: they must be marked ```sh.
+MISNAMED = ("bash", "shell", "zsh", "py", "python3", "pycon")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(skip|run-by)\b\s*(.*?)\s*-->")
 BLOCK_TIMEOUT = 300
 IMAGES = {"photo.jpg": "landscape.png", "a.jpg": "shapes.png", "b.jpg": "circles.png"}
@@ -180,8 +182,9 @@ def test_page_blocks_run_as_written(page, setting):
             continue
         if block.lang in RUN:
             problems.append(_run_block(block, env, cwd))
-        elif block.lang not in NOT_RUN:
-            problems.append(f"{block.where}: a ```{block.lang} block: use sh or python (run), or text (not run)")
+        elif block.lang in MISNAMED:
+            problems.append(f"{block.where}: a ```{block.lang} block is not run: use sh or python (run), "
+                            "or text (output)")
     problems = [p for p in problems if p]
     assert not problems, "\n\n".join(problems)
 
