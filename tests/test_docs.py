@@ -188,22 +188,8 @@ def test_assert_close_scales_with_the_values():
         assert_close(np.zeros(3), np.zeros(4), rtol=1e-5)
 
 
-def test_hash_many_example_is_guarded_and_runs(tmp_path):
-    """The Python API page's example, run as a plain script (the demo model and two images substituted)."""
-    from PIL import Image
-
+def test_hash_many_example_is_guarded():
+    """The Python API page's hash_many example keeps its main guard (tests/test_docs_run.py runs it)."""
     text = (ROOT / "docs" / "python-api.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.+?)```", text, re.S) if "hash_many" in b and "def main" in b)
     assert 'if __name__ == "__main__":' in block
-    for name, colour in (("a.jpg", (200, 30, 30)), ("b.jpg", (30, 30, 200)), ("photo.jpg", (90, 200, 90))):
-        Image.new("RGB", (64, 48), colour).save(tmp_path / name)
-    script = tmp_path / "example.py"
-    script.write_text(block.replace('NeuralHash.from_espresso("~/nh")', "NeuralHash.demo()"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NEURALHASH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stderr == ""
-    lines = done.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["a.jpg", "b.jpg"]
-    assert all(re.fullmatch(r"[0-9a-f]{24}", line.split()[1]) for line in lines)
