@@ -134,5 +134,8 @@ def test_jinja2_missing_is_one_error_before_anything_is_written(tmp_path, monkey
 
 if __name__ == "__main__":
     RECORD.parent.mkdir(exist_ok=True)
-    RECORD.write_text(json.dumps(_current(), indent=0, ensure_ascii=False) + "\n", encoding="utf-8")
+    cases = _current()  # one element a line: a change of content reads as a small diff
+    RECORD.write_text("{\n" + ",\n".join(
+        f"{json.dumps(name)}: [\n" + ",\n".join(json.dumps(e, ensure_ascii=False) for e in cases[name]) + "\n]"
+        for name in cases) + "\n}\n", encoding="utf-8")
     print(f"wrote {RECORD}")
