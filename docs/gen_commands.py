@@ -35,6 +35,18 @@ and exit with 2.
 """
 
 
+#: What a command's exit code says beyond 0 success, 1 failure, 2 usage error (the parsers do not say it).
+EXIT_CODES = {
+    "neuralhash verify": "0 the outputs agree, 1 they do not, 2 nothing to compare (`--seeds 0` without `--image`)",
+    "neuralhash hash": "0 every image hashed, 1 any failed, no model, or (with `--scheduler`) the scheduler unreachable",
+    "neuralhash index add": "0 every image hashed, 1 any failed",
+    "neuralhash index import": "0 every line imported, 1 any malformed line skipped (the rest is imported)",
+    "neuralhash audit": "0 nothing flagged, 1 anything flagged, or the list or reference unreadable",
+    "neuralhash robustness": "0 every image measured, 1 any image unreadable",
+    "neuralhash serve": "0 after SIGTERM or Ctrl-C, 1 cannot start",
+}
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, width=WIDTH, max_help_position=WIDTH)
 
@@ -69,6 +81,8 @@ def _section(path: str, parser: argparse.ArgumentParser, level: int, children: b
     if parser.description:
         text = parser.description[0].upper() + parser.description[1:]
         out += [text if text.endswith(".") else text + ".", ""]
+    if path in EXIT_CODES:
+        out += [f"Exit code: {EXIT_CODES[path]}.", ""]
     out += ["```text", parser.format_usage().strip(), "```", ""]
     rows = []
     for group in parser._action_groups:
