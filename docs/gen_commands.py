@@ -47,6 +47,21 @@ EXIT_CODES = {
 }
 
 
+#: What the help texts leave out, for a few commands.
+NOTES = {
+    "neuralhash inspect": "Layer count, layers per type and whether each converts, inputs and outputs with shapes, "
+                          "`transform_params`, parameter count, a bundle's `coremldata.bin`, a pipeline's stages. "
+                          "Layers, parameters or weights it cannot read are listed as problems, not raised. `--json` "
+                          "also gives `unsupported` (layer name -> reason) and is always valid JSON (NaN and "
+                          "infinities as the strings `\"NaN\"`, `\"Infinity\"`, `\"-Infinity\"`).",
+    "neuralhash convert": "The output file appears only when the conversion succeeded; a pipeline writes "
+                          "`OUT.stage0.onnx`, `OUT.stage1.onnx`...; a model with gaps gets one error listing every "
+                          "unsupported layer.",
+    "neuralhash verify": "Prints the largest absolute and relative error per output; on failure, the first "
+                         "diverging layer. Images are resized and scaled for the model's input.",
+}
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, width=WIDTH, max_help_position=WIDTH)
 
@@ -81,6 +96,8 @@ def _section(path: str, parser: argparse.ArgumentParser, level: int, children: b
     if parser.description:
         text = parser.description[0].upper() + parser.description[1:]
         out += [text if text.endswith(".") else text + ".", ""]
+    if path in NOTES:
+        out += [NOTES[path], ""]
     if path in EXIT_CODES:
         out += [f"Exit code: {EXIT_CODES[path]}.", ""]
     out += ["```text", parser.format_usage().strip(), "```", ""]
