@@ -212,7 +212,7 @@ def test_lists_from_the_command_line(tmp_path):
     got = _cli("match", db, "0" * 24, "--max-distance", "2")
     assert got.returncode == 0 and got.stdout == b"" and b"no match within 2 bits" in got.stderr
     got = _cli("index", "remove-list", db, "partner")
-    assert got.returncode == 0 and b"(1 hashes)" in got.stderr
+    assert got.returncode == 0 and b"(1 hash)" in got.stderr
     assert _cli("index", "lists", db).stdout.decode().split() == ["2", "imported", "published"]
     got = _cli("match", db, h[0], "--max-distance", "1", "--list", "partner")
     assert got.returncode == 1 and b"no list named 'partner'" in got.stderr

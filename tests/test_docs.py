@@ -36,6 +36,7 @@ _BARE_DISTRIBUTION = re.compile(r"(?<![\w.-])neuralhash\[")
 
 def _hint_files():
     yield ROOT / "README.md"
+    yield from sorted((ROOT / "docs").glob("*.md"))
     yield ROOT / "pyproject.toml"
     for folder in ("src", "benchmarks"):
         yield from sorted((ROOT / folder).rglob("*.py"))
@@ -61,7 +62,7 @@ def test_distribution_name_and_self_referencing_extra():
     # The hints name extras that exist.
     extras = set(project["optional-dependencies"])
     for path in _hint_files():
-        for extra in re.findall(r"neuralhash-toolkit\[([\w,]+)\]", path.read_text(encoding="utf-8")):
+        for extra in re.findall(r"(?:neuralhash-toolkit|'\.|whl)\[([\w,]+)\]", path.read_text(encoding="utf-8")):
             assert set(extra.split(",")) <= extras, (path, extra)
 
 
@@ -142,7 +143,7 @@ def test_no_test_module_hard_codes_the_shared_folder():
 
 def test_readme_documents_heic_and_the_fixtures_variable():
     text = (ROOT / "README.md").read_text()
-    assert "neuralhash-toolkit[heif]" in text and "HEIC" in text
+    assert "| `heif` | HEIC" in text
     assert "NEURALHASH_SHARED" in text
 
 
@@ -187,22 +188,8 @@ def test_assert_close_scales_with_the_values():
         assert_close(np.zeros(3), np.zeros(4), rtol=1e-5)
 
 
-def test_readme_hash_many_example_is_guarded_and_runs(tmp_path):
-    """The README's Python example, run as a plain script (the demo model and two images substituted)."""
-    from PIL import Image
-
-    text = (ROOT / "README.md").read_text()
+def test_hash_many_example_is_guarded():
+    """The Python API page's hash_many example keeps its main guard (tests/test_docs_run.py runs it)."""
+    text = (ROOT / "docs" / "python-api.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.+?)```", text, re.S) if "hash_many" in b and "def main" in b)
     assert 'if __name__ == "__main__":' in block
-    for name, colour in (("a.jpg", (200, 30, 30)), ("b.png", (30, 30, 200)), ("photo.jpg", (90, 200, 90))):
-        Image.new("RGB", (64, 48), colour).save(tmp_path / name)
-    script = tmp_path / "example.py"
-    script.write_text(block.replace('NeuralHash.from_espresso("~/nh")', "NeuralHash.demo()"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "NEURALHASH_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stderr == ""
-    lines = done.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["a.jpg", "b.png"]
-    assert all(re.fullmatch(r"[0-9a-f]{24}", line.split()[1]) for line in lines)

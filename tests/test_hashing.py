@@ -444,7 +444,8 @@ def test_heic_without_pillow_heif_names_the_extra(nh, heic_bytes, tmp_path, monk
     disguised.write_bytes(heic_bytes)
     named = tmp_path / "photo.HEIC"
     named.write_bytes(heic_bytes)
-    message = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash-toolkit[heif]'"
+    message = ("HEIC/HEIF support needs the optional extra: pip install '.[heif]' in a checkout of neuralhash "
+               "(or 'WHEEL[heif]' for a wheel built from it)")
     for source, name in ((disguised, str(disguised)), (named, str(named)), (heic_bytes, "<bytes>")):
         with pytest.raises(ImageError) as info:
             nh.hash(source)

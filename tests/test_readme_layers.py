@@ -1,4 +1,4 @@
-"""The README's table of supported layers is held to both handler registries, so it cannot over-claim."""
+"""The table of supported layers (docs/models.md) is held to both handler registries, so it cannot over-claim."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from neuralhash import convert, reference
 
 
 def _table() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## Supported Espresso layers", 1)[1].split("\n## ", 1)[0]
+    text = (ROOT / "docs" / "models.md").read_text()
+    section = re.split(r"^#+ Supported Espresso layers\n", text, maxsplit=1, flags=re.M)[1]
+    section = re.split(r"^#+ ", section, maxsplit=1, flags=re.M)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

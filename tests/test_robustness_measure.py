@@ -126,7 +126,7 @@ def test_a_missing_hash_package_is_a_note_not_a_failure(photos, nh, edits, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pdqhash" else real(name, *a))
     result = measure(photos[:2], nh, edits=edits[:1], workers=0)
     assert [h.name for h in result.hashers] == ["NeuralHash", "pHash", "dHash"]
-    assert "PDQ" in result.notes[0] and "neuralhash-toolkit[robustness]" in result.notes[0]
+    assert "PDQ" in result.notes[0] and "pip install '.[robustness]'" in result.notes[0]
 
 
 def _result(distances, distinct, bits=96):

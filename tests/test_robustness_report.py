@@ -273,6 +273,6 @@ def test_unwritable_directory(tmp_path):
 
 def test_matplotlib_missing(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    with pytest.raises(NeuralHashError, match=re.escape("pip install 'neuralhash-toolkit[robustness]'")):
+    with pytest.raises(NeuralHashError, match=re.escape("pip install '.[robustness]'")):
         write_report(make_result(), tmp_path / "out")
     assert not (tmp_path / "out").exists()

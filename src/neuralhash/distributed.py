@@ -8,7 +8,7 @@
     to_parquet(df, "s3://bucket/hashes/")          # written partition by partition, by the workers
     frame = df.compute()                           # or all of it here, in input order
 
-Needs the optional extra (``pip install 'neuralhash-toolkit[dask]'``); importing this
+Needs the optional extra (``pip install '.[dask]'``); importing this
 module does not import Dask. How a run goes:
 
 - The client expands the input into a list of path strings and holds it
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import NeuralHashError
+from .errors import NeuralHashError, install_hint
 from .hashing.hash import Hash, HashResult
 from .pathnames import from_bytes, is_utf8, to_bytes
 from .hashing.seed import HASH_BITS
@@ -76,7 +76,7 @@ COLUMNS = ("path", "path_bytes", "hash", "margins", "error")
 #: Paths per task unless told otherwise (fewer for small inputs, so that every worker gets some).
 MAX_PATHS_PER_TASK = 64
 
-DASK_EXTRA_MESSAGE = "hashing on a Dask cluster needs the optional extra: pip install 'neuralhash-toolkit[dask]'"
+DASK_EXTRA_MESSAGE = f"hashing on a Dask cluster needs the optional extra: {install_hint('dask')}"
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
 _GLOB_MAGIC = re.compile(r"[*?\[]")

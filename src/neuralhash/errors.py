@@ -80,6 +80,12 @@ def unsupported_value(layer, field: str, value, detail: str = "") -> Unsupported
     return UnsupportedLayerError(f"{layer_label(layer)}: {field} {value!r} is not supported{extra}")
 
 
+def install_hint(extra: str) -> str:
+    """How to install an optional extra. The distribution is not on the package index, so by name
+    it cannot be installed: from a checkout of the repository, or from a wheel built there."""
+    return f"pip install '.[{extra}]' in a checkout of neuralhash (or 'WHEEL[{extra}]' for a wheel built from it)"
+
+
 class ImageError(NeuralHashError):
     """An image cannot be read: missing, not an image, truncated, corrupt, too large..."""
 

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="faster image loading that may change a few bits (not the reference pipeline)")
     p.add_argument("--exif-transpose", action="store_true",
                    help="apply the EXIF orientation first (the reference pipeline does not)")
-    cluster = p.add_argument_group("on a Dask cluster (pip install 'neuralhash-toolkit[dask]')")
+    cluster = p.add_argument_group("on a Dask cluster (the extra 'dask')")
     cluster.add_argument("--scheduler", metavar="ADDRESS", type=non_empty,
                          help="hash on a Dask cluster: its scheduler address (tcp://host:8786), "
                               "or 'local' for a LocalCluster on this machine")

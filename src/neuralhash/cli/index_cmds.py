@@ -178,7 +178,8 @@ def cmd_index_lists(args) -> int:
 def cmd_index_remove_list(args) -> int:
     with _open(args.db, create=True) as store:
         removed = store.delete_list(args.name)
-    print(f"neuralhash: {display(args.db)}: list {args.name!r} removed ({removed} hashes)", file=sys.stderr)
+    print(f"neuralhash: {display(args.db)}: list {args.name!r} removed ({removed} hash{'' if removed == 1 else 'es'})",
+          file=sys.stderr)
     return 0
 
 

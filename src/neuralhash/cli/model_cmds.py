@@ -314,7 +314,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     out("neuralhash demo: a SYNTHETIC NeuralHash v3b (random, calibrated weights; not Apple's).")
-    out("The hashes below carry no perceptual meaning: they show that every stage works.")
+    out("The hashes below carry no perceptual meaning: they show that every stage works and how fast;")
+    out("matching quality can only be judged with Apple's model (see the README).")
     result = run_demo(Path(args.cache_dir) if args.cache_dir else None,
                       precision="float16" if args.fp16 else "float32", providers=args.provider)
     out(f"espresso     {result.espresso_dir} ({result.precision}, compressed .net/.shape)")

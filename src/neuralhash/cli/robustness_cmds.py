@@ -7,12 +7,12 @@ import importlib.util
 import os
 import sys
 
-from ..errors import NeuralHashError
+from ..errors import NeuralHashError, install_hint
 from .common import error_reason, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
 
-HINT = "pip install 'neuralhash-toolkit[robustness]'"
+HINT = install_hint("robustness")
 
 
 def _choose_edits(spec: str | None):
@@ -76,8 +76,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         return cmd_list_edits()
     from ..hashing import IMAGE_EXTENSIONS
 
-    if importlib.util.find_spec("matplotlib") is None:  # checked first: it must not cost a whole run
-        raise NeuralHashError(f"the robustness report needs matplotlib: {HINT}")
+    for module, name in (("matplotlib", "matplotlib"), ("jinja2", "Jinja2")):  # first: not after a whole run
+        if importlib.util.find_spec(module) is None:
+            raise NeuralHashError(f"the robustness report needs {name}: {HINT}")
     from ..robustness import measure, terminal_summary, write_report
 
     edits = _choose_edits(args.edits)

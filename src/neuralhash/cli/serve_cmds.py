@@ -7,11 +7,11 @@ import os
 import re
 import sys
 
-from ..errors import ModelNotFoundError, NeuralHashError
+from ..errors import ModelNotFoundError, NeuralHashError, install_hint
 from .common import add_model, int_at_least, int_between
 
 TOKEN_ENV = "NEURALHASH_TOKEN"
-SERVE_EXTRA = "`neuralhash serve` needs the optional extra: pip install 'neuralhash-toolkit[serve]'"
+SERVE_EXTRA = f"`neuralhash serve` needs the optional extra: {install_hint('serve')}"
 
 
 def byte_size(text: str) -> int:

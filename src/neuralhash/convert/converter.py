@@ -408,7 +408,7 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> None:
             yield graph_tail
         yield model_tail
 
-    atomic_write(path, chunks())
+    atomic_write(os.path.expanduser(path), chunks())
 
 
 def _fields(source, cls, wanted) -> bytes:

@@ -480,7 +480,7 @@ def locate(src: str | os.PathLike) -> ModelSources:
     stages (each is a folder ``locate`` accepts); an ML Program bundle
     raises :class:`MLProgramError`.
     """
-    path = Path(src)
+    path = Path(src).expanduser()
     if path.is_dir():
         nets = sorted(p for p in path.iterdir() if p.name.endswith(NET_SUFFIX))
         if len(nets) > 1:
@@ -552,7 +552,7 @@ def sources_from_paths(net: str | os.PathLike, shape: str | os.PathLike | None =
     paths = {}
     for role, value in (("net", net), ("shape", shape), ("weights", weights), ("seed", seed)):
         if value is not None:
-            p = Path(value)
+            p = Path(value).expanduser()
             if not p.is_file():
                 raise EspressoError(f"{p}: {role} file not found")
             paths[role] = p

@@ -48,7 +48,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from ..errors import ImageError, NeuralHashError
+from ..errors import ImageError, NeuralHashError, install_hint
 
 SIZE = 360
 
@@ -70,7 +70,7 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 
-HEIF_EXTRA_MESSAGE = "HEIC/HEIF support needs the optional extra: pip install 'neuralhash-toolkit[heif]'"
+HEIF_EXTRA_MESSAGE = f"HEIC/HEIF support needs the optional extra: {install_hint('heif')}"
 AVIF_MESSAGE = "AVIF support needs a Pillow built with libavif (pip install -U Pillow, 11.3 or later)"
 
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}

@@ -144,7 +144,7 @@ class NeuralHash:
         if max_pixels is not None:
             resolve_max_pixels(max_pixels)  # validated now, not at the first image
         self._max_pixels = max_pixels
-        self._onnx_path = Path(onnx_path) if onnx_path is not None else None
+        self._onnx_path = Path(onnx_path).expanduser() if onnx_path is not None else None
         if onnx_bytes is None:
             try:
                 onnx_bytes = self._onnx_path.read_bytes()
@@ -224,7 +224,7 @@ class NeuralHash:
             _seed_matrix(seed)  # likewise a missing or malformed seed file (49 KB: read twice)
         sources = locate(src)
         digests = sources.sha256()
-        root = Path(cache_dir) if cache_dir is not None else cache_root()
+        root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
         path = root / "onnx" / f"{_cache_key(digests)}.onnx"
         if seed is None and sources.seed is not None:
             seed = sources.seed
@@ -276,7 +276,7 @@ class NeuralHash:
         conversion); a file that does not load is ignored and the model converted."""
         from ..demo import DEMO_ONNX, demo_model_dir
 
-        folder = demo_model_dir(Path(cache_dir) if cache_dir is not None else None)
+        folder = demo_model_dir(Path(cache_dir).expanduser() if cache_dir is not None else None)
         description = f"synthetic demo model (random weights, no perceptual meaning), {folder}"
         if (folder / DEMO_ONNX).is_file():
             try:

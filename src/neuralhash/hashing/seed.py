@@ -28,7 +28,7 @@ def default_seed_matrix() -> np.ndarray:
 
 def read_seed_file(path: str | os.PathLike) -> np.ndarray:
     """Read a seed file, checking its size and that its values are finite."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         data = path.read_bytes()
     except OSError as exc:

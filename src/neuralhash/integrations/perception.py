@@ -1,6 +1,6 @@
 """NeuralHash as a hasher of Thorn's ``perception``: its benchmarks run it beside pHash and PDQ.
 
-    pip install 'neuralhash-toolkit[perception]'
+    pip install '.[perception]'
 
     from perception.hashers import PHash, PDQHash
     from neuralhash.integrations.perception import NeuralHashHasher

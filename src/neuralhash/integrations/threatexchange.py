@@ -2,7 +2,7 @@
 
 Enable it in the ``threatexchange`` CLI::
 
-    pip install 'neuralhash-toolkit[threatexchange]'
+    pip install '.[threatexchange]'
     threatexchange config extensions add neuralhash.integrations.threatexchange
     threatexchange hash photo photo.jpg          # neuralhash 59a34eabe31910abfb06f308
 

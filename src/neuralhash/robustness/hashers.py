@@ -14,10 +14,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from ..errors import install_hint
 from .results import HasherInfo
 
 NEURALHASH = "NeuralHash"
-INSTALL_HINT = "pip install 'neuralhash-toolkit[robustness]'"
+INSTALL_HINT = install_hint("robustness")
 
 
 def _phash(image: Image.Image) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Turn a :class:`RobustnessResult` into a report a person can read.
 
-:func:`write_report` writes, into one folder, ``index.html`` (self-contained:
-inline CSS, the plots embedded as base64 PNG, no script and no external URL,
-so it opens offline), ``summary.md`` (the same sections in GitHub Markdown,
+:func:`write_report` writes, into one folder, ``index.html`` (rendered from the
+Jinja2 templates in ``templates/``; self-contained: inline CSS, the plots embedded
+as base64 PNG, no script and no external URL, so it opens offline), ``summary.md`` (the same sections in GitHub Markdown,
 the plots referenced by file name), the plots as PNG files, and the raw
 numbers as ``distances.csv`` and ``distinct_pairs.csv``.
 :func:`terminal_summary` returns the few lines the CLI prints at the end.
@@ -27,13 +27,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import NeuralHashError
+from ..errors import NeuralHashError, install_hint
 from ..fileio import atomic_write
 from .results import MISSING, HasherInfo, RobustnessResult
 
 __all__ = ["terminal_summary", "write_report"]
 
-INSTALL_HINT = "pip install 'neuralhash-toolkit[robustness]'"
+INSTALL_HINT = install_hint("robustness")
 
 # One colour per hash, in the order of result.hashers, the same in every plot.
 PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
@@ -161,11 +161,6 @@ def count_range(counts: Sequence[int]) -> str:
 
 
 # -- escaping -----------------------------------------------------------------------------------
-
-def esc(text: Any) -> str:
-    """HTML text from the input (names, labels, notes): escaped, quotes included."""
-    return html.escape(str(text), quote=True)
-
 
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*[]|"})
 
@@ -516,183 +511,69 @@ def measured_counts(summaries: list[HashSummary], j: int) -> str:
     return count_range([int(s.stats["count"][j]) for s in summaries]) if summaries else DASH
 
 
-# -- HTML -------------------------------------------------------------------------------------
+# -- HTML: templates/report.html, fed plain values (numbers already formatted) --------------------
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       color: #222; max-width: 1280px; margin: 0 auto; padding: 1.5rem 2rem 4rem; line-height: 1.45; }
-h1 { font-size: 1.7rem; margin-bottom: .4rem; }
-h2 { font-size: 1.25rem; margin-top: 2.4rem; border-bottom: 1px solid #ddd; padding-bottom: .25rem; }
-p.lead { color: #555; margin-top: 0; }
-.warning { background: #fff3cd; border: 2px solid #e0a800; border-left-width: 8px; border-radius: 4px;
-           padding: .8rem 1.1rem; margin: 1rem 0 1.4rem; font-size: 1.02rem; }
-.warning strong { color: #8a5a00; }
-dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1.2rem; margin: 1rem 0; }
-dl.facts dt { font-weight: 600; color: #555; }
-dl.facts dd { margin: 0; word-break: break-word; }
-table { border-collapse: collapse; font-size: .86rem; margin: .6rem 0 1rem; }
-th, td { border: 1px solid #d8d8d8; padding: .22rem .5rem; }
-th { background: #f3f4f6; font-weight: 600; }
-thead { position: sticky; top: 0; z-index: 1; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.label { white-space: nowrap; }
-tr.family th { text-align: left; background: #e8ecf3; font-size: .84rem; }
-tr.family th span { font-weight: normal; color: #666; }
-.f { color: #888; font-size: .82em; margin-left: .25em; }
-th.hash { border-top: 3px solid var(--c); }
-td.first { border-left: 2px solid #bbb; }
-figure { margin: 1.2rem 0 2rem; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #555; font-size: .9rem; margin-top: .3rem; }
-figcaption b { color: #222; }
-ul.notes li { margin: .2rem 0; }
-code { background: #f3f4f6; padding: .05rem .3rem; border-radius: 3px; font-size: .92em; }
-details summary { cursor: pointer; font-weight: 600; margin: .5rem 0; }
-.muted { color: #777; }
-""".strip()
+def _environment() -> Any:
+    """The Jinja2 environment of the report's templates (autoescaped), or a NeuralHashError saying
+    how to install Jinja2. Imported here: the rest of the package works without it."""
+    try:
+        import jinja2
+    except ImportError:
+        raise NeuralHashError(f"the robustness report needs jinja2: {INSTALL_HINT}") from None
+    return jinja2.Environment(loader=jinja2.PackageLoader("neuralhash.robustness", "templates"),
+                              autoescape=True, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                              undefined=jinja2.StrictUndefined)
 
 
-def _cell(bits: str, frac: str, extra: str = "") -> str:
-    """A number cell: bits, then the fraction in small grey when there is one."""
-    small = f'<span class="f">{esc(frac)}</span>' if frac else ""
-    return f'<td class="n{extra}">{esc(bits)}{small}</td>'
+def rate_hue(rate: float) -> str | None:
+    """A cell's hue from red (0%) to green (100%): the eye finds weak edits quickly (None: no colour)."""
+    return None if math.isnan(rate) else f"{120 * rate:.0f}"
 
 
-def rate_style(rate: float) -> str:
-    """A background from red (0%) to green (100%): the eye finds weak edits quickly."""
-    if math.isnan(rate):
-        return ""
-    return f' style="background: hsl({120 * rate:.0f}, 62%, 84%)"'
-
-
-def html_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[int] = ()) -> str:
-    """A plain table of escaped text; columns in ``numeric`` right-aligned."""
-    def cls(i: int) -> str:
-        return ' class="n"' if i in numeric else ""
-
-    head = "".join(f"<th{cls(i)}>{esc(h)}</th>" for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>\n"
-                   for row in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
-
-
-def html_header(result: RobustnessResult) -> str:
-    parts = ["<h1>NeuralHash robustness report</h1>",
-             '<p class="lead">How far common edits move each perceptual hash, against how far apart '
-             "different images are.</p>"]
-    if result.synthetic:
-        parts.append('<div class="warning"><strong>Warning: synthetic model.</strong> '
-                     + esc(SYNTHETIC_WARNING).format(command=f"<code>{esc(RERUN_COMMAND)}</code>") + "</div>")
-    parts.append('<dl class="facts">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts(result))
-                 + "</dl>")
-    hashers = "".join(f"<li><b>{esc(h.name)}</b> ({h.bits} bits): {esc(h.description)}</li>"
-                      for h in result.hashers)
-    parts.append(f'<p><b>Hashes compared</b></p><ul class="notes">{hashers}</ul>')
-    if result.notes:
-        notes = "".join(f"<li>{esc(n)}</li>" for n in result.notes)
-        parts.append(f'<p><b>Notes</b></p><ul class="notes">{notes}</ul>')
-    return "\n".join(parts)
-
-
-def html_glance(result: RobustnessResult, rows: list[tuple[str, ...]]) -> str:
-    if not rows:
-        return ""
-    return ("<h2>NeuralHash at a glance</h2>\n"
-            f"<p>{esc(glance_intro(result))}</p>\n"
-            + html_table(GLANCE_HEADER,
-                         rows, numeric=(2, 3, 4, 5)))
-
-
-def html_thresholds(summaries: list[HashSummary]) -> str:
-    head = "".join(f'<th class="n">{esc(h)}</th>' if i else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(THRESHOLD_HEADER))
-    rows = []
-    for s in summaries:
-        cells = "".join(_cell(b, f) for b, f in threshold_cells(s))
-        rows.append(f'<tr><td>{esc(s.info.name)}</td><td class="n">{s.bits}</td>{cells}</tr>')
-    return ("<h2>Thresholds</h2>\n"
-            "<p>A copy matches its original when their distance is at most the threshold. Each hash's "
-            "threshold is the largest distance at which no two distinct images match: one less than the "
-            "smallest distance between different images. Distances in bits, then as a fraction of the hash "
-            "length.</p>\n"
-            f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>")
-
-
-def html_plots(plots: dict[str, bytes]) -> str:
-    parts = ["<h2>Plots</h2>"]
-    for name, data in plots.items():
-        title, caption = PLOT_CAPTIONS[name]
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        parts.append(f'<figure><img src="{uri}" alt="{esc(title)}">'
-                     f"<figcaption><b>{esc(title)}.</b> {esc(caption)}</figcaption></figure>")
-    return "\n".join(parts)
-
-
-def html_edits(result: RobustnessResult, summaries: list[HashSummary]) -> str:
-    ncols = 2 + 3 * len(summaries)
-    top = ['<th rowspan="2">Edit</th><th rowspan="2" class="n" title="copies measured">n</th>']
-    sub = []
-    for h, s in enumerate(summaries):
-        top.append(f'<th colspan="3" class="hash" style="--c: {colour(h)}">{esc(s.info.name)} '
-                   f'<span class="muted">({s.bits} bits, threshold {esc(fmt_threshold(s.threshold))})</span></th>')
-        sub.append('<th class="n">mean</th><th class="n">max</th><th class="n">match</th>')
-    rows = []
+def _edits_context(result: RobustnessResult, summaries: list[HashSummary]) -> dict[str, Any]:
+    hashes = [{"name": s.info.name, "bits": s.bits, "threshold": fmt_threshold(s.threshold), "colour": colour(h)}
+              for h, s in enumerate(summaries)]
+    groups = []
     for family, idx in families(result):
-        unit = result.edits[idx[0]].unit
-        rows.append(f'<tr class="family"><th colspan="{ncols}">{esc(family)} <span>({esc(unit)})</span></th></tr>')
+        rows = []
         for j in idx:
-            cells = [f'<td class="label">{esc(result.edits[j].label)}</td>',
-                     f'<td class="n">{esc(measured_counts(summaries, j))}</td>']
+            cells = []
             for s in summaries:
                 mean, frac, mx, rate = edit_row_cells(s, j)
-                cells.append(_cell(mean, frac if mean != DASH else "", " first"))
-                cells.append(_cell(mx, ""))
-                cells.append(f'<td class="n"{rate_style(rate)}>{esc(fmt_rate(rate))}</td>')
-            rows.append("<tr>" + "".join(cells) + "</tr>")
-    return ("<h2>Per edit</h2>\n"
-            "<p>For each edit and hash: the mean distance between originals and their edited copies "
-            "(bits, then fraction of the hash length), the largest, and the share of copies still matched "
-            "at the hash's threshold. <i>n</i>: copies measured.</p>\n"
-            f"<table>\n<thead><tr>{''.join(top)}</tr><tr>{''.join(sub)}</tr></thead>\n<tbody>\n"
-            + "\n".join(rows) + "\n</tbody>\n</table>")
-
-
-def html_images(result: RobustnessResult) -> str:
-    return ("<h2>Images</h2>\n"
-            f"<details><summary>{len(result.images)} original image(s)</summary>\n"
-            + html_table(("Image", "Size"), image_rows(result), numeric=(1,)) + "\n</details>")
-
-
-def html_failures(result: RobustnessResult) -> str:
-    if not result.failures:
-        return "<h2>Failures</h2>\n<p>None: every image and edited copy was measured.</p>"
-    return "<h2>Failures</h2>\n" + html_table(FAILURE_HEADER, failure_rows(result))
-
-
-def html_catalogue(result: RobustnessResult) -> str:
-    return ("<h2>Edit catalogue</h2>\n"
-            + html_table(("Edit", "Family", "Strength", "Unit", "Description"), catalogue_rows(result),
-                         numeric=(2,)))
+                cells.append({"mean": mean, "frac": frac if mean != DASH else "", "max": mx,
+                              "rate": fmt_rate(rate), "hue": rate_hue(rate)})
+            rows.append({"label": result.edits[j].label, "count": measured_counts(summaries, j), "cells": cells})
+        groups.append({"name": family, "unit": result.edits[idx[0]].unit, "rows": rows})
+    return {"hashes": hashes, "families": groups, "columns": 2 + 3 * len(summaries)}
 
 
 def render_html(result: RobustnessResult, summaries: list[HashSummary], plots: dict[str, bytes]) -> str:
-    """The whole self-contained page."""
-    sections = [
-        html_header(result),
-        html_glance(result, glance_rows(result, summaries)),
-        html_thresholds(summaries),
-        html_precision(result),
-        html_plots(plots),
-        html_edits(result, summaries),
-        html_images(result),
-        html_failures(result),
-        html_catalogue(result),
-    ]
-    body = "\n\n".join(s for s in sections if s)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            "<title>NeuralHash robustness report</title>\n"
-            f"<style>\n{CSS}\n</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    """The whole self-contained page, from ``templates/report.html``."""
+    overall, names, per_edit = precision_rows(result)
+    p = f"{100 * PRECISION:g}%"
+    warning = SYNTHETIC_WARNING.split("{command}")
+    context = {
+        "synthetic": result.synthetic,
+        "warning": (warning[0], warning[1]),
+        "rerun_command": RERUN_COMMAND,
+        "facts": facts(result),
+        "hashers": result.hashers,
+        "notes": result.notes,
+        "glance": {"intro": glance_intro(result), "header": GLANCE_HEADER, "rows": glance_rows(result, summaries)},
+        "thresholds": {"header": THRESHOLD_HEADER,
+                       "rows": [{"name": s.info.name, "bits": s.bits, "cells": threshold_cells(s)} for s in summaries]},
+        "precision": {"label": p, "intro": PRECISION_INTRO.format(p=p), "header": PRECISION_HEADER,
+                      "overall": overall, "names": names, "per_edit": per_edit},
+        "plots": [{"title": PLOT_CAPTIONS[name][0], "caption": PLOT_CAPTIONS[name][1],
+                   "uri": "data:image/png;base64," + base64.b64encode(data).decode("ascii")}
+                  for name, data in plots.items()],
+        "edits": _edits_context(result, summaries),
+        "images": image_rows(result),
+        "failure_header": FAILURE_HEADER,
+        "failures": failure_rows(result),
+        "catalogue": catalogue_rows(result),
+    }
+    return _environment().get_template("report.html").render(context)
 
 
 # -- recall at a fixed precision (perception's metric) ------------------------------------------
@@ -725,17 +606,6 @@ def precision_rows(result: RobustnessResult) -> tuple[list[tuple[str, ...]], lis
         for row, r in zip(per_edit, edits):
             row.append(_pct(r.recall) + ("" if r.threshold is None else f" (≤ {r.threshold})"))
     return overall, names, per_edit if names else []
-
-
-def html_precision(result: RobustnessResult) -> str:
-    overall, names, per_edit = precision_rows(result)
-    if not names:
-        return ""
-    p = f"{100 * PRECISION:g}%"
-    return (f"<h2>Recall at {p} precision</h2>\n<p>{esc(PRECISION_INTRO.format(p=p))}</p>\n"
-            + html_table(PRECISION_HEADER, overall, numeric=(1, 2, 3, 4))
-            + f"\n<details><summary>Per edit (recall, threshold)</summary>\n"
-            + html_table(["Edit"] + names, per_edit, numeric=range(1, len(names) + 1)) + "\n</details>")
 
 
 def md_precision(result: RobustnessResult) -> str:
@@ -891,8 +761,9 @@ def write_report(result: RobustnessResult, out_dir: str | os.PathLike) -> list[P
 
     Each file is written atomically; other files in ``out_dir`` are left alone.
     """
-    _figure_class()  # fail before touching the disk when matplotlib is missing
-    out = Path(out_dir)
+    _figure_class()  # fail before touching the disk when matplotlib or Jinja2 is missing
+    _environment()
+    out = Path(out_dir).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,7 +7,7 @@
 Modules: ``app`` (routes, token and body-size guard, errors), ``backend`` (every
 database call, in threads that own their connections), ``hasher`` (decoding in
 worker processes, the network in batches). Needs the ``serve`` extra:
-``pip install 'neuralhash-toolkit[serve]'``.
+``pip install '.[serve]'``.
 """
 
 from __future__ import annotations

@@ -544,7 +544,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                           model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None
                           ) -> dict:
         """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
-        lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped."""
+        lines, CSV or JSONL. The well-formed entries go in one transaction; malformed lines are skipped and reported by number."""
         model = await list_model(name, model_id)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):

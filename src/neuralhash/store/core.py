@@ -238,7 +238,7 @@ class HashStore:
     """
 
     def __init__(self, path: str | os.PathLike, *, create: bool = False, timeout: float = 60.0):
-        self.path = os.fsdecode(path)
+        self.path = os.path.expanduser(os.fsdecode(path))
         self.where = display(self.path)
         self.writable = create
         self.timeout = timeout
@@ -640,7 +640,7 @@ class HashStore:
             return live[0]
         if not live:
             raise StoreError(f"{self.where}: the database holds no hashes yet")
-        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hashes, {m.description or 'no description'})"
+        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hash{'' if m.count == 1 else 'es'}, {m.description or 'no description'})"
                            for m in live)
         raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with {option}")
 
