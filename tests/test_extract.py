@@ -255,7 +255,7 @@ def test_missing_extra_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     line = one_line_error(proc)
-    assert "neuralhash-toolkit[extract]" in line
+    assert "'.[extract]'" in line
 
 
 # -- end to end: the demo model inside firmware ----------------------------------------------------------

@@ -23,12 +23,12 @@ import contextlib
 import types
 from typing import BinaryIO, Iterator
 
-from ..errors import FirmwareError
+from ..errors import FirmwareError, install_hint
 from . import codecs
 from .rangefile import MAX_READ
 from .trees import Entry, Tree
 
-EXTRA_HINT = "pip install 'neuralhash-toolkit[extract]'"
+EXTRA_HINT = install_hint("extract")
 #: A decmpfs chunk may decode to at most this (fork chunks are 64 KiB; an xattr holds a small file whole).
 MAX_DECMPFS_CHUNK = 64 << 20
 
