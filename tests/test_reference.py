@@ -857,8 +857,11 @@ def test_flatten_modes():
     got = one(model_of([layer], None, {"x": seq_shape(3, 2, 2, 2)}), x)
     assert got.shape == (2, 3, 8, 1, 1)  # each sequence item flattened on its own
     np.testing.assert_array_equal(got[1, 2, :, 0, 0], x[1, 2].ravel())
-    with pytest.raises(UnsupportedLayerError, match=r"'f' \(flatten\): mode 1"):
-        run(model_of([dict(layer, mode=1)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    last = one(model_of([dict(layer, mode=1)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    # channels-last: each sequence item's [k, h, w] read in (h, w, k) order
+    np.testing.assert_array_equal(last[1, 2, :, 0, 0], x[1, 2].transpose(1, 2, 0).ravel())
+    with pytest.raises(UnsupportedLayerError, match=r"'f' \(flatten\): mode 2"):
+        run(model_of([dict(layer, mode=2)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
     column = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
     flat = one(model_of([dict(layer, mode=1)], None, {"x": (1, 1, 2, 3)}), column)
     np.testing.assert_array_equal(flat.ravel(), column.ravel())

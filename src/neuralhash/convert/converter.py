@@ -58,7 +58,9 @@ def convert(
     if model.weights is None and any(layer.blob_refs() for layer in model.layers):
         raise ConversionError("the model has no weights file: nothing to convert the layers' weights from")
 
-    ctx = Context(model, optimize=optimize, input_shapes=input_shapes, renamed=_boundary_reshapes(model))
+    integer = integer_inputs(model)
+    ctx = Context(model, optimize=optimize, input_shapes=input_shapes, renamed=_boundary_reshapes(model),
+                  integer=integer)
     prologue = _reshape_inputs(ctx, model)
     fusions = plan_fusions(model) if optimize else {}
     failures = _build(ctx, model, fusions)
@@ -79,7 +81,8 @@ def convert(
     if hash_head is not None:
         outputs += _add_hash_head(ctx, model, hash_head)
 
-    inputs = [_value_info(blob, _boundary_dims(model, blob, input_shapes[blob]), False) for blob in model.inputs]
+    inputs = [_value_info(blob, _boundary_dims(model, blob, input_shapes[blob]), False,
+                          TensorProto.INT64 if blob in integer else TensorProto.FLOAT) for blob in model.inputs]
     nodes, initializers = ctx.nodes, ctx.initializers
     ctx.initializers = []  # the proto below takes them over
     if optimize:
@@ -125,7 +128,8 @@ def unsupported_layers(model: Any) -> dict[str, str]:
     Checks every layer without stopping at the first and without reading a
     weight: a layer that fails stands in for its top with the shape file's
     view, so the layers after it are still checked. A layer whose input could
-    not be stood in for (no shape entry) is not checked, and not listed.
+    not be stood in for (no shape entry) is listed as not converting, naming
+    that input.
     The same layers make :func:`convert` fail, all named in one error.
     Raises ConversionError when nothing can be checked (no shape for the input).
     """
@@ -155,8 +159,6 @@ def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHas
             if layer is fusion.layers[-1]:
                 fusion.emit(ctx)
             continue
-        if not all(ctx.has_value(b) for b in layer.bottoms):
-            continue  # an input failed and had no shape entry to stand in with: not checkable
         fn = HANDLERS.get(layer.type)
         try:
             parsed_as = LAYER_TYPES.get(layer.type)
@@ -168,6 +170,11 @@ def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHas
                 raise UnsupportedLayerError(
                     f"{layer_label(layer)}: layer type {layer.type!r} is not supported{': ' + reason if reason else ''}"
                 )
+            missing = [b for b in layer.bottoms if not ctx.has_value(b)]
+            if missing:  # an input failed and had no shape entry to stand in with
+                raise UnsupportedLayerError(
+                    f"{layer_label(layer)}: cannot be converted: its input {missing[0]!r} comes from a layer that "
+                    "cannot be converted, and the shape file has no entry to go on with")
             fn(ctx, layer)
         except NeuralHashError as exc:  # ConversionError, and a weight that cannot be read
             failures.append((layer, exc))
@@ -224,13 +231,15 @@ def _reshape_inputs(ctx: Context, model: Any) -> list[onnx.NodeProto]:
         ctx.initializers.append(onnx.numpy_helper.from_array(np.array([0, *_internal_dims(view)], np.int64), target))
         nodes.append(helper.make_node("Reshape", [blob, target], [name], name=name))
         ctx.rebind(blob, name, view)
+        if ctx.is_integer(blob):
+            ctx.integer.add(name)
     return nodes
 
 
 # Types with no handler, and why (shown by ``unsupported_layers`` and ``inspect``).
 UNSUPPORTED_TYPES = {
-    "rnn_arch": "a recurrent (LSTM) layer; the layout of its weights and its gate order are not publicly "
-                "documented, and a guess could not be checked",
+    "rnn_arch": "a recurrent (LSTM) layer: how Espresso lays out its weights (W_x, W_h, b) and orders the gates "
+                "is not evidenced by any model with weights, and a guess could not be checked",
 }
 
 
@@ -263,8 +272,18 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _value_info(name: str, shape: tuple[int, ...], batch1: bool) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1 if batch1 else BATCH, *shape])
+def _value_info(name: str, shape: tuple[int, ...], batch1: bool, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, [1 if batch1 else BATCH, *shape])
+
+
+def integer_inputs(model: Any) -> set[str]:
+    """The inputs read only by embedding tables (``inner_product`` with ``is_lookup``): int64 in ONNX."""
+    readers: dict[str, list[Any]] = {}
+    for layer in model.layers:
+        for blob in layer.bottoms:
+            readers.setdefault(blob, []).append(layer)
+    return {blob for blob in model.inputs
+            if readers.get(blob) and all(getattr(r, "is_lookup", False) for r in readers[blob])}
 
 
 def _add_hash_head(ctx: Context, model: Any, matrix: np.ndarray) -> list[onnx.ValueInfoProto]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from ..espresso.layers import (
     AXIS_NAMES,
@@ -45,6 +46,7 @@ from ..espresso.layers import (
     nd_axis_name,
 )
 from ..errors import UnsupportedLayerError, layer_label
+from ..espresso.padding import PaddingRefused, WindowTooSmall, axis_window
 from .context import Context, Shape, View
 from .registry import handler
 
@@ -53,22 +55,13 @@ from .registry import handler
 
 def _axis_window(ctx: Context, axis: str, size: int, kernel: int, stride: int, dilation: int,
                  pad_mode: int, pads: tuple[int, int]) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) along one spatial axis."""
-    extent = (kernel - 1) * dilation + 1
-    if pad_mode == 1:  # TensorFlow SAME: output ceil(size / stride), odd extra padding after
-        out = -(-size // stride)
-        total = max((out - 1) * stride + extent - size, 0)
-        before, after = total // 2, total - total // 2
-    elif pad_mode == 2:  # VALID (unverified beyond 1x1 stride-1 kernels)
-        before, after = 0, 0
-    elif pad_mode == 0:  # explicit pad_t / pad_b (rows), pad_l / pad_r (columns)
-        before, after = pads
-    else:
-        raise ctx.unsupported("pad_mode", pad_mode)
-    padded = size + before + after
-    if padded < extent:
-        raise ctx.mismatch(f"input {axis} {size} (padded to {padded}) is smaller than the window extent {extent}")
-    return (padded - extent) // stride + 1, before, after
+    """(output size, pad before, pad after) along one spatial axis (``espresso/padding.py``)."""
+    try:
+        return axis_window(pad_mode, axis, size, kernel, stride, dilation, pads)
+    except PaddingRefused as exc:
+        raise ctx.unsupported(exc.field, exc.value, exc.detail) from None
+    except WindowTooSmall as exc:
+        raise ctx.mismatch(str(exc)) from None
 
 
 def _window(ctx: Context, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
@@ -407,12 +400,15 @@ def _ceil_pool(ctx: Context, layer: Pool, h: int, w: int, ho: int, wo: int, pads
 
 @handler("inner_product")
 def inner_product(ctx: Context, layer: InnerProduct) -> None:
-    """Flatten, then Gemm (optimized) or MatMul + Add, then back to [N, nC, 1, 1]."""
+    """Flatten, then Gemm (optimized) or MatMul + Add, then back to [N, nC, 1, 1]; ``is_lookup``: Gather."""
     ctx.expect_inputs(1)
     if layer.has_prelu:
         raise ctx.unsupported("has_prelu", 1)
     if layer.has_relu and layer.has_tanh:
         raise ctx.unsupported("has_relu + has_tanh", (1, 1), "both set")
+    if layer.is_lookup:
+        _lookup(ctx, layer)
+        return
     k, h, w = ctx.in_shape()
     if k * h * w != layer.n_in:
         raise ctx.mismatch(f"input [k, h, w] {[k, h, w]} has {k * h * w} values per image, nB is {layer.n_in}")
@@ -430,6 +426,30 @@ def inner_product(ctx: Context, layer: InnerProduct) -> None:
     out = dense_view(ctx.model, layer)
     y = ctx.node("Reshape", [y, ctx.ints([0, *out[1:]], "shape")])
     ctx.finish(y, out)
+
+
+def _lookup(ctx: Context, layer: InnerProduct) -> None:
+    """An embedding: each sequence step's index picks a row of the [nB, nC] table (the weights transposed).
+
+    A negative index is sent past the table so that ONNX Runtime refuses it, as the reference does
+    (ONNX's Gather would count it from the end).
+    """
+    seq, k, h, w = ctx.in_view()
+    if k * h * w != 1:
+        raise ctx.mismatch(f"an embedding takes one index per sequence step, its input [k, h, w] is {[k, h, w]}")
+    x = ctx.input()
+    if not ctx.is_integer(x):
+        x = ctx.node("Cast", [x], to=onnx.TensorProto.INT64)
+    x = ctx.node("Reshape", [x, ctx.ints([0, seq], "steps")])
+    size = ctx.const(np.array(layer.n_in, np.int64), "vocabulary")
+    x = ctx.node("Where", [ctx.node("Less", [x, ctx.const(np.array(0, np.int64), "zero")]), size, x])
+    table = ctx.weight("weights", "table", lambda a: np.ascontiguousarray(a.T))
+    y = ctx.node("Gather", [table, x], axis=0)  # [N, seq, nC]
+    if layer.has_biases:
+        y = ctx.node("Add", [y, ctx.weight("biases")])
+    y = _fused(ctx, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    out = (seq, layer.n_out, 1, 1)
+    ctx.finish(_reshaped(ctx, y, out), out)
 
 
 def dense_view(model: Any, layer: InnerProduct) -> View:
@@ -504,16 +524,17 @@ def concat(ctx: Context, layer: Concat) -> None:
 
 @handler("flatten")
 def flatten(ctx: Context, layer: Flatten) -> None:
-    """mode 0: each sequence item's [k, h, w] -> [k*h*w, 1, 1], C order (SSDOcr's shape file keeps seq).
-
-    mode 1 (*unverified*: Core ML's channel-last order) only where it cannot differ (k or h*w is 1).
-    """
+    """Each sequence item's [k, h, w] -> [k*h*w, 1, 1]: mode 0 in C order (k, h, w), mode 1 channels-last
+    (h, w, k: a Keras dense layer after it classifies drawn digits correctly on real weights, ESPRESSO.md)."""
     ctx.expect_inputs(1)
     seq, k, h, w = ctx.in_view()
-    if layer.mode not in (0, 1) or (layer.mode == 1 and k != 1 and h * w != 1):
-        raise ctx.unsupported("mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+    if layer.mode not in (0, 1):
+        raise ctx.unsupported("mode", layer.mode, "0 (channels-first) and 1 (channels-last) are known")
+    x = ctx.input()
+    if layer.mode == 1 and k != 1 and h * w != 1:
+        x = ctx.node("Transpose", [x], perm=[0, 2, 3, 1] if seq == 1 else [0, 1, 3, 4, 2])
     out = (seq, k * h * w, 1, 1)
-    ctx.finish(_reshaped(ctx, ctx.input(), out), out)
+    ctx.finish(_reshaped(ctx, x, out), out)
 
 
 def reshape_target(layer: Reshape, view: View) -> tuple[View | None, str]:

@@ -334,7 +334,13 @@ class Pool(Layer):
 @register("inner_product")
 @dataclass(frozen=True)
 class InnerProduct(Layer):
-    """``weights`` is stored [nC, nB], or [nB, nC] when ``transposed`` (``w_f16_t``)."""
+    """``weights`` is stored [nC, nB], or [nB, nC] when ``transposed`` (``w_f16_t``).
+
+    ``is_lookup`` 1 makes it an embedding table: the input holds one index in
+    [0, nB) per sequence step and the output is that column of the [nC, nB]
+    weights (Core ML's EmbeddingLayerParams stores [outputChannels, inputDim]:
+    the product with a one-hot vector).
+    """
 
     n_in: int = 0  # nB
     n_out: int = 0  # nC
@@ -343,6 +349,7 @@ class InnerProduct(Layer):
     has_tanh: bool = False
     has_prelu: bool = False
     transposed: bool = False
+    is_lookup: bool = False
     weights: BlobRef | None = None
     biases: BlobRef | None = None
 
@@ -367,6 +374,7 @@ class InnerProduct(Layer):
             has_tanh=f.flag("has_tanh"),
             has_prelu=f.flag("has_prelu"),
             transposed=weights.field == "w_f16_t",
+            is_lookup=f.flag("is_lookup"),
             weights=weights,
             biases=f.blob((("blob_biases", "float32"), ("b_f32", "float32")), (n_out,), "biases")
             if has_biases

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..espresso.layers import AXIS_NAMES, nd_axis_name
+from ..espresso.padding import PaddingRefused, WindowTooSmall, axis_window
 from .registry import expect_inputs, handler, mismatch, unsupported
 
 F64 = np.float64
@@ -51,22 +52,13 @@ def _weights(model: Any, layer: Any, role: str) -> np.ndarray:
 
 def _axis_window(layer: Any, axis: str, size: int, kernel: int, stride: int, dilation: int,
                  pad_mode: int, pads: tuple[int, int]) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) along one spatial axis."""
-    extent = (kernel - 1) * dilation + 1
-    if pad_mode == 1:  # TensorFlow SAME: odd extra padding after (bottom / right)
-        out = -(-size // stride)
-        total = max((out - 1) * stride + extent - size, 0)
-        before, after = total // 2, total - total // 2
-    elif pad_mode == 2:  # VALID (unverified beyond 1x1 stride-1 kernels)
-        before, after = 0, 0
-    elif pad_mode == 0:  # explicit pad_t/pad_b (rows) or pad_l/pad_r (columns)
-        before, after = pads
-    else:
-        raise unsupported(layer, "pad_mode", pad_mode)
-    padded = size + before + after
-    if padded < extent:
-        raise mismatch(layer, f"input {axis} {size} (padded to {padded}) is smaller than the window extent {extent}")
-    return (padded - extent) // stride + 1, before, after
+    """(output size, pad before, pad after) along one spatial axis (``espresso/padding.py``)."""
+    try:
+        return axis_window(pad_mode, axis, size, kernel, stride, dilation, pads)
+    except PaddingRefused as exc:
+        raise unsupported(layer, exc.field, exc.value, exc.detail) from None
+    except WindowTooSmall as exc:
+        raise mismatch(layer, str(exc)) from None
 
 
 def _window(layer: Any, x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
@@ -347,12 +339,16 @@ def _ceil_pool(layer: Any, x: np.ndarray, pad, extra) -> np.ndarray:
     return total / count
 
 
-@handler("inner_product")
+@handler("inner_product", sequences=True)
 def inner_product(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
     if layer.has_prelu:
         raise unsupported(layer, "has_prelu", 1)
+    if layer.is_lookup:
+        return _lookup(layer, inputs[0], model)
     x = inputs[0]
+    if x.ndim == 5:
+        raise unsupported(layer, "input", f"seq {x.shape[1]}", "a dense layer on a sequence blob")
     n = x.shape[0]
     flat = x.reshape(n, -1)
     if flat.shape[1] != layer.n_in:
@@ -367,6 +363,23 @@ def inner_product(layer, inputs, model):
     if want is not None and want.view in ((1, 1, 1, layer.n_out), (1, 1, layer.n_out, 1)):
         return y.reshape((n,) + want.view[1:])
     return y.reshape(n, layer.n_out, 1, 1)
+
+
+def _lookup(layer: Any, x: np.ndarray, model: Any) -> np.ndarray:
+    """An embedding: column ``index`` of the [nC, nB] weights for each sequence step's index."""
+    x = _five(x)
+    n, seq = x.shape[:2]
+    if x.shape[2:] != (1, 1, 1):
+        raise mismatch(layer, f"an embedding takes one index per sequence step, its input is {list(x.shape[1:])}")
+    index = x.reshape(n * seq)
+    bad = (index != np.round(index)) | (index < 0) | (index >= layer.n_in)
+    if bad.any():
+        raise mismatch(layer, f"index {index[np.argmax(bad)]!r} is not an integer in [0, {layer.n_in})")
+    y = _weights(model, layer, "weights")[:, index.astype(np.intp)].T  # [N * seq, nC]
+    if layer.has_biases:
+        y = y + _weights(model, layer, "biases")[None, :]
+    y = _fused(layer, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    return y.reshape(n, seq, layer.n_out, 1, 1)
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -407,14 +420,14 @@ def concat(layer, inputs, model):
 
 @handler("flatten", sequences=True)
 def flatten(layer, inputs, model):
-    """mode 0: each sequence item's [k, h, w] flattened in C order; mode 1 only where k or h*w is 1."""
+    """mode 0: each sequence item's [k, h, w] flattened in C order; mode 1: channels-last, (h, w, k) order."""
     expect_inputs(layer, inputs, 1)
     x = _five(inputs[0])
     n, seq, k, h, w = x.shape
-    if layer.mode == 1 and (k == 1 or h * w == 1):
-        pass  # channel-last order (Core ML's reading, unverified) cannot differ here
+    if layer.mode == 1:
+        x = np.transpose(x, (0, 1, 3, 4, 2))
     elif layer.mode != 0:
-        raise unsupported(layer, "mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+        raise unsupported(layer, "mode", layer.mode, "0 (channels-first) and 1 (channels-last) are known")
     return x.reshape(n, seq, k * h * w, 1, 1)
 
 
