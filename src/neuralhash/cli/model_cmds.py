@@ -128,14 +128,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(json_safe(info), indent=2, sort_keys=True, allow_nan=False))
         return 0
+    for name, reason in unsupported.items():  # what stops a conversion comes first
+        out(f"unsupported  {reason}")
     out(f"graph        {model.sources.net}")
     out(f"layers       {info['layers']}")
     width = max((len(t) for t in info["layer_types"]), default=0)
     out(f"  {'type':<{width}}  {'count':>5}  converts")
     for type_name, count in info["layer_types"].items():
         out(f"  {type_name:<{width}}  {count:>5}  {converts[type_name]}")
-    for name, reason in unsupported.items():
-        out(f"unsupported  {reason}")
     for label in ("inputs", "outputs"):
         for blob, shape in info[label].items():
             if not shape:
@@ -169,7 +169,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     detail = f.kind
                 out(f"coreml       {role} {f.name!r}: {detail}")
             if bundle.class_labels:
-                out(f"coreml       {len(bundle.class_labels)} class labels")
+                shown = ", ".join(str(v) for v in bundle.class_labels[:10])
+                more = ", ..." if len(bundle.class_labels) > 10 else ""
+                out(f"coreml       classifier: {len(bundle.class_labels)} {bundle.class_label_type} class labels "
+                    f"({shown}{more}) -> {bundle.predicted_feature!r}, probabilities {bundle.predicted_probabilities!r}")
+            elif bundle.labels_note:
+                out(f"coreml       classifier: {bundle.labels_note}")
             for key, value in bundle.metadata.items():
                 out(f"coreml       {key}: {value}")
     for problem in model.problems:
