@@ -214,7 +214,8 @@ def _convert_one(args: argparse.Namespace, src):
     start = time.perf_counter()
     model = load_espresso(argparse.Namespace(**{**vars(args), "src": src}))
     parameters = model.parameter_count()
-    proto = convert(model, optimize=not args.no_optimize, hash_head=seed_matrix(args.hash_head))
+    proto = convert(model, optimize=not args.no_optimize, hash_head=seed_matrix(args.hash_head),
+                    with_preprocessing=getattr(args, "with_preprocessing", False))
     return proto, parameters, time.perf_counter() - start
 
 

@@ -26,6 +26,8 @@ from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
 from ..espresso.layers import LAYER_TYPES
 from .context import Context, View
+from .coreml_io import add_interface
+from .coreml_io import describe as describe_interface
 from .fusion import plan_fusions
 from .registry import HANDLERS
 
@@ -42,6 +44,7 @@ def convert(
     optimize: bool = True,
     hash_head: np.ndarray | None = None,
     check_shapes: bool = True,
+    with_preprocessing: bool = False,
 ) -> onnx.ModelProto:
     """Convert an EspressoModel to an ONNX model (opset 17, symbolic batch).
 
@@ -53,6 +56,8 @@ def convert(
     inferred blob shape with the model's shape file. Graph inputs and outputs
     have their real rank (``BlobShape.onnx_dims``) after the symbolic batch.
     Every layer that cannot be converted is named in the one error raised.
+    ``with_preprocessing`` adds what Core ML does around the network
+    (``coreml_io.py``): the image input as uint8 pixels, a classifier's label.
     """
     input_shapes = _input_views(model)
     if model.weights is None and any(layer.blob_refs() for layer in model.layers):
@@ -111,10 +116,18 @@ def convert(
     bundle = getattr(model, "bundle_info", None)
     if bundle is not None and bundle.readable:  # the .mlmodelc's coremldata.bin (espresso/coremldata.py)
         props["neuralhash.coreml_description"] = json.dumps(bundle.to_json(), sort_keys=True)
+        interface = describe_interface(model)
+        if interface:
+            props["neuralhash.coreml_interface"] = json.dumps(interface, sort_keys=True)
+        if with_preprocessing:
+            props["neuralhash.with_preprocessing"] = "1"
     helper.set_model_props(proto, props)
     skeleton = _skeleton(proto)
     if check_shapes:
         _check_shapes(model, ctx, skeleton)
+    if with_preprocessing:
+        add_interface(proto, model)
+        skeleton = _skeleton(proto)
     try:
         onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
