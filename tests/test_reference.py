@@ -365,7 +365,7 @@ def test_unknown_elementwise_operation_names_the_layer():
         run(model, np.ones((1, 1, 2, 2), np.float32))
 
 
-@pytest.mark.parametrize("op,bottoms", [(0, ["x"]), (2, ["x", "z"]), (22, ["x", "z", "z"])])
+@pytest.mark.parametrize("op,bottoms", [(22, ["x"]), (2, ["x", "z"]), (22, ["x", "z", "z"])])
 def test_elementwise_wrong_input_count(op, bottoms):
     layers = [{"type": "elementwise", "name": "pre", "bottom": "x", "top": "z", "operation": 2, "alpha": 1.0},
               ew(op, bottoms)]
@@ -627,7 +627,8 @@ def test_unknown_layer_type_names_the_layer():
 def test_handlers_registry():
     expected = {"input", "convolution", "batchnorm", "elementwise", "activation", "pool", "inner_product",
                 "softmax", "softmax_nd", "concat", "flatten", "reshape", "transpose", "upsample", "load_constant",
-                "general_padding", "sequence_concat", "slice", "reduce", "expand_dims", "squeeze", "split_nd"}
+                "general_padding", "sequence_concat", "slice", "reduce", "expand_dims", "squeeze", "split_nd",
+                "general_concat", "general_slice"}
     assert set(HANDLERS) == expected
     assert set(ELEMENTWISE_OPERATIONS) == {0, 1, 2, 3, 10, 22, 23, 24, 25, 27, 33, 102, 119}
 

@@ -177,7 +177,9 @@ def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHas
             parsed_as = LAYER_TYPES.get(layer.type)
             if fn is not None and parsed_as is not None and not isinstance(layer, parsed_as):
                 # A leniently loaded model (inspect) keeps a layer it could not parse as a bare Layer.
-                raise UnsupportedLayerError(f"{layer_label(layer)}: its fields could not be read")
+                label = layer_label(layer)
+                why = next((p for p in getattr(model, "problems", ()) if p.startswith(label + ":")), None)
+                raise UnsupportedLayerError(why or f"{label}: its fields could not be read")
             if fn is None:
                 reason = UNSUPPORTED_TYPES.get(layer.type, "")
                 raise UnsupportedLayerError(
@@ -251,6 +253,9 @@ def _reshape_inputs(ctx: Context, model: Any) -> list[onnx.NodeProto]:
 
 # Types with no handler, and why (shown by ``unsupported_layers`` and ``inspect``).
 UNSUPPORTED_TYPES = {
+    "crop_and_resize": "Core ML's crop-and-resize has four sampling modes and four box layouts; which of them "
+                       "Espresso's grid_sampling_mode and crop_index_mode numbers are is not evidenced (its reduce "
+                       "codes do not follow Core ML's enumerations either)",
     "rnn_arch": "a recurrent (LSTM) layer: how Espresso lays out its weights (W_x, W_h, b) and orders the gates "
                 "is not evidenced by any model with weights, and a guess could not be checked",
 }

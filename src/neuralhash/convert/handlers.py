@@ -28,7 +28,9 @@ from ..espresso.layers import (
     Elementwise,
     ExpandDims,
     Flatten,
+    GeneralConcat,
     GeneralPadding,
+    GeneralSlice,
     InnerProduct,
     Input,
     LoadConstant,
@@ -219,6 +221,11 @@ def _unary_neutral(ctx: Context, layer: Elementwise, op: int, alpha: bool) -> No
         raise ctx.unsupported("alpha", layer.alpha, f"operation {op}")
 
 
+def _add_alpha(ctx: Context, layer: Elementwise) -> str:  # one input: x + alpha (Core ML's AddLayerParams)
+    _unary_neutral(ctx, layer, 0, alpha=False)
+    return ctx.node("Add", [ctx.input(), ctx.scalar(layer.alpha, "alpha")])
+
+
 def _threshold(ctx: Context, layer: Elementwise) -> str:  # max(x, alpha): ReLU6 lowering (see ESPRESSO.md)
     _unary_neutral(ctx, layer, 25, alpha=False)
     return ctx.node("Max", [ctx.input(), ctx.scalar(layer.alpha, "alpha")])
@@ -241,7 +248,8 @@ def _inverse(ctx: Context, layer: Elementwise) -> str:  # alpha / x: SSDOcr's lo
 _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable[[Context, Elementwise], str]]] = {
     (0, "n"): ((2, None), _variadic("Add")),
     (1, "n"): ((2, None), _variadic("Mul")),
-    (1, "1"): (1, _with_alpha("Mul")),  # unverified: x * alpha
+    (0, "1"): (1, _add_alpha),  # x + alpha: Core ML's Add with one input (NeuralNetwork.proto)
+    (1, "1"): (1, _with_alpha("Mul")),  # x * alpha: Core ML's Multiply with one input (NeuralNetwork.proto)
     (2, "1"): (1, _with_alpha("Add")),  # x + alpha
     (3, "1"): (1, _with_alpha("Mul")),  # x * alpha
     (22, "n"): (2, _variadic("Min")),  # unverified
@@ -672,7 +680,7 @@ def reduce(ctx: Context, layer: Reduce) -> None:
     sum to 1, is the evidence). Other modes and axes are refused."""
     ctx.expect_inputs(1)
     if layer.mode != 0:
-        raise ctx.unsupported("mode", layer.mode, "only 0 (sum) is known")
+        raise ctx.unsupported("mode", layer.mode, layer.MODES_NOTE)
     if layer.params.get("use_version", 1) != 1:
         raise ctx.unsupported("use_version", layer.params.get("use_version"), "only 1 is known")
     name = REDUCE_AXES.get(layer.axis_mode)
@@ -691,7 +699,7 @@ def general_padding(ctx: Context, layer: GeneralPadding) -> None:
     """Constant padding of h and w (pad_t, pad_b rows; pad_l, pad_r columns), *unverified*."""
     ctx.expect_inputs(1)
     if layer.fill_mode != 0:
-        raise ctx.unsupported("pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+        raise ctx.unsupported("pad_fill_mode", layer.fill_mode, layer.FILL_MODES_NOTE)
     if layer.pad_mode != 0:
         raise ctx.unsupported("pad_pad_mode", layer.pad_mode, "only 0 is known")
     k, h, w = ctx.in_shape()
@@ -699,6 +707,57 @@ def general_padding(ctx: Context, layer: GeneralPadding) -> None:
     y = ctx.node("Pad", [ctx.input(), ctx.ints([0, 0, t, left, 0, 0, b, right], "pads"),
                          ctx.scalar(layer.value, "value")], mode="constant")
     ctx.finish(y, (k, h + t + b, w + left + right))
+
+
+@handler("general_concat")
+def general_concat(ctx: Context, layer: GeneralConcat) -> None:
+    """Core ML's ConcatND: along ``axis`` counted over the first input's rank (its shape entry's)."""
+    ctx.expect_inputs((1, None))
+    if not layer.nd_mode:
+        raise ctx.unsupported("nd_mode", 0, "only the N-D form (nd_mode true) is known")
+    rank = _input_rank(ctx)
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise ctx.unsupported("axis", layer.axis, f"on a rank-{rank} blob")
+    values = ctx.inputs()
+    views = [ctx.view(v) for v in values]
+    i = _VIEW_INDEX[name]
+    if len({v[:i] + v[i + 1:] for v in views}) > 1 or any(ctx.is_batch1(v) for v in values):
+        raise ctx.mismatch(f"inputs of [seq, k, h, w] {[list(v) for v in views]} cannot be concatenated along {name}")
+    out = list(views[0])
+    out[i] = sum(v[i] for v in views)
+    five = out[0] != 1 or name == "seq"
+    y = ctx.node("Concat", [ctx.as5(v) for v in values] if five else values,
+                 axis=_LAYOUT5[name] if five else _LAYOUT4[name])
+    ctx.finish(ctx.pack(y, out) if five else y, tuple(out))
+
+
+@handler("general_slice")
+def general_slice(ctx: Context, layer: GeneralSlice) -> None:
+    """Core ML's SliceStatic: numpy slicing of each axis (masks, negative bounds, positive strides); a
+    squeezed axis moves no data, the top's view then comes from the shape file."""
+    ctx.expect_inputs(1)
+    view = ctx.in_view()
+    cuts, out = layer.plan(view)
+    if cuts is None:
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {out}")
+    x = ctx.input()
+    if cuts:
+        five = view[0] != 1 or out[0] != 1
+        layout = _LAYOUT5 if five else _LAYOUT4
+        starts, stops, axes, steps = zip(*((c[1], c[2], layout[c[0]], c[3]) for c in cuts))
+        x = ctx.node("Slice", [ctx.as5(x) if five else x, ctx.ints(starts, "starts"), ctx.ints(stops, "ends"),
+                               ctx.ints(axes, "axes"), ctx.ints(steps, "steps")])
+        if five:
+            x = ctx.pack(x, out)
+    if layer.squeeze:
+        want = _shape_entry(ctx, layer.top, "the view after squeezing").view
+        if int(np.prod(want)) != int(np.prod(out)):
+            raise ctx.mismatch(f"[seq, k, h, w] {list(out)} cannot become the shape file's {list(want)}")
+        x, out = _reshaped(ctx, x, want), want
+    elif not cuts:
+        x = ctx.node("Identity", [x])
+    ctx.finish(x, out)
 
 
 def _same_data(ctx: Context, layer) -> None:
@@ -768,6 +827,8 @@ def upsample(ctx: Context, layer: Upsample) -> None:
 @handler("load_constant")
 def load_constant(ctx: Context, layer: LoadConstant) -> None:
     """An initializer [1, k, h, w] under the blob's name; bottoms (if any) are ignored."""
+    if layer.n != 1:
+        raise ctx.unsupported("n", layer.n, "Core ML's load_constant is [1, 1, C, H, W]")
     name = ctx.weight("constant", transform=lambda a: a[None], name=ctx.top_name())
     ctx.finish(name, layer.shape, batch1=True)
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import UnsupportedLayerError, layer_label
 from ..espresso.layers import AXIS_NAMES, nd_axis_name
 from ..espresso.padding import PaddingRefused, WindowTooSmall, axis_window
 from .registry import expect_inputs, handler, mismatch, unsupported
@@ -166,7 +167,8 @@ def _broadcast(layer: Any, op: Callable[[np.ndarray, np.ndarray], np.ndarray], i
 _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
     (0, "n"): ((2, None), lambda l, xs: _broadcast(l, np.add, xs)),
     (1, "n"): ((2, None), lambda l, xs: _broadcast(l, np.multiply, xs)),
-    (1, "1"): (1, lambda l, xs: xs[0] * l.alpha),  # unverified
+    (0, "1"): (1, lambda l, xs: xs[0] + l.alpha),  # Core ML's Add with one input: x + alpha
+    (1, "1"): (1, lambda l, xs: xs[0] * l.alpha),  # Core ML's Multiply with one input: x * alpha
     (2, "1"): (1, lambda l, xs: xs[0] + l.alpha),
     (3, "1"): (1, lambda l, xs: xs[0] * l.alpha),
     (22, "n"): (2, lambda l, xs: _broadcast(l, np.minimum, xs)),  # unverified
@@ -181,7 +183,7 @@ _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
     (10, "1"): (1, lambda l, xs: l.alpha / xs[0]),  # inverse (SSDOcr's softmax)
 }
 # Per unary operation, the parameters that must keep the only value seen: (alpha must be 1, beta must be 0).
-_NEUTRAL = {25: (False, True), 27: (True, True), 10: (False, True)}
+_NEUTRAL = {0: (False, True), 25: (False, True), 27: (True, True), 10: (False, True)}
 ELEMENTWISE_OPERATIONS = tuple(sorted({op for op, _ in _ELEMENTWISE}))
 
 
@@ -508,7 +510,7 @@ def reduce_(layer, inputs, model):
     """mode 0 (sum) over axis_mode 4 (k), the only combination real files show."""
     expect_inputs(layer, inputs, 1)
     if layer.mode != 0:
-        raise unsupported(layer, "mode", layer.mode, "only 0 (sum) is known")
+        raise unsupported(layer, "mode", layer.mode, layer.MODES_NOTE)
     if layer.axis_mode != 4:
         raise unsupported(layer, "axis_mode", layer.axis_mode, "only 4 (k) is known")
     if layer.params.get("use_version", 1) != 1:
@@ -520,11 +522,49 @@ def reduce_(layer, inputs, model):
 def general_padding(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
     if layer.fill_mode != 0:
-        raise unsupported(layer, "pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+        raise unsupported(layer, "pad_fill_mode", layer.fill_mode, layer.FILL_MODES_NOTE)
     if layer.pad_mode != 0:
         raise unsupported(layer, "pad_pad_mode", layer.pad_mode, "only 0 is known")
     t, b, left, right = layer.pads
     return np.pad(inputs[0], ((0, 0), (0, 0), (t, b), (left, right)), constant_values=layer.value)
+
+
+@handler("general_concat", sequences=True)
+def general_concat(layer, inputs, model):
+    """Core ML's ConcatND: along ``axis`` counted over the first input's rank (its shape entry's)."""
+    expect_inputs(layer, inputs, (1, None))
+    if not layer.nd_mode:
+        raise unsupported(layer, "nd_mode", 0, "only the N-D form (nd_mode true) is known")
+    rank = _rank_of(model, layer.bottoms[0])
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise unsupported(layer, "axis", layer.axis, f"on a rank-{rank} blob")
+    parts = [_five(a) for a in inputs]
+    try:
+        return np.concatenate(parts, axis=_AXIS5[name])
+    except ValueError:
+        raise mismatch(layer, f"inputs of shapes {[list(a.shape) for a in parts]} cannot be concatenated "
+                              f"along {name}") from None
+
+
+@handler("general_slice", sequences=True)
+def general_slice(layer, inputs, model):
+    """Core ML's SliceStatic: numpy slicing of each axis; a squeezed axis takes the shape file's view."""
+    expect_inputs(layer, inputs, 1)
+    x = _five(inputs[0])
+    cuts, out = layer.plan(x.shape[1:])
+    if cuts is None:
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {out}")
+    index = [slice(None)] * 5
+    for axis, start, stop, step in cuts:
+        index[_AXIS5[axis]] = slice(start, stop, step)
+    y = x[tuple(index)]
+    if layer.squeeze:
+        view = _entry_view(model, layer, layer.top, "the view after squeezing")
+        if int(np.prod(view)) * y.shape[0] != y.size:
+            raise mismatch(layer, f"{list(y.shape[1:])} cannot become the shape file's {list(view)}")
+        y = y.reshape((y.shape[0],) + tuple(view))
+    return y
 
 
 def _same_data(layer, inputs, model):
@@ -597,4 +637,6 @@ def upsample(layer, inputs, model):
 @handler("load_constant")
 def load_constant(layer, inputs, model):
     """The constant as [1, k, h, w]: it broadcasts against the batch. Bottoms are ignored."""
+    if layer.n != 1:
+        raise unsupported(layer, "n", layer.n, "Core ML's load_constant is [1, 1, C, H, W]")
     return _weights(model, layer, "constant")[None]
