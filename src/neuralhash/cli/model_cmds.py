@@ -72,13 +72,18 @@ def _bundle_json(model):
 
 
 def _inspect_pipeline(args: argparse.Namespace, exc) -> int:
-    stages = [{"stage": s.index, "path": str(s.path), "kind": s.kind} for s in exc.stages]
+    from ..espresso.bundle import pipeline_advice
+
+    stages = [{"stage": s.index, "path": str(s.path), "kind": s.kind, "model_type": s.model_type}
+              for s in exc.stages]
+    advice = pipeline_advice(exc.path, exc.stages)
     if args.json:
-        out(json.dumps({"pipeline": str(exc.path), "stages": stages}, indent=2, sort_keys=True))
+        out(json.dumps({"pipeline": str(exc.path), "stages": stages, "advice": advice}, indent=2, sort_keys=True))
         return 0
-    out(f"pipeline     {exc.path} ({len(stages)} stages; inspect or convert one as {exc.stages[0].path})")
+    out(f"pipeline     {exc.path} ({len(stages)} stages)")
     for s in exc.stages:
-        out(f"  stage {s.index:<3} {s.path.name:<10} {s.kind}")
+        out(f"  stage {s.index:<3} {s.describe()}")
+    out(f"converts     {advice}")
     return 0
 
 
@@ -248,11 +253,17 @@ def _convert_pipeline(args: argparse.Namespace, stages) -> int:
     if args.hash_head is not None:
         raise NeuralHashError(f"{where}: --hash-head applies to one model; convert the last stage alone "
                               f"({stages[-1].path}) to add it")
+    if not any(stage.kind == "espresso" for stage in stages):
+        from ..espresso.bundle import pipeline_advice
+
+        listed = ", ".join(s.describe() for s in stages)
+        raise NeuralHashError(f"{where}: a pipeline of {len(stages)} stages: {listed}; {pipeline_advice(where, stages)}")
     for stage in stages:
         if stage.kind != "espresso":
             what = {"pipeline": "is itself a pipeline (convert it on its own)",
                     "ml program": "is an ML Program (model.mil)"}.get(stage.kind, "has no Espresso model")
-            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}; "
+            kind = f" ({stage.model_type})" if stage.model_type and stage.kind != "pipeline" else ""
+            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}{kind}; "
                                   "the pipeline cannot be converted stage by stage")
     converted = []
     for stage in stages:

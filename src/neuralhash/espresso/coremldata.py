@@ -56,6 +56,20 @@ FILENAME = "coremldata.bin"
 MAX_SIZE = 16 * 1024 * 1024  # a description with thousands of labels is far below this
 _TAG = 500
 _CLASSIFIER_TAG = 403
+# The first word is the number of the Core ML model type in Model.proto's oneof (500 neuralNetwork, 403
+# neuralNetworkClassifier, 400 glmClassifier, 603 dictVectorizer... as every file seen bears out).
+MODEL_TYPES = {
+    200: "pipelineClassifier", 201: "pipelineRegressor", 202: "pipeline", 300: "glmRegressor",
+    301: "supportVectorRegressor", 302: "treeEnsembleRegressor", 303: "neuralNetworkRegressor",
+    304: "bayesianProbitRegressor", 400: "glmClassifier", 401: "supportVectorClassifier",
+    402: "treeEnsembleClassifier", 403: "neuralNetworkClassifier", 404: "kNearestNeighborsClassifier",
+    500: "neuralNetwork", 501: "itemSimilarityRecommender", 555: "customModel", 556: "linkedModel",
+    600: "oneHotEncoder", 601: "imputer", 602: "featureVectorizer", 603: "dictVectorizer", 604: "scaler",
+    606: "categoricalMapping", 607: "normalizer", 609: "arrayFeatureExtractor", 610: "nonMaximumSuppression",
+    900: "identity", 2000: "textClassifier", 2001: "wordTagger", 2002: "visionFeaturePrint",
+    2003: "soundAnalysisPreprocessing", 2004: "gazetteer", 2005: "wordEmbedding", 3000: "serializedModel",
+}
+_SPEC_KIND = b"spec"  # a stage whose description is followed by its whole Core ML specification
 _INT64_LABELS = 101
 METADATA_JSON = "metadata.json"
 IMAGE_RECORDS = "model/coremldata.bin"
@@ -86,6 +100,7 @@ class BundleInfo:
     """What a bundle's ``coremldata.bin`` says; ``error`` is set (and the rest empty) when it cannot be read."""
 
     path: Path
+    model_type: int | None = None  # the first word: Core ML's model type number (MODEL_TYPES)
     model_kind: str = ""
     inputs: tuple[FeatureInfo, ...] = ()
     outputs: tuple[FeatureInfo, ...] = ()
@@ -104,6 +119,12 @@ class BundleInfo:
     @property
     def readable(self) -> bool:
         return self.error is None
+
+    @property
+    def model_type_name(self) -> str | None:
+        if self.model_type is None:
+            return None
+        return MODEL_TYPES.get(self.model_type, f"model type {self.model_type}")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the ONNX metadata's ``neuralhash.coreml_description``)."""
@@ -161,9 +182,12 @@ def _description_class():
             ("predictedFeatureName", 11, F.TYPE_STRING, opt, None),
             ("predictedProbabilitiesName", 12, F.TYPE_STRING, opt, None),
             ("metadata", 100, F.TYPE_MESSAGE, opt, "Metadata"))
+    message("ModelHead", ("specificationVersion", 1, F.TYPE_INT32, opt, None),
+            ("description", 2, F.TYPE_MESSAGE, opt, "ModelDescription"))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("nhcoreml.ModelDescription"))
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName("nhcoreml.ModelDescription")),
+            message_factory.GetMessageClass(pool.FindMessageTypeByName("nhcoreml.ModelHead")))
 
 
 def _feature(msg) -> FeatureInfo:
@@ -195,9 +219,9 @@ def parse_coremldata(data: bytes, *, source: str = FILENAME) -> BundleInfo:
         return struct.unpack_from("<Q", data, at)[0]
 
     first = struct.unpack_from("<I", data, 0)[0] if size >= 4 else None
-    if first not in (_TAG, _CLASSIFIER_TAG):
-        raise CoreMLDataError(f"{source}: layout not recognised (first word {first}, expected {_TAG} or "
-                              f"{_CLASSIFIER_TAG}): this reader knows only the layout of the files it was checked on")
+    if first not in MODEL_TYPES:
+        raise CoreMLDataError(f"{source}: layout not recognised (first word {first}, not a Core ML model type "
+                              "number): this reader knows only the layout of the files it was checked on")
     kind_len = u64(_KIND_AT, "model kind length")
     start = _KIND_AT + 8
     if kind_len > _MAX_KIND or start + kind_len > size:
@@ -206,15 +230,25 @@ def parse_coremldata(data: bytes, *, source: str = FILENAME) -> BundleInfo:
     if not kind_bytes.isascii() or not kind_bytes.decode("ascii").isprintable():
         raise CoreMLDataError(f"{source}: the model kind at byte {start} is not printable text")
     desc_at = start + kind_len + 4 * 8
-    desc_len = u64(desc_at, "description length")
-    body = desc_at + 8
-    if desc_len > size - body:
-        raise CoreMLDataError(f"{source}: description of {desc_len} bytes at byte {body} runs past the end ({size} bytes)")
-    message = _description_class()()
-    try:
-        message.ParseFromString(bytes(data[body:body + desc_len]))
-    except (DecodeError, RecursionError, ValueError) as exc:
-        raise CoreMLDataError(f"{source}: the model description does not parse as protobuf ({exc})") from None
+    description_class, head_class = _description_class()
+    if kind_bytes == _SPEC_KIND:  # the stage's whole Core ML specification, to the end of the file
+        body, desc_len = desc_at, size - desc_at
+        head = head_class()
+        try:
+            head.ParseFromString(bytes(data[body:]))
+        except (DecodeError, RecursionError, ValueError) as exc:
+            raise CoreMLDataError(f"{source}: the specification does not parse as protobuf ({exc})") from None
+        message = head.description
+    else:
+        desc_len = u64(desc_at, "description length")
+        body = desc_at + 8
+        if desc_len > size - body:
+            raise CoreMLDataError(f"{source}: description of {desc_len} bytes at byte {body} runs past the end ({size} bytes)")
+        message = description_class()
+        try:
+            message.ParseFromString(bytes(data[body:body + desc_len]))
+        except (DecodeError, RecursionError, ValueError) as exc:
+            raise CoreMLDataError(f"{source}: the model description does not parse as protobuf ({exc})") from None
     if not message.input and not message.output:
         raise CoreMLDataError(f"{source}: the model description names no input and no output")
     metadata: dict[str, Any] = {}
@@ -226,16 +260,22 @@ def parse_coremldata(data: bytes, *, source: str = FILENAME) -> BundleInfo:
                 metadata[key] = value
         if m.userDefined:
             metadata["user_defined"] = dict(sorted(m.userDefined.items()))
+    if kind_bytes == _SPEC_KIND or first not in (_TAG, _CLASSIFIER_TAG):
+        tail: dict[str, Any] = {}
+    elif first == _CLASSIFIER_TAG:
+        tail = _classifier_tail(data, body + desc_len, source)
+    else:
+        tail = {"output_names": _tail_names(data, body + desc_len)}
     return BundleInfo(
         path=path,
+        model_type=first,
         model_kind=kind_bytes.decode("ascii"),
         inputs=tuple(_feature(f) for f in message.input),
         outputs=tuple(_feature(f) for f in message.output),
         predicted_feature=message.predictedFeatureName or None,
         predicted_probabilities=message.predictedProbabilitiesName or None,
         metadata=metadata,
-        **(_classifier_tail(data, body + desc_len, source) if first == _CLASSIFIER_TAG
-           else {"output_names": _tail_names(data, body + desc_len)}),
+        **tail,
     )
 
 
@@ -291,6 +331,30 @@ def _tail_names(data: bytes, at: int, tag: int | None = _TAG) -> tuple[str, ...]
         names.append(data[pos + 8:pos + 8 + n].decode("utf-8", "backslashreplace"))
         pos += 8 + n
     return tuple(names)
+
+
+def raw_protobuf(path: str | os.PathLike) -> tuple[str, bytes] | None:
+    """("spec", a stage's whole Core ML ``Model``) or ("description", a ``ModelDescription``): the protobuf
+    bytes of a ``coremldata.bin`` (None when unreadable), for a reader with Core ML's own schema."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SIZE + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_SIZE or len(data) < _KIND_AT + 8:
+        return None
+    kind_len = struct.unpack_from("<Q", data, _KIND_AT)[0]
+    at = _KIND_AT + 8 + kind_len + 4 * 8
+    if at > len(data):
+        return None
+    if data[_KIND_AT + 8:_KIND_AT + 8 + kind_len] == _SPEC_KIND:
+        return "spec", data[at:]
+    if at + 8 > len(data):
+        return None
+    length = struct.unpack_from("<Q", data, at)[0]
+    if length > len(data) - at - 8:
+        return None
+    return "description", data[at + 8:at + 8 + length]
 
 
 def read_coremldata(path: str | os.PathLike) -> BundleInfo:
