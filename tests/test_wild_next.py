@@ -296,6 +296,10 @@ def _mutations():
          lambda ls: _layer(ls, "drawing_pool0_fwd").update(type="mystery", top="nowhere")
          or _layer(ls, "drawing_conv1_fwd").update(bottom="nowhere")),
         ("MNIST explicit pads", "MNISTClassifier", _explicit_pads),
+        ("NeuralHash synthetic float32", "synthetic-float32", None),
+        ("NeuralHash synthetic float16", "synthetic-float16", None),
+        ("NeuralHash unknown operation", "synthetic-float32",
+         lambda ls: next(layer for layer in ls if layer["type"] == "elementwise").update(operation=57)),
         ("Sentiment", "SentimentalAnalysisModelFP16", None),
         ("Sentiment without LSTM", "SentimentalAnalysisModelFP16", _without_lstm),
         ("Sentiment LSTM reads nothing known", "SentimentalAnalysisModelFP16",
@@ -308,6 +312,17 @@ def test_inspect_verdict_is_convert_outcome(case, tmp_path, capsys):
     label, fixture, edit = case
     if fixture == "SentimentalAnalysisModelFP16":
         folder, _ = sentiment_with_weights(tmp_path, edit, bundle_files=edit is not _without_lstm)
+    elif fixture.startswith("synthetic-"):
+        from neuralhash.synthetic import write_neuralhash_v3b
+
+        folder = tmp_path / "nh"
+        sources = write_neuralhash_v3b(folder, precision=fixture.split("-")[1], calibrate=False)
+        if edit is not None:
+            from neuralhash.espresso import read_json_file
+
+            graph, _ = read_json_file(sources.net)
+            edit(graph["layers"])
+            sources.net.write_text(json.dumps(graph))
     else:
         folder = copy_bundle(_fixture(fixture), tmp_path / f"{fixture}.mlmodelc", edit)
     assert main(["inspect", str(folder), "--json"]) == 0
