@@ -152,14 +152,14 @@ def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel 
     """
     from .hashing.image import load_image, preprocess
 
-    if not paths:
-        return []
     if model is None or model.shapes.get(model.inputs[0]) is None or \
             model.shapes[model.inputs[0]].view == (1, 3, 360, 360):
         return [(os.fspath(p), preprocess(p)[None]) for p in paths]
     name, dims = _input_dims(model, max_input_size, 1)
     seq, k, h, w = model.shapes[name].view
     if seq != 1 or k not in (1, 3):
+        if not paths:  # an array input: nothing to preprocess (verify feeds it seeded arrays)
+            return []
         raise NeuralHashError(f"input blob {name!r} of [seq, k, h, w] {[seq, k, h, w]} is not an image")
     params = model.transform_params.get(name, {})
     params = params if isinstance(params, dict) else {}
@@ -204,9 +204,11 @@ def verify(
     if not seeds and not images:
         raise NeuralHashError("nothing to verify on: no seeds and no images")
     cases = random_inputs(model, seeds, batch, max_input_size)
-    if images:
+    # Without images too: an image input's transform_params must be real numbers (they are in the metadata).
+    prepared = image_inputs(images, model, max_input_size)
+    if prepared:
         others = random_inputs(model, seeds[:1] or [0], 1, max_input_size)[0][1]
-        for label, x in image_inputs(images, model, max_input_size):
+        for label, x in prepared:
             cases.append((label, {**others, model.inputs[0]: x}))
     if onnx_model is None:
         from .convert import convert

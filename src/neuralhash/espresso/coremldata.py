@@ -373,19 +373,20 @@ def read_coremldata(path: str | os.PathLike) -> BundleInfo:
     extra: dict[str, Any] = {"metadata_json": read_metadata_json(path.parent / METADATA_JSON),
                              "image_records": read_image_records(path.parent / IMAGE_RECORDS)}
     if not info.class_labels:  # a classifier whose labels this file does not give: metadata.json's
-        labels, kind = _labels_from_metadata(extra["metadata_json"])
+        labels, kind = _labels_from_metadata(extra["metadata_json"], info.predicted_feature)
         if labels:
             extra.update(class_labels=labels, class_label_type=kind)
     return replace(info, **extra)
 
 
-def _labels_from_metadata(meta: dict[str, Any]) -> tuple[tuple[int | str, ...], str | None]:
-    """``classLabels`` of metadata.json, typed by its ``classLabel`` output (Int64 or String)."""
+def _labels_from_metadata(meta: dict[str, Any], label_output: str | None) -> tuple[tuple[int | str, ...], str | None]:
+    """``classLabels`` of metadata.json, typed by its label output's type (Int64 or String)."""
     labels = meta.get("classLabels")
     if not isinstance(labels, list) or not labels or not all(isinstance(v, str) for v in labels):
         return (), None
-    kinds = [o.get("type") for o in meta.get("outputSchema", []) if isinstance(o, dict) and o.get("type") in
-             ("Int64", "String")]
+    schema = meta.get("outputSchema")
+    kinds = [o.get("type") for o in (schema if isinstance(schema, list) else [])
+             if isinstance(o, dict) and o.get("name") == label_output and o.get("type") in ("Int64", "String")]
     if kinds[:1] == ["Int64"]:
         try:
             return tuple(int(v) for v in labels), "Int64"
