@@ -172,3 +172,10 @@ def test_nothing_to_add_is_one_error(tmp_path, capsys):
     assert main(["convert", str(plain), "-o", str(tmp_path / "x.onnx"), "--with-preprocessing"]) == 1
     assert "no coremldata.bin" in capsys.readouterr().err
     assert main(["convert", str(folder), "-o", str(tmp_path / "f.onnx"), "--with-preprocessing"]) == 0
+
+
+def test_inspect_shows_the_classifier_and_the_grey_input(capsys):
+    assert main(["inspect", str(_fixture("MNISTClassifier"))]) == 0
+    text = capsys.readouterr().out
+    assert "transform    pixel * 0.003921568859 + (0 0 0), grayscale" in text
+    assert "classifier: 10 Int64 class labels (0, 1, 2, 3, 4, 5, 6, 7, 8, 9) -> 'classLabel'" in text

@@ -148,8 +148,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 continue
             onnx_dims = ", ".join(str(d) for d in info["onnx_shapes"][blob])
             out(f"{label[:-1]:<12} {blob}  n,k,h,w {shape}  seq {model.shapes[blob].seq}  ONNX [{onnx_dims}]")
+    bundle_images = {f.name: f.color_space for f in model.bundle_info.inputs if f.kind == "image"} \
+        if model.bundle_info is not None and model.bundle_info.readable else {}
     for name, params in _image_transforms(model.transform_params):
-        order = "BGR" if params.get("is_network_bgr") else "RGB"
+        grey = bundle_images.get(name or (model.inputs[0] if model.inputs else "")) == "grayscale"
+        order = "grayscale" if grey else "BGR" if params.get("is_network_bgr") else "RGB"
         biases = " ".join(_number(params.get(k, 0)) for k in ("bias_r", "bias_g", "bias_b"))
         prefix = f"{name}: " if name else ""
         out(f"transform    {prefix}pixel * {_number(params.get('scale', 1), '.10g')} + ({biases}), {order}")
