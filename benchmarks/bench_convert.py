@@ -9,7 +9,7 @@ Prints one table:
   conversion of a one-layer model (so that it counts data, not library code);
   goals: under 1 s, peak under 3x the weights file;
 - convert of the real compiled models in ../shared/fixtures/coreml-wild
-  (FindFour, UxModel, SSDOcr; skipped when absent), the same way;
+  (FindFour, UxModel, SSDOcr, MNISTClassifier; skipped when absent), the same way;
 - inference: ONNX Runtime time per image, tidied graph against --no-optimize,
   interleaved in one run so machine noise hits both alike.
 """
@@ -68,7 +68,7 @@ def measure_convert(src: Path, out: Path, optimize: bool, repeats: int) -> tuple
 
 
 WILD = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "coreml-wild"
-WILD_MODELS = ("FindFour", "UxModel", "SSDOcr")
+WILD_MODELS = ("FindFour", "UxModel", "SSDOcr", "MNISTClassifier")
 
 
 def wild_rows(tmp: Path, repeats: int) -> list[tuple[str, str, str, str]]:

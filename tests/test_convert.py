@@ -291,6 +291,17 @@ def _():
     return n.model((3, 4, 5), {"fc1": (1, 7, 1, 1), "fc3": (1, 4, 1, 1)})
 
 
+@case("nd_concat_slice_add_alpha_flatten_last_same4")
+def _():
+    n = Net(70)
+    a = n.conv("a", "x", 3, 4, 3, pad_mode=4)  # "same", symmetric: 6 x 5 stays 6 x 5
+    n.add("general_slice", "sl", a, begin_k=1, end_k=3, begin_h=-4, end_mask_h=1, stride_w=2)
+    n.add("general_concat", "gc", ["sl", "sl"], nd_mode=True, axis=-3)
+    n.add("elementwise", "plus", "gc", operation=0, alpha=0.5)
+    n.add("flatten", "fl", "plus", mode=1)
+    return n.model((3, 6, 5), {"a": (1, 4, 6, 5), "sl": (1, 2, 4, 3), "gc": (1, 4, 4, 3), "fl": (1, 48, 1, 1)})
+
+
 @case("softmax_concat_flatten_reshape_transpose")
 def _():
     n = Net(60)
@@ -681,7 +692,7 @@ def _one_layer(type_, **fields):
     [
         (lambda: _one_layer("lrn", alpha=1.0), r"layer 'bad' \(lrn\): layer type 'lrn' is not supported"),
         (lambda: _one_layer("elementwise", operation=57), r"layer 'bad' \(elementwise\): operation 57 is not supported"),
-        (lambda: _one_layer("elementwise", operation=0), r"layer 'bad' \(elementwise\): operation 0 with 1 input"),
+        (lambda: _one_layer("elementwise", operation=22), r"layer 'bad' \(elementwise\): operation 22 with 1 input"),
         (lambda: _one_layer("activation", mode=4), r"layer 'bad' \(activation\): mode 4 is not supported"),
         (lambda: _one_layer("activation", mode=99), r"'bad' \(activation\): mode 99"),
         (lambda: _one_layer("pool", avg_or_max=2, is_global=1), r"'bad' \(pool\): avg_or_max 2"),

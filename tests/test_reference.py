@@ -365,7 +365,7 @@ def test_unknown_elementwise_operation_names_the_layer():
         run(model, np.ones((1, 1, 2, 2), np.float32))
 
 
-@pytest.mark.parametrize("op,bottoms", [(0, ["x"]), (2, ["x", "z"]), (22, ["x", "z", "z"])])
+@pytest.mark.parametrize("op,bottoms", [(22, ["x"]), (2, ["x", "z"]), (22, ["x", "z", "z"])])
 def test_elementwise_wrong_input_count(op, bottoms):
     layers = [{"type": "elementwise", "name": "pre", "bottom": "x", "top": "z", "operation": 2, "alpha": 1.0},
               ew(op, bottoms)]
@@ -627,7 +627,8 @@ def test_unknown_layer_type_names_the_layer():
 def test_handlers_registry():
     expected = {"input", "convolution", "batchnorm", "elementwise", "activation", "pool", "inner_product",
                 "softmax", "softmax_nd", "concat", "flatten", "reshape", "transpose", "upsample", "load_constant",
-                "general_padding", "sequence_concat", "slice", "reduce", "expand_dims", "squeeze", "split_nd"}
+                "general_padding", "sequence_concat", "slice", "reduce", "expand_dims", "squeeze", "split_nd",
+                "general_concat", "general_slice"}
     assert set(HANDLERS) == expected
     assert set(ELEMENTWISE_OPERATIONS) == {0, 1, 2, 3, 10, 22, 23, 24, 25, 27, 33, 102, 119}
 
@@ -857,8 +858,11 @@ def test_flatten_modes():
     got = one(model_of([layer], None, {"x": seq_shape(3, 2, 2, 2)}), x)
     assert got.shape == (2, 3, 8, 1, 1)  # each sequence item flattened on its own
     np.testing.assert_array_equal(got[1, 2, :, 0, 0], x[1, 2].ravel())
-    with pytest.raises(UnsupportedLayerError, match=r"'f' \(flatten\): mode 1"):
-        run(model_of([dict(layer, mode=1)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    last = one(model_of([dict(layer, mode=1)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
+    # channels-last: each sequence item's [k, h, w] read in (h, w, k) order
+    np.testing.assert_array_equal(last[1, 2, :, 0, 0], x[1, 2].transpose(1, 2, 0).ravel())
+    with pytest.raises(UnsupportedLayerError, match=r"'f' \(flatten\): mode 2"):
+        run(model_of([dict(layer, mode=2)], None, {"x": seq_shape(3, 2, 2, 2)}), x)
     column = np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)
     flat = one(model_of([dict(layer, mode=1)], None, {"x": (1, 1, 2, 3)}), column)
     np.testing.assert_array_equal(flat.ravel(), column.ravel())

@@ -1,6 +1,7 @@
 """Prove an ONNX conversion against the independent NumPy reference executor.
 
-Both run on the same inputs (seeded random tensors in [-1, 1], and optionally
+Both run on the same inputs (seeded random tensors in [-1, 1] for every
+input, indices in range for an embedding's, and optionally
 real images, resized to the model's input and scaled as its
 ``transform_params`` say); the largest absolute and relative error of every
 output is reported. Inputs are shaped from the shape file, so their size is
@@ -83,9 +84,9 @@ def _errors(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     return diff, diff / scale if scale > 0 else diff, scale
 
 
-def _input_dims(model: EspressoModel, max_input_size: int, batch: int) -> tuple[str, tuple[int, ...]]:
-    """The first input's name and ONNX dims at ``batch``, refused above ``max_input_size`` bytes."""
-    name = model.inputs[0]
+def _input_dims(model: EspressoModel, max_input_size: int, batch: int, name: str | None = None) -> tuple[str, tuple[int, ...]]:
+    """An input's name (the first by default) and ONNX dims at ``batch``, refused above ``max_input_size`` bytes."""
+    name = model.inputs[0] if name is None else name
     shape = model.shapes.get(name)
     if shape is None:
         raise ConversionError(f"the shape file gives no shape for the input blob {name!r}")
@@ -99,14 +100,32 @@ def _input_dims(model: EspressoModel, max_input_size: int, batch: int) -> tuple[
     return name, dims
 
 
+def index_range(model: EspressoModel, name: str) -> int | None:
+    """The number of rows of the embedding tables an input indexes (None: not an index input)."""
+    from .convert.converter import integer_inputs
+
+    if name not in integer_inputs(model):
+        return None
+    return min(layer.n_in for layer in model.layers if name in layer.bottoms)
+
+
+Feeds = dict[str, np.ndarray]
+
+
 def random_inputs(model: EspressoModel, seeds: Iterable[int], batch: int,
-                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, np.ndarray]]:
-    """Seeded uniform [-1, 1] inputs shaped like the model's first input ([batch, *onnx_dims])."""
-    _, dims = _input_dims(model, max_input_size, batch)
+                  max_input_size: int = DEFAULT_MAX_INPUT_SIZE) -> list[tuple[str, Feeds]]:
+    """Seeded feeds of every input at ``[batch, *onnx_dims]``: uniform [-1, 1] float32, or int64 indices in
+    [0, rows) for an input that only embedding tables read."""
     out = []
     for seed in seeds:
         rng = np.random.default_rng(seed)
-        out.append((f"seed {seed}", rng.uniform(-1, 1, dims).astype(np.float32)))
+        feeds = {}
+        for name in model.inputs:
+            _, dims = _input_dims(model, max_input_size, batch, name)
+            rows = index_range(model, name)
+            feeds[name] = rng.integers(0, rows, dims, dtype=np.int64) if rows is not None else \
+                rng.uniform(-1, 1, dims).astype(np.float32)
+        out.append((f"seed {seed}", feeds))
     return out
 
 
@@ -139,6 +158,8 @@ def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel 
     name, dims = _input_dims(model, max_input_size, 1)
     seq, k, h, w = model.shapes[name].view
     if seq != 1 or k not in (1, 3):
+        if not paths:  # an array input: nothing to preprocess (verify feeds it seeded arrays)
+            return []
         raise NeuralHashError(f"input blob {name!r} of [seq, k, h, w] {[seq, k, h, w]} is not an image")
     params = model.transform_params.get(name, {})
     params = params if isinstance(params, dict) else {}
@@ -171,31 +192,41 @@ def verify(
     optimize: bool = True,
     max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
 ) -> VerificationReport:
-    """Run reference and ONNX Runtime side by side; see the module docstring."""
+    """Run reference and ONNX Runtime side by side; see the module docstring.
+
+    Every input gets seeded random values of its declared shape (indices for
+    embedding inputs); images feed the first input (the others then get the
+    first seed's values at batch 1).
+    """
     from .reference import run as reference_run
 
     seeds = list(seeds)
     if not seeds and not images:
         raise NeuralHashError("nothing to verify on: no seeds and no images")
-    cases = random_inputs(model, seeds, batch, max_input_size) + image_inputs(images, model, max_input_size)
+    cases = random_inputs(model, seeds, batch, max_input_size)
+    # Without images too: an image input's transform_params must be real numbers (they are in the metadata).
+    prepared = image_inputs(images, model, max_input_size)
+    if prepared:
+        others = random_inputs(model, seeds[:1] or [0], 1, max_input_size)[0][1]
+        for label, x in prepared:
+            cases.append((label, {**others, model.inputs[0]: x}))
     if onnx_model is None:
         from .convert import convert
 
         onnx_model = convert(model, optimize=optimize)
     session = make_session(onnx_model, providers)
-    input_name = model.inputs[0]
     _check_interface(model, session)
     worst: dict[str, list[float]] = {blob: [0.0, 0.0, 0.0] for blob in model.outputs}  # abs, rel, scale
     report = VerificationReport(atol=atol, inputs=[label for label, _ in cases])
     failing_case = None
-    for label, x in cases:
-        ref = reference_run(model, {input_name: x})
-        got = dict(zip(model.outputs, session.run(model.outputs, {input_name: x})))
+    for label, feeds in cases:
+        ref = reference_run(model, feeds)
+        got = dict(zip(model.outputs, session.run(model.outputs, feeds)))
         for blob in model.outputs:
             diff, rel, scale = _errors(ref[blob], got[blob])
             worst[blob] = [max(worst[blob][0], diff), max(worst[blob][1], rel), max(worst[blob][2], scale)]
             if diff > atol * max(1.0, scale) and failing_case is None:
-                failing_case = x
+                failing_case = feeds
     report.outputs = [OutputError(b, w[0], w[1], atol * max(1.0, w[2]), len(cases)) for b, w in worst.items()]
     if failing_case is not None:
         report.divergence = first_divergence(model, onnx_model, failing_case, atol, providers)
@@ -203,29 +234,31 @@ def verify(
 
 
 def _check_interface(model: EspressoModel, session: Any) -> None:
-    """An ONNX model given with ``--onnx`` must be this model's conversion: its input and outputs by
-    name, the input of the same size (ONNX Runtime's own complaint was a traceback)."""
+    """An ONNX model given with ``--onnx`` must be this model's conversion: its inputs and outputs by
+    name, each input of the same size (ONNX Runtime's own complaint was a traceback)."""
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     missing = [b for b in model.outputs if b not in outputs]
-    name = model.inputs[0]
-    if name not in inputs or missing or len(inputs) != 1:
+    if sorted(inputs) != sorted(model.inputs) or missing:
         raise ConversionError(
             f"the ONNX model is not a conversion of this Espresso model: it takes {sorted(inputs)} and gives "
-            f"{sorted(outputs)[:8]}; the Espresso model takes {[name]} and gives {list(model.outputs)[:8]}")
-    shape = model.shapes.get(name)
-    want = list(shape.view) if shape is not None else None
-    got = inputs[name]
-    if want is not None and len(got) == 1 + len(want) and any(
-            isinstance(g, int) and g != w for g, w in zip(got[1:], want)):
-        raise ConversionError(f"the ONNX model's input {name!r} is {got}; the Espresso model's is "
-                              f"[batch, {', '.join(map(str, want))}]")
+            f"{sorted(outputs)[:8]}; the Espresso model takes {list(model.inputs)} and gives {list(model.outputs)[:8]}")
+    for name in model.inputs:
+        shape = model.shapes.get(name)
+        if shape is None:
+            continue
+        got = inputs[name]
+        wanted = (list(shape.view), list(shape.onnx_dims))
+        if not any(len(got) == 1 + len(want) and all(not isinstance(g, int) or g == w for g, w in zip(got[1:], want))
+                   for want in wanted):
+            raise ConversionError(f"the ONNX model's input {name!r} is {got}; the Espresso model's is "
+                                  f"[batch, {', '.join(map(str, shape.onnx_dims))}]")
 
 
 def first_divergence(
     model: EspressoModel,
     onnx_model: onnx.ModelProto,
-    x: np.ndarray,
+    feeds: Feeds,
     atol: float,
     providers: Sequence[str] | None = None,
 ) -> Divergence | None:
@@ -236,7 +269,7 @@ def first_divergence(
     """
     from .reference import run as reference_run
 
-    ref = reference_run(model, {model.inputs[0]: x}, keep=True)
+    ref = reference_run(model, feeds, keep=True)
     produced = {out for node in onnx_model.graph.node for out in node.output}
     exposed = [(layer, top) for layer in model.layers for top in layer.tops
                if top in produced and top not in model.inputs]
@@ -247,7 +280,7 @@ def first_divergence(
             probe.graph.output.append(onnx.helper.make_tensor_value_info(top, onnx.TensorProto.FLOAT, None))
             existing.add(top)
     names = [top for _, top in exposed]
-    values = dict(zip(names, make_session(probe, providers).run(names, {model.inputs[0]: x})))
+    values = dict(zip(names, make_session(probe, providers).run(names, feeds)))
     for layer, top in exposed:
         diff, _, scale = _errors(ref[top], values[top])
         if diff > atol * max(1.0, scale):

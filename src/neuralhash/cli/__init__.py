@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-optimize", action="store_true", help="a literal layer-by-layer graph, no tidying")
     p.add_argument("--hash-head", nargs="?", const="", default=None, metavar="SEED.dat",
                    help="append the NeuralHash projection; without a file the seed is rebuilt exactly")
+    p.add_argument("--with-preprocessing", action="store_true",
+                   help="take the image as Core ML does (uint8 pixels) and, for a classifier, output the class label")
     add_files(p)
 
     p = add("verify", cmd_verify, "check ONNX Runtime against the NumPy reference executor")

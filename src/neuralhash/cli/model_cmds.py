@@ -72,13 +72,18 @@ def _bundle_json(model):
 
 
 def _inspect_pipeline(args: argparse.Namespace, exc) -> int:
-    stages = [{"stage": s.index, "path": str(s.path), "kind": s.kind} for s in exc.stages]
+    from ..espresso.bundle import pipeline_advice
+
+    stages = [{"stage": s.index, "path": str(s.path), "kind": s.kind, "model_type": s.model_type}
+              for s in exc.stages]
+    advice = pipeline_advice(exc.path, exc.stages)
     if args.json:
-        out(json.dumps({"pipeline": str(exc.path), "stages": stages}, indent=2, sort_keys=True))
+        out(json.dumps({"pipeline": str(exc.path), "stages": stages, "advice": advice}, indent=2, sort_keys=True))
         return 0
-    out(f"pipeline     {exc.path} ({len(stages)} stages; inspect or convert one as {exc.stages[0].path})")
+    out(f"pipeline     {exc.path} ({len(stages)} stages)")
     for s in exc.stages:
-        out(f"  stage {s.index:<3} {s.path.name:<10} {s.kind}")
+        out(f"  stage {s.index:<3} {s.describe()}")
+    out(f"converts     {advice}")
     return 0
 
 
@@ -128,14 +133,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         out(json.dumps(json_safe(info), indent=2, sort_keys=True, allow_nan=False))
         return 0
+    for name, reason in unsupported.items():  # what stops a conversion comes first
+        out(f"unsupported  {reason}")
     out(f"graph        {model.sources.net}")
     out(f"layers       {info['layers']}")
     width = max((len(t) for t in info["layer_types"]), default=0)
     out(f"  {'type':<{width}}  {'count':>5}  converts")
     for type_name, count in info["layer_types"].items():
         out(f"  {type_name:<{width}}  {count:>5}  {converts[type_name]}")
-    for name, reason in unsupported.items():
-        out(f"unsupported  {reason}")
     for label in ("inputs", "outputs"):
         for blob, shape in info[label].items():
             if not shape:
@@ -143,8 +148,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 continue
             onnx_dims = ", ".join(str(d) for d in info["onnx_shapes"][blob])
             out(f"{label[:-1]:<12} {blob}  n,k,h,w {shape}  seq {model.shapes[blob].seq}  ONNX [{onnx_dims}]")
+    bundle_images = {f.name: f.color_space for f in model.bundle_info.inputs if f.kind == "image"} \
+        if model.bundle_info is not None and model.bundle_info.readable else {}
     for name, params in _image_transforms(model.transform_params):
-        order = "BGR" if params.get("is_network_bgr") else "RGB"
+        grey = bundle_images.get(name or (model.inputs[0] if model.inputs else "")) == "grayscale"
+        order = "grayscale" if grey else "BGR" if params.get("is_network_bgr") else "RGB"
         biases = " ".join(_number(params.get(k, 0)) for k in ("bias_r", "bias_g", "bias_b"))
         prefix = f"{name}: " if name else ""
         out(f"transform    {prefix}pixel * {_number(params.get('scale', 1), '.10g')} + ({biases}), {order}")
@@ -169,7 +177,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     detail = f.kind
                 out(f"coreml       {role} {f.name!r}: {detail}")
             if bundle.class_labels:
-                out(f"coreml       {len(bundle.class_labels)} class labels")
+                shown = ", ".join(str(v) for v in bundle.class_labels[:10])
+                more = ", ..." if len(bundle.class_labels) > 10 else ""
+                out(f"coreml       classifier: {len(bundle.class_labels)} {bundle.class_label_type} class labels "
+                    f"({shown}{more}) -> {bundle.predicted_feature!r}, probabilities {bundle.predicted_probabilities!r}")
+            elif bundle.labels_note:
+                out(f"coreml       classifier: {bundle.labels_note}")
             for key, value in bundle.metadata.items():
                 out(f"coreml       {key}: {value}")
     for problem in model.problems:
@@ -211,7 +224,8 @@ def _convert_one(args: argparse.Namespace, src):
     start = time.perf_counter()
     model = load_espresso(argparse.Namespace(**{**vars(args), "src": src}))
     parameters = model.parameter_count()
-    proto = convert(model, optimize=not args.no_optimize, hash_head=seed_matrix(args.hash_head))
+    proto = convert(model, optimize=not args.no_optimize, hash_head=seed_matrix(args.hash_head),
+                    with_preprocessing=getattr(args, "with_preprocessing", False))
     return proto, parameters, time.perf_counter() - start
 
 
@@ -244,11 +258,17 @@ def _convert_pipeline(args: argparse.Namespace, stages) -> int:
     if args.hash_head is not None:
         raise NeuralHashError(f"{where}: --hash-head applies to one model; convert the last stage alone "
                               f"({stages[-1].path}) to add it")
+    if not any(stage.kind == "espresso" for stage in stages):
+        from ..espresso.bundle import pipeline_advice
+
+        listed = ", ".join(s.describe() for s in stages)
+        raise NeuralHashError(f"{where}: a pipeline of {len(stages)} stages: {listed}; {pipeline_advice(where, stages)}")
     for stage in stages:
         if stage.kind != "espresso":
             what = {"pipeline": "is itself a pipeline (convert it on its own)",
                     "ml program": "is an ML Program (model.mil)"}.get(stage.kind, "has no Espresso model")
-            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}; "
+            kind = f" ({stage.model_type})" if stage.model_type and stage.kind != "pipeline" else ""
+            raise NeuralHashError(f"{where}: stage {stage.index} ({stage.path.name}) {what}{kind}; "
                                   "the pipeline cannot be converted stage by stage")
     converted = []
     for stage in stages:

@@ -45,7 +45,7 @@ class Context:
     """Builds the node list and initializers of one conversion."""
 
     def __init__(self, model: Any, *, optimize: bool, input_shapes: dict[str, Shape | View],
-                 renamed: Sequence[str] = (), dry: bool = False):
+                 renamed: Sequence[str] = (), dry: bool = False, integer: Sequence[str] = ()):
         self.model = model
         self.optimize = optimize
         self.dry = dry  # checking only: weights are not read, initializers not made
@@ -60,6 +60,7 @@ class Context:
         self._values: dict[str, str] = {}  # blob -> current ONNX value name
         self._views: dict[str, View] = {}  # ONNX value name -> (seq, k, h, w)
         self._batch1: set[str] = set()  # ONNX value names with a fixed batch of 1
+        self.integer: set[str] = set(integer)  # ONNX value names of type int64 (embedding indices)
         self._top_names = self._plan_names()
         self.layer: Layer | None = None
         self._start = 0
@@ -160,6 +161,9 @@ class Context:
         return UnsupportedLayerError(
             f"{layer_label(self.layer)}: a {self.layer.type} layer on a sequence blob (seq {seq}) is not supported"
         )
+
+    def is_integer(self, value: str) -> bool:
+        return value in self.integer
 
     def is_batch1(self, value: str) -> bool:
         return value in self._batch1

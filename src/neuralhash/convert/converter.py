@@ -26,6 +26,8 @@ from ..fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
 from ..espresso.layers import LAYER_TYPES
 from .context import Context, View
+from .coreml_io import add_interface
+from .coreml_io import describe as describe_interface
 from .fusion import plan_fusions
 from .registry import HANDLERS
 
@@ -42,6 +44,7 @@ def convert(
     optimize: bool = True,
     hash_head: np.ndarray | None = None,
     check_shapes: bool = True,
+    with_preprocessing: bool = False,
 ) -> onnx.ModelProto:
     """Convert an EspressoModel to an ONNX model (opset 17, symbolic batch).
 
@@ -53,12 +56,16 @@ def convert(
     inferred blob shape with the model's shape file. Graph inputs and outputs
     have their real rank (``BlobShape.onnx_dims``) after the symbolic batch.
     Every layer that cannot be converted is named in the one error raised.
+    ``with_preprocessing`` adds what Core ML does around the network
+    (``coreml_io.py``): the image input as uint8 pixels, a classifier's label.
     """
     input_shapes = _input_views(model)
     if model.weights is None and any(layer.blob_refs() for layer in model.layers):
         raise ConversionError("the model has no weights file: nothing to convert the layers' weights from")
 
-    ctx = Context(model, optimize=optimize, input_shapes=input_shapes, renamed=_boundary_reshapes(model))
+    integer = integer_inputs(model)
+    ctx = Context(model, optimize=optimize, input_shapes=input_shapes, renamed=_boundary_reshapes(model),
+                  integer=integer)
     prologue = _reshape_inputs(ctx, model)
     fusions = plan_fusions(model) if optimize else {}
     failures = _build(ctx, model, fusions)
@@ -79,7 +86,8 @@ def convert(
     if hash_head is not None:
         outputs += _add_hash_head(ctx, model, hash_head)
 
-    inputs = [_value_info(blob, _boundary_dims(model, blob, input_shapes[blob]), False) for blob in model.inputs]
+    inputs = [_value_info(blob, _boundary_dims(model, blob, input_shapes[blob]), False,
+                          TensorProto.INT64 if blob in integer else TensorProto.FLOAT) for blob in model.inputs]
     nodes, initializers = ctx.nodes, ctx.initializers
     ctx.initializers = []  # the proto below takes them over
     if optimize:
@@ -108,10 +116,18 @@ def convert(
     bundle = getattr(model, "bundle_info", None)
     if bundle is not None and bundle.readable:  # the .mlmodelc's coremldata.bin (espresso/coremldata.py)
         props["neuralhash.coreml_description"] = json.dumps(bundle.to_json(), sort_keys=True)
+        interface = describe_interface(model)
+        if interface:
+            props["neuralhash.coreml_interface"] = json.dumps(interface, sort_keys=True)
+        if with_preprocessing:
+            props["neuralhash.with_preprocessing"] = "1"
     helper.set_model_props(proto, props)
     skeleton = _skeleton(proto)
     if check_shapes:
         _check_shapes(model, ctx, skeleton)
+    if with_preprocessing:
+        add_interface(proto, model)
+        skeleton = _skeleton(proto)
     try:
         onnx.checker.check_model(skeleton)
     except onnx.checker.ValidationError as exc:
@@ -125,7 +141,8 @@ def unsupported_layers(model: Any) -> dict[str, str]:
     Checks every layer without stopping at the first and without reading a
     weight: a layer that fails stands in for its top with the shape file's
     view, so the layers after it are still checked. A layer whose input could
-    not be stood in for (no shape entry) is not checked, and not listed.
+    not be stood in for (no shape entry) is listed as not converting, naming
+    that input.
     The same layers make :func:`convert` fail, all named in one error.
     Raises ConversionError when nothing can be checked (no shape for the input).
     """
@@ -155,19 +172,24 @@ def _build(ctx: Context, model: Any, fusions: dict) -> list[tuple[Any, NeuralHas
             if layer is fusion.layers[-1]:
                 fusion.emit(ctx)
             continue
-        if not all(ctx.has_value(b) for b in layer.bottoms):
-            continue  # an input failed and had no shape entry to stand in with: not checkable
         fn = HANDLERS.get(layer.type)
         try:
             parsed_as = LAYER_TYPES.get(layer.type)
             if fn is not None and parsed_as is not None and not isinstance(layer, parsed_as):
                 # A leniently loaded model (inspect) keeps a layer it could not parse as a bare Layer.
-                raise UnsupportedLayerError(f"{layer_label(layer)}: its fields could not be read")
+                label = layer_label(layer)
+                why = next((p for p in getattr(model, "problems", ()) if p.startswith(label + ":")), None)
+                raise UnsupportedLayerError(why or f"{label}: its fields could not be read")
             if fn is None:
                 reason = UNSUPPORTED_TYPES.get(layer.type, "")
                 raise UnsupportedLayerError(
                     f"{layer_label(layer)}: layer type {layer.type!r} is not supported{': ' + reason if reason else ''}"
                 )
+            missing = [b for b in layer.bottoms if not ctx.has_value(b)]
+            if missing:  # an input failed and had no shape entry to stand in with
+                raise UnsupportedLayerError(
+                    f"{layer_label(layer)}: cannot be converted: its input {missing[0]!r} comes from a layer that "
+                    "cannot be converted, and the shape file has no entry to go on with")
             fn(ctx, layer)
         except NeuralHashError as exc:  # ConversionError, and a weight that cannot be read
             failures.append((layer, exc))
@@ -224,13 +246,18 @@ def _reshape_inputs(ctx: Context, model: Any) -> list[onnx.NodeProto]:
         ctx.initializers.append(onnx.numpy_helper.from_array(np.array([0, *_internal_dims(view)], np.int64), target))
         nodes.append(helper.make_node("Reshape", [blob, target], [name], name=name))
         ctx.rebind(blob, name, view)
+        if ctx.is_integer(blob):
+            ctx.integer.add(name)
     return nodes
 
 
 # Types with no handler, and why (shown by ``unsupported_layers`` and ``inspect``).
 UNSUPPORTED_TYPES = {
-    "rnn_arch": "a recurrent (LSTM) layer; the layout of its weights and its gate order are not publicly "
-                "documented, and a guess could not be checked",
+    "crop_and_resize": "Core ML's crop-and-resize has four sampling modes and four box layouts; which of them "
+                       "Espresso's grid_sampling_mode and crop_index_mode numbers are is not evidenced (its reduce "
+                       "codes do not follow Core ML's enumerations either)",
+    "rnn_arch": "a recurrent (LSTM) layer: how Espresso lays out its weights (W_x, W_h, b) and orders the gates "
+                "is not evidenced by any model with weights, and a guess could not be checked",
 }
 
 
@@ -263,8 +290,18 @@ def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:
     return skeleton
 
 
-def _value_info(name: str, shape: tuple[int, ...], batch1: bool) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1 if batch1 else BATCH, *shape])
+def _value_info(name: str, shape: tuple[int, ...], batch1: bool, elem_type: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem_type, [1 if batch1 else BATCH, *shape])
+
+
+def integer_inputs(model: Any) -> set[str]:
+    """The inputs read only by embedding tables (``inner_product`` with ``is_lookup``): int64 in ONNX."""
+    readers: dict[str, list[Any]] = {}
+    for layer in model.layers:
+        for blob in layer.bottoms:
+            readers.setdefault(blob, []).append(layer)
+    return {blob for blob in model.inputs
+            if readers.get(blob) and all(getattr(r, "is_lookup", False) for r in readers[blob])}
 
 
 def _add_hash_head(ctx: Context, model: Any, matrix: np.ndarray) -> list[onnx.ValueInfoProto]:

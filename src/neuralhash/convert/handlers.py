@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
+import onnx
 
 from ..espresso.layers import (
     AXIS_NAMES,
@@ -27,7 +28,9 @@ from ..espresso.layers import (
     Elementwise,
     ExpandDims,
     Flatten,
+    GeneralConcat,
     GeneralPadding,
+    GeneralSlice,
     InnerProduct,
     Input,
     LoadConstant,
@@ -45,6 +48,7 @@ from ..espresso.layers import (
     nd_axis_name,
 )
 from ..errors import UnsupportedLayerError, layer_label
+from ..espresso.padding import PaddingRefused, WindowTooSmall, axis_window
 from .context import Context, Shape, View
 from .registry import handler
 
@@ -53,22 +57,13 @@ from .registry import handler
 
 def _axis_window(ctx: Context, axis: str, size: int, kernel: int, stride: int, dilation: int,
                  pad_mode: int, pads: tuple[int, int]) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) along one spatial axis."""
-    extent = (kernel - 1) * dilation + 1
-    if pad_mode == 1:  # TensorFlow SAME: output ceil(size / stride), odd extra padding after
-        out = -(-size // stride)
-        total = max((out - 1) * stride + extent - size, 0)
-        before, after = total // 2, total - total // 2
-    elif pad_mode == 2:  # VALID (unverified beyond 1x1 stride-1 kernels)
-        before, after = 0, 0
-    elif pad_mode == 0:  # explicit pad_t / pad_b (rows), pad_l / pad_r (columns)
-        before, after = pads
-    else:
-        raise ctx.unsupported("pad_mode", pad_mode)
-    padded = size + before + after
-    if padded < extent:
-        raise ctx.mismatch(f"input {axis} {size} (padded to {padded}) is smaller than the window extent {extent}")
-    return (padded - extent) // stride + 1, before, after
+    """(output size, pad before, pad after) along one spatial axis (``espresso/padding.py``)."""
+    try:
+        return axis_window(pad_mode, axis, size, kernel, stride, dilation, pads)
+    except PaddingRefused as exc:
+        raise ctx.unsupported(exc.field, exc.value, exc.detail) from None
+    except WindowTooSmall as exc:
+        raise ctx.mismatch(str(exc)) from None
 
 
 def _window(ctx: Context, h: int, w: int, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
@@ -226,6 +221,11 @@ def _unary_neutral(ctx: Context, layer: Elementwise, op: int, alpha: bool) -> No
         raise ctx.unsupported("alpha", layer.alpha, f"operation {op}")
 
 
+def _add_alpha(ctx: Context, layer: Elementwise) -> str:  # one input: x + alpha (Core ML's AddLayerParams)
+    _unary_neutral(ctx, layer, 0, alpha=False)
+    return ctx.node("Add", [ctx.input(), ctx.scalar(layer.alpha, "alpha")])
+
+
 def _threshold(ctx: Context, layer: Elementwise) -> str:  # max(x, alpha): ReLU6 lowering (see ESPRESSO.md)
     _unary_neutral(ctx, layer, 25, alpha=False)
     return ctx.node("Max", [ctx.input(), ctx.scalar(layer.alpha, "alpha")])
@@ -248,7 +248,8 @@ def _inverse(ctx: Context, layer: Elementwise) -> str:  # alpha / x: SSDOcr's lo
 _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable[[Context, Elementwise], str]]] = {
     (0, "n"): ((2, None), _variadic("Add")),
     (1, "n"): ((2, None), _variadic("Mul")),
-    (1, "1"): (1, _with_alpha("Mul")),  # unverified: x * alpha
+    (0, "1"): (1, _add_alpha),  # x + alpha: Core ML's Add with one input (NeuralNetwork.proto)
+    (1, "1"): (1, _with_alpha("Mul")),  # x * alpha: Core ML's Multiply with one input (NeuralNetwork.proto)
     (2, "1"): (1, _with_alpha("Add")),  # x + alpha
     (3, "1"): (1, _with_alpha("Mul")),  # x * alpha
     (22, "n"): (2, _variadic("Min")),  # unverified
@@ -407,12 +408,15 @@ def _ceil_pool(ctx: Context, layer: Pool, h: int, w: int, ho: int, wo: int, pads
 
 @handler("inner_product")
 def inner_product(ctx: Context, layer: InnerProduct) -> None:
-    """Flatten, then Gemm (optimized) or MatMul + Add, then back to [N, nC, 1, 1]."""
+    """Flatten, then Gemm (optimized) or MatMul + Add, then back to [N, nC, 1, 1]; ``is_lookup``: Gather."""
     ctx.expect_inputs(1)
     if layer.has_prelu:
         raise ctx.unsupported("has_prelu", 1)
     if layer.has_relu and layer.has_tanh:
         raise ctx.unsupported("has_relu + has_tanh", (1, 1), "both set")
+    if layer.is_lookup:
+        _lookup(ctx, layer)
+        return
     k, h, w = ctx.in_shape()
     if k * h * w != layer.n_in:
         raise ctx.mismatch(f"input [k, h, w] {[k, h, w]} has {k * h * w} values per image, nB is {layer.n_in}")
@@ -430,6 +434,30 @@ def inner_product(ctx: Context, layer: InnerProduct) -> None:
     out = dense_view(ctx.model, layer)
     y = ctx.node("Reshape", [y, ctx.ints([0, *out[1:]], "shape")])
     ctx.finish(y, out)
+
+
+def _lookup(ctx: Context, layer: InnerProduct) -> None:
+    """An embedding: each sequence step's index picks a row of the [nB, nC] table (the weights transposed).
+
+    A negative index is sent past the table so that ONNX Runtime refuses it, as the reference does
+    (ONNX's Gather would count it from the end).
+    """
+    seq, k, h, w = ctx.in_view()
+    if k * h * w != 1:
+        raise ctx.mismatch(f"an embedding takes one index per sequence step, its input [k, h, w] is {[k, h, w]}")
+    x = ctx.input()
+    if not ctx.is_integer(x):
+        x = ctx.node("Cast", [x], to=onnx.TensorProto.INT64)
+    x = ctx.node("Reshape", [x, ctx.ints([0, seq], "steps")])
+    size = ctx.const(np.array(layer.n_in, np.int64), "vocabulary")
+    x = ctx.node("Where", [ctx.node("Less", [x, ctx.const(np.array(0, np.int64), "zero")]), size, x])
+    table = ctx.weight("weights", "table", lambda a: np.ascontiguousarray(a.T))
+    y = ctx.node("Gather", [table, x], axis=0)  # [N, seq, nC]
+    if layer.has_biases:
+        y = ctx.node("Add", [y, ctx.weight("biases")])
+    y = _fused(ctx, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    out = (seq, layer.n_out, 1, 1)
+    ctx.finish(_reshaped(ctx, y, out), out)
 
 
 def dense_view(model: Any, layer: InnerProduct) -> View:
@@ -504,16 +532,17 @@ def concat(ctx: Context, layer: Concat) -> None:
 
 @handler("flatten")
 def flatten(ctx: Context, layer: Flatten) -> None:
-    """mode 0: each sequence item's [k, h, w] -> [k*h*w, 1, 1], C order (SSDOcr's shape file keeps seq).
-
-    mode 1 (*unverified*: Core ML's channel-last order) only where it cannot differ (k or h*w is 1).
-    """
+    """Each sequence item's [k, h, w] -> [k*h*w, 1, 1]: mode 0 in C order (k, h, w), mode 1 channels-last
+    (h, w, k: a Keras dense layer after it classifies drawn digits correctly on real weights, ESPRESSO.md)."""
     ctx.expect_inputs(1)
     seq, k, h, w = ctx.in_view()
-    if layer.mode not in (0, 1) or (layer.mode == 1 and k != 1 and h * w != 1):
-        raise ctx.unsupported("mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+    if layer.mode not in (0, 1):
+        raise ctx.unsupported("mode", layer.mode, "0 (channels-first) and 1 (channels-last) are known")
+    x = ctx.input()
+    if layer.mode == 1 and k != 1 and h * w != 1:
+        x = ctx.node("Transpose", [x], perm=[0, 2, 3, 1] if seq == 1 else [0, 1, 3, 4, 2])
     out = (seq, k * h * w, 1, 1)
-    ctx.finish(_reshaped(ctx, ctx.input(), out), out)
+    ctx.finish(_reshaped(ctx, x, out), out)
 
 
 def reshape_target(layer: Reshape, view: View) -> tuple[View | None, str]:
@@ -651,7 +680,7 @@ def reduce(ctx: Context, layer: Reduce) -> None:
     sum to 1, is the evidence). Other modes and axes are refused."""
     ctx.expect_inputs(1)
     if layer.mode != 0:
-        raise ctx.unsupported("mode", layer.mode, "only 0 (sum) is known")
+        raise ctx.unsupported("mode", layer.mode, layer.MODES_NOTE)
     if layer.params.get("use_version", 1) != 1:
         raise ctx.unsupported("use_version", layer.params.get("use_version"), "only 1 is known")
     name = REDUCE_AXES.get(layer.axis_mode)
@@ -670,7 +699,7 @@ def general_padding(ctx: Context, layer: GeneralPadding) -> None:
     """Constant padding of h and w (pad_t, pad_b rows; pad_l, pad_r columns), *unverified*."""
     ctx.expect_inputs(1)
     if layer.fill_mode != 0:
-        raise ctx.unsupported("pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+        raise ctx.unsupported("pad_fill_mode", layer.fill_mode, layer.FILL_MODES_NOTE)
     if layer.pad_mode != 0:
         raise ctx.unsupported("pad_pad_mode", layer.pad_mode, "only 0 is known")
     k, h, w = ctx.in_shape()
@@ -678,6 +707,57 @@ def general_padding(ctx: Context, layer: GeneralPadding) -> None:
     y = ctx.node("Pad", [ctx.input(), ctx.ints([0, 0, t, left, 0, 0, b, right], "pads"),
                          ctx.scalar(layer.value, "value")], mode="constant")
     ctx.finish(y, (k, h + t + b, w + left + right))
+
+
+@handler("general_concat")
+def general_concat(ctx: Context, layer: GeneralConcat) -> None:
+    """Core ML's ConcatND: along ``axis`` counted over the first input's rank (its shape entry's)."""
+    ctx.expect_inputs((1, None))
+    if not layer.nd_mode:
+        raise ctx.unsupported("nd_mode", 0, "only the N-D form (nd_mode true) is known")
+    rank = _input_rank(ctx)
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise ctx.unsupported("axis", layer.axis, f"on a rank-{rank} blob")
+    values = ctx.inputs()
+    views = [ctx.view(v) for v in values]
+    i = _VIEW_INDEX[name]
+    if len({v[:i] + v[i + 1:] for v in views}) > 1 or any(ctx.is_batch1(v) for v in values):
+        raise ctx.mismatch(f"inputs of [seq, k, h, w] {[list(v) for v in views]} cannot be concatenated along {name}")
+    out = list(views[0])
+    out[i] = sum(v[i] for v in views)
+    five = out[0] != 1 or name == "seq"
+    y = ctx.node("Concat", [ctx.as5(v) for v in values] if five else values,
+                 axis=_LAYOUT5[name] if five else _LAYOUT4[name])
+    ctx.finish(ctx.pack(y, out) if five else y, tuple(out))
+
+
+@handler("general_slice")
+def general_slice(ctx: Context, layer: GeneralSlice) -> None:
+    """Core ML's SliceStatic: numpy slicing of each axis (masks, negative bounds, positive strides); a
+    squeezed axis moves no data, the top's view then comes from the shape file."""
+    ctx.expect_inputs(1)
+    view = ctx.in_view()
+    cuts, out = layer.plan(view)
+    if cuts is None:
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {out}")
+    x = ctx.input()
+    if cuts:
+        five = view[0] != 1 or out[0] != 1
+        layout = _LAYOUT5 if five else _LAYOUT4
+        starts, stops, axes, steps = zip(*((c[1], c[2], layout[c[0]], c[3]) for c in cuts))
+        x = ctx.node("Slice", [ctx.as5(x) if five else x, ctx.ints(starts, "starts"), ctx.ints(stops, "ends"),
+                               ctx.ints(axes, "axes"), ctx.ints(steps, "steps")])
+        if five:
+            x = ctx.pack(x, out)
+    if layer.squeeze:
+        want = _shape_entry(ctx, layer.top, "the view after squeezing").view
+        if int(np.prod(want)) != int(np.prod(out)):
+            raise ctx.mismatch(f"[seq, k, h, w] {list(out)} cannot become the shape file's {list(want)}")
+        x, out = _reshaped(ctx, x, want), want
+    elif not cuts:
+        x = ctx.node("Identity", [x])
+    ctx.finish(x, out)
 
 
 def _same_data(ctx: Context, layer) -> None:
@@ -747,6 +827,8 @@ def upsample(ctx: Context, layer: Upsample) -> None:
 @handler("load_constant")
 def load_constant(ctx: Context, layer: LoadConstant) -> None:
     """An initializer [1, k, h, w] under the blob's name; bottoms (if any) are ignored."""
+    if layer.n != 1:
+        raise ctx.unsupported("n", layer.n, "Core ML's load_constant is [1, 1, C, H, W]")
     name = ctx.weight("constant", transform=lambda a: a[None], name=ctx.top_name())
     ctx.finish(name, layer.shape, batch1=True)
 

@@ -23,7 +23,7 @@ input axis numbered axis_X"; its slice ``axis 2`` cuts k.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..errors import GraphError
 
@@ -334,7 +334,13 @@ class Pool(Layer):
 @register("inner_product")
 @dataclass(frozen=True)
 class InnerProduct(Layer):
-    """``weights`` is stored [nC, nB], or [nB, nC] when ``transposed`` (``w_f16_t``)."""
+    """``weights`` is stored [nC, nB], or [nB, nC] when ``transposed`` (``w_f16_t``).
+
+    ``is_lookup`` 1 makes it an embedding table: the input holds one index in
+    [0, nB) per sequence step and the output is that column of the [nC, nB]
+    weights (Core ML's EmbeddingLayerParams stores [outputChannels, inputDim]:
+    the product with a one-hot vector).
+    """
 
     n_in: int = 0  # nB
     n_out: int = 0  # nC
@@ -343,6 +349,7 @@ class InnerProduct(Layer):
     has_tanh: bool = False
     has_prelu: bool = False
     transposed: bool = False
+    is_lookup: bool = False
     weights: BlobRef | None = None
     biases: BlobRef | None = None
 
@@ -367,6 +374,7 @@ class InnerProduct(Layer):
             has_tanh=f.flag("has_tanh"),
             has_prelu=f.flag("has_prelu"),
             transposed=weights.field == "w_f16_t",
+            is_lookup=f.flag("is_lookup"),
             weights=weights,
             biases=f.blob((("blob_biases", "float32"), ("b_f32", "float32")), (n_out,), "biases")
             if has_biases
@@ -511,6 +519,10 @@ class Reduce(Layer):
 
     mode: int | None = None  # None: absent, which the handlers refuse
     axis_mode: int | None = None
+    #: Why modes other than 0 are refused (converter and reference say the same).
+    MODES_NOTE: ClassVar[str] = (
+        "only 0 (sum) is known: Espresso's reduce codes are not Core ML's ReduceOperation numbers (there SUM 0 ... "
+        "MAX 7, MIN 8, ARGMAX 9), and the shape file cannot tell an argmax from a max")
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "Reduce":
@@ -527,11 +539,79 @@ class GeneralPadding(Layer):
     fill_mode: int = 0
     value: float = 0.0
     pad_mode: int = 0
+    #: Why fill modes other than 0 are refused (converter and reference say the same).
+    FILL_MODES_NOTE: ClassVar[str] = (
+        "only 0 (constant) is known: Core ML's padding layer also reflects or replicates the border, and which of "
+        "those Espresso's other codes are is not evidenced (the shape file is the same for each)")
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "GeneralPadding":
         return cls(**common, pads=_pads(f), fill_mode=f.int("pad_fill_mode", 0), value=f.float("pad_value", 0.0),
                    pad_mode=f.int("pad_pad_mode", 0))
+
+
+@register("general_concat")
+@dataclass(frozen=True)
+class GeneralConcat(Layer):
+    """Core ML's ConcatND: along ``axis`` counted over the inputs' rank (negative from the end), ``nd_mode`` 1."""
+
+    nd_mode: bool = False
+    axis: int | None = None  # None: absent, which the handlers refuse
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "GeneralConcat":
+        return cls(**common, nd_mode=f.flag("nd_mode"), axis=f.int("axis") if "axis" in f.raw else None)
+
+
+#: The axes general_slice names, in the executor's [N, seq, k, h, w] order (n is the batch).
+SLICE_AXES = ("seq", "k", "h", "w")
+
+
+@register("general_slice")
+@dataclass(frozen=True)
+class GeneralSlice(Layer):
+    """Core ML's SliceStatic per axis: ``begin_X``, ``end_X``, ``stride_X``, ``begin_mask_X`` / ``end_mask_X``
+    (1: from the start / to the end), ``squeeze_mask_X``; X in seq, n, k, h, w.
+
+    ``ranges`` holds (begin or None, end or None, stride) per axis of :data:`SLICE_AXES`
+    plus n; numpy's reading of negative bounds (from the end), as the specification says.
+    """
+
+    ranges: Mapping[str, tuple[int | None, int | None, int]] = field(default_factory=dict)
+    squeeze: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, f: _Fields, common: dict[str, Any]) -> "GeneralSlice":
+        ranges = {}
+        squeeze = []
+        for axis in ("n", *SLICE_AXES):
+            begin = None if f.flag(f"begin_mask_{axis}") else f.int(f"begin_{axis}", 0)
+            end = None if f.flag(f"end_mask_{axis}") or f"end_{axis}" not in f.raw else f.int(f"end_{axis}")
+            ranges[axis] = (begin or None, end, f.int(f"stride_{axis}", 1))
+            if f.flag(f"squeeze_mask_{axis}"):
+                squeeze.append(axis)
+        return cls(**common, ranges=ranges, squeeze=tuple(squeeze))
+
+    def plan(self, view: tuple[int, int, int, int]):
+        """((axis, start, stop, step) for each axis that is cut, the sliced (seq, k, h, w)), or (None, why not)."""
+        begin, end, stride = self.ranges.get("n", (None, None, 1))
+        if (begin, end, stride) != (None, None, 1) or "n" in self.squeeze:
+            return None, f"begin_n / end_n / stride_n {[begin, end, stride]} would slice the batch axis"
+        if self.params.get("use_static_sizes", False):
+            return None, "use_static_sizes 1 is not supported (only false is seen)"
+        cuts, out = [], list(view)
+        for i, axis in enumerate(SLICE_AXES):
+            begin, end, stride = self.ranges.get(axis, (None, None, 1))
+            if stride < 1:
+                return None, f"stride_{axis} {stride} is not supported (only positive strides)"
+            start, stop, step = slice(begin, end, stride).indices(view[i])
+            count = len(range(start, stop, step))
+            if count == 0:
+                return None, f"begin_{axis} {begin}, end_{axis} {end} leave nothing of {axis} {view[i]}"
+            if count != view[i]:
+                cuts.append((axis, start, stop, step))
+            out[i] = count
+        return cuts, tuple(out)
 
 
 @register("expand_dims")
@@ -585,12 +665,14 @@ class LoadConstant(Layer):
     """A constant blob of shape [1, k, h, w] read from the weights file."""
 
     shape: tuple[int, int, int] = (1, 1, 1)
+    n: int = 1  # Core ML's LoadConstant is [1, 1, C, H, W]: any other n is refused by the handlers
     constant: BlobRef | None = None
 
     @classmethod
     def parse(cls, f: _Fields, common: dict[str, Any]) -> "LoadConstant":
         shape = (f.positive("k", 1), f.positive("h", 1), f.positive("w", 1))
-        return cls(**common, shape=shape, constant=f.blob((("constant_blob", "float32"),), shape, "constant"))
+        return cls(**common, shape=shape, n=f.positive("n", 1),
+                   constant=f.blob((("constant_blob", "float32"),), shape, "constant"))
 
     def blob_refs(self) -> dict[str, BlobRef]:
         return {"constant": self.constant}  # type: ignore[dict-item]

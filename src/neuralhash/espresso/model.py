@@ -135,15 +135,15 @@ class EspressoModel:
 
     def __post_init__(self) -> None:
         if self.strict:
-            self.inputs, self.outputs = _check_graph(self.layers)
+            self.inputs, self.outputs = _check_graph(self.layers, self.shapes, self.bundle_info)
             if self.weights is not None:
                 self.check_weights()
             return
         try:
-            self.inputs, self.outputs = _check_graph(self.layers)
+            self.inputs, self.outputs = _check_graph(self.layers, self.shapes, self.bundle_info)
         except GraphError as exc:
             self.problems.append(str(exc))
-            self.inputs, self.outputs = [], []
+            self.inputs, self.outputs = _lenient_boundary(self.layers)
         if self.weights is not None:
             try:
                 self.check_weights()
@@ -161,6 +161,7 @@ class EspressoModel:
         sources: ModelSources | None = None,
         *,
         strict: bool = True,
+        bundle_info: BundleInfo | None = None,
     ) -> "EspressoModel":
         """Build from already-parsed JSON documents (the graph and the shape file).
 
@@ -201,7 +202,8 @@ class EspressoModel:
             problems.append(str(exc))
         info = {k: v for k, v in graph.items() if k not in ("layers", "transform_params")}
         shapes = _parse_shapes(shape_doc, str(sources.shape) if sources and sources.shape else "shape") if shape_doc is not None else {}
-        return cls(layers, shapes, transform, weights, sources or ModelSources(), info, problems, strict)
+        return cls(layers, shapes, transform, weights, sources or ModelSources(), info, problems, strict,
+                   bundle_info=bundle_info)
 
     @classmethod
     def from_layers(
@@ -386,10 +388,20 @@ def _parse_shapes(doc: Any, where: str) -> dict[str, BlobShape]:
     return shapes
 
 
-def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
+def _check_graph(layers: list[Layer], shapes: Mapping[str, BlobShape] | None = None,
+                 bundle: BundleInfo | None = None) -> tuple[list[str], list[str]]:
     """Return (inputs, outputs); every bottom must be produced before it is read.
 
-    A layer may name several tops, comma-separated (``split_nd``).
+    A layer may name several tops, comma-separated (``split_nd``). The inputs
+    are the ``input`` layers' tops, or else every blob read and never
+    produced, in order of first reading: the first always, the others when
+    the bundle's ``coremldata.bin`` declares them as inputs (a second input,
+    an LSTM's optional state) or, without a readable description, when the
+    shape file gives their shape. Any other such blob is an error (a typo
+    would otherwise become an input). The outputs are the bundle's declared
+    outputs that are blobs of the graph (``coremldata.bin`` is the model's
+    own description: a flagged ``is_output`` blob it does not declare is
+    internal), else the flagged tops, else the tops nobody reads.
     """
     if not layers:
         raise GraphError("the graph has no layers")
@@ -402,6 +414,8 @@ def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
     for index, layer in enumerate(layers):
         for top in layer.tops:
             producers.setdefault(top, index)
+    described = bundle is not None and bundle.readable and bool(bundle.inputs)
+    declared_names = {f.name for f in bundle.inputs} if described else set()
     declared_inputs = [layer.top for layer in layers if isinstance(layer, Input)]
     if declared_inputs:
         inputs = declared_inputs
@@ -411,14 +425,18 @@ def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
             for blob in layer.bottoms:
                 if blob not in producers and blob not in inputs:
                     inputs.append(blob)
-        if len(inputs) > 1:
-            raise GraphError(
-                f"layer {_first_reader(layers, inputs[1])!r} reads blob {inputs[1]!r}, which no layer produces "
-                f"(the network input is {inputs[0]!r})"
-            )
         if not inputs:
             raise GraphError("the graph has no input: every blob is produced by a layer")
-    available = set(declared_inputs or inputs)
+        for blob in inputs[1:]:
+            known = blob in declared_names if described else blob in (shapes or {})
+            if not known:
+                why = "the bundle's coremldata.bin does not declare it as an input" if described else \
+                      "the shape file has no entry for it"
+                raise GraphError(
+                    f"layer {_first_reader(layers, blob)!r} reads blob {blob!r}, which no layer produces "
+                    f"(the network input is {inputs[0]!r}; {why})"
+                )
+    available = set(inputs)
     for layer in layers:
         for blob in layer.bottoms:
             if blob not in available:
@@ -429,13 +447,26 @@ def _check_graph(layers: list[Layer]) -> tuple[list[str], list[str]]:
                     )
                 raise GraphError(f"layer {layer.name!r} reads blob {blob!r}, which no layer produces")
         available.update(layer.tops)
+    declared_outputs = [f.name for f in bundle.outputs if f.name in producers] \
+        if bundle is not None and bundle.readable else []
     flagged = [top for layer in layers if layer.is_output for top in layer.tops]
-    if flagged:
+    if declared_outputs:
+        outputs = declared_outputs
+    elif flagged:
         outputs = flagged
     else:
         consumed = {b for layer in layers for b in layer.bottoms}
         outputs = [top for layer in layers if not isinstance(layer, Input) for top in layer.tops if top not in consumed]
     return inputs, list(dict.fromkeys(outputs))
+
+
+def _lenient_boundary(layers: list[Layer]) -> tuple[list[str], list[str]]:
+    """For inspect, when the graph is invalid: every blob read and never produced, and the unread tops."""
+    produced = {top for layer in layers for top in layer.tops}
+    consumed = {b for layer in layers for b in layer.bottoms}
+    inputs = list(dict.fromkeys(b for layer in layers for b in layer.bottoms if b not in produced))
+    outputs = list(dict.fromkeys(t for layer in layers for t in layer.tops if t not in consumed))
+    return inputs, outputs
 
 
 def _first_reader(layers: list[Layer], blob: str) -> str:
@@ -540,10 +571,8 @@ def load_model(
     if sources.weights is None and require_weights:
         raise WeightsError(f"{sources.net}: no weights file beside it ({sources.net.name[: -len(NET_SUFFIX)]}{WEIGHTS_SUFFIX})")
     weights = WeightsFile.read(sources.weights) if sources.weights else None
-    model = EspressoModel.from_documents(graph, shape_doc, weights, sources, strict=strict)
-    if sources.coremldata is not None:
-        model.bundle_info = read_coremldata(sources.coremldata)
-    return model
+    bundle = read_coremldata(sources.coremldata) if sources.coremldata is not None else None
+    return EspressoModel.from_documents(graph, shape_doc, weights, sources, strict=strict, bundle_info=bundle)
 
 
 def sources_from_paths(net: str | os.PathLike, shape: str | os.PathLike | None = None,

@@ -65,6 +65,13 @@ def find_quantized(raw: Mapping[str, Any], where: str, shape: tuple[int, ...]) -
                 return value
         return None
 
+    for scope in scopes:  # another width of the W_U8 family: name it rather than "companions without weights"
+        for key in scope:
+            width = key[3:] if isinstance(key, str) and key.startswith("W_U") else ""
+            if width.isdigit() and width != "8":
+                raise GraphError(
+                    f"{where}: {key!r}: {width}-bit quantized weights are not supported: how Espresso packs "
+                    f"{width}-bit values into bytes is not evidenced by any file (only W_U8, one byte per weight, is read)")
     found = None
     for scheme, key, companions in _SCHEMES:
         payload = blob_id(key)

@@ -18,7 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import UnsupportedLayerError, layer_label
 from ..espresso.layers import AXIS_NAMES, nd_axis_name
+from ..espresso.padding import PaddingRefused, WindowTooSmall, axis_window
 from .registry import expect_inputs, handler, mismatch, unsupported
 
 F64 = np.float64
@@ -51,22 +53,13 @@ def _weights(model: Any, layer: Any, role: str) -> np.ndarray:
 
 def _axis_window(layer: Any, axis: str, size: int, kernel: int, stride: int, dilation: int,
                  pad_mode: int, pads: tuple[int, int]) -> tuple[int, int, int]:
-    """(output size, pad before, pad after) along one spatial axis."""
-    extent = (kernel - 1) * dilation + 1
-    if pad_mode == 1:  # TensorFlow SAME: odd extra padding after (bottom / right)
-        out = -(-size // stride)
-        total = max((out - 1) * stride + extent - size, 0)
-        before, after = total // 2, total - total // 2
-    elif pad_mode == 2:  # VALID (unverified beyond 1x1 stride-1 kernels)
-        before, after = 0, 0
-    elif pad_mode == 0:  # explicit pad_t/pad_b (rows) or pad_l/pad_r (columns)
-        before, after = pads
-    else:
-        raise unsupported(layer, "pad_mode", pad_mode)
-    padded = size + before + after
-    if padded < extent:
-        raise mismatch(layer, f"input {axis} {size} (padded to {padded}) is smaller than the window extent {extent}")
-    return (padded - extent) // stride + 1, before, after
+    """(output size, pad before, pad after) along one spatial axis (``espresso/padding.py``)."""
+    try:
+        return axis_window(pad_mode, axis, size, kernel, stride, dilation, pads)
+    except PaddingRefused as exc:
+        raise unsupported(layer, exc.field, exc.value, exc.detail) from None
+    except WindowTooSmall as exc:
+        raise mismatch(layer, str(exc)) from None
 
 
 def _window(layer: Any, x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
@@ -174,7 +167,8 @@ def _broadcast(layer: Any, op: Callable[[np.ndarray, np.ndarray], np.ndarray], i
 _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
     (0, "n"): ((2, None), lambda l, xs: _broadcast(l, np.add, xs)),
     (1, "n"): ((2, None), lambda l, xs: _broadcast(l, np.multiply, xs)),
-    (1, "1"): (1, lambda l, xs: xs[0] * l.alpha),  # unverified
+    (0, "1"): (1, lambda l, xs: xs[0] + l.alpha),  # Core ML's Add with one input: x + alpha
+    (1, "1"): (1, lambda l, xs: xs[0] * l.alpha),  # Core ML's Multiply with one input: x * alpha
     (2, "1"): (1, lambda l, xs: xs[0] + l.alpha),
     (3, "1"): (1, lambda l, xs: xs[0] * l.alpha),
     (22, "n"): (2, lambda l, xs: _broadcast(l, np.minimum, xs)),  # unverified
@@ -189,7 +183,7 @@ _ELEMENTWISE: dict[tuple[int, str], tuple[Any, Callable]] = {
     (10, "1"): (1, lambda l, xs: l.alpha / xs[0]),  # inverse (SSDOcr's softmax)
 }
 # Per unary operation, the parameters that must keep the only value seen: (alpha must be 1, beta must be 0).
-_NEUTRAL = {25: (False, True), 27: (True, True), 10: (False, True)}
+_NEUTRAL = {0: (False, True), 25: (False, True), 27: (True, True), 10: (False, True)}
 ELEMENTWISE_OPERATIONS = tuple(sorted({op for op, _ in _ELEMENTWISE}))
 
 
@@ -347,12 +341,16 @@ def _ceil_pool(layer: Any, x: np.ndarray, pad, extra) -> np.ndarray:
     return total / count
 
 
-@handler("inner_product")
+@handler("inner_product", sequences=True)
 def inner_product(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
     if layer.has_prelu:
         raise unsupported(layer, "has_prelu", 1)
+    if layer.is_lookup:
+        return _lookup(layer, inputs[0], model)
     x = inputs[0]
+    if x.ndim == 5:
+        raise unsupported(layer, "input", f"seq {x.shape[1]}", "a dense layer on a sequence blob")
     n = x.shape[0]
     flat = x.reshape(n, -1)
     if flat.shape[1] != layer.n_in:
@@ -367,6 +365,23 @@ def inner_product(layer, inputs, model):
     if want is not None and want.view in ((1, 1, 1, layer.n_out), (1, 1, layer.n_out, 1)):
         return y.reshape((n,) + want.view[1:])
     return y.reshape(n, layer.n_out, 1, 1)
+
+
+def _lookup(layer: Any, x: np.ndarray, model: Any) -> np.ndarray:
+    """An embedding: column ``index`` of the [nC, nB] weights for each sequence step's index."""
+    x = _five(x)
+    n, seq = x.shape[:2]
+    if x.shape[2:] != (1, 1, 1):
+        raise mismatch(layer, f"an embedding takes one index per sequence step, its input is {list(x.shape[1:])}")
+    index = x.reshape(n * seq)
+    bad = (index != np.round(index)) | (index < 0) | (index >= layer.n_in)
+    if bad.any():
+        raise mismatch(layer, f"index {index[np.argmax(bad)]!r} is not an integer in [0, {layer.n_in})")
+    y = _weights(model, layer, "weights")[:, index.astype(np.intp)].T  # [N * seq, nC]
+    if layer.has_biases:
+        y = y + _weights(model, layer, "biases")[None, :]
+    y = _fused(layer, y, layer.has_relu, layer.has_tanh, "has_relu", "has_tanh")
+    return y.reshape(n, seq, layer.n_out, 1, 1)
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -407,14 +422,14 @@ def concat(layer, inputs, model):
 
 @handler("flatten", sequences=True)
 def flatten(layer, inputs, model):
-    """mode 0: each sequence item's [k, h, w] flattened in C order; mode 1 only where k or h*w is 1."""
+    """mode 0: each sequence item's [k, h, w] flattened in C order; mode 1: channels-last, (h, w, k) order."""
     expect_inputs(layer, inputs, 1)
     x = _five(inputs[0])
     n, seq, k, h, w = x.shape
-    if layer.mode == 1 and (k == 1 or h * w == 1):
-        pass  # channel-last order (Core ML's reading, unverified) cannot differ here
+    if layer.mode == 1:
+        x = np.transpose(x, (0, 1, 3, 4, 2))
     elif layer.mode != 0:
-        raise unsupported(layer, "mode", layer.mode, f"on [k, h, w] {[k, h, w]}")
+        raise unsupported(layer, "mode", layer.mode, "0 (channels-first) and 1 (channels-last) are known")
     return x.reshape(n, seq, k * h * w, 1, 1)
 
 
@@ -495,7 +510,7 @@ def reduce_(layer, inputs, model):
     """mode 0 (sum) over axis_mode 4 (k), the only combination real files show."""
     expect_inputs(layer, inputs, 1)
     if layer.mode != 0:
-        raise unsupported(layer, "mode", layer.mode, "only 0 (sum) is known")
+        raise unsupported(layer, "mode", layer.mode, layer.MODES_NOTE)
     if layer.axis_mode != 4:
         raise unsupported(layer, "axis_mode", layer.axis_mode, "only 4 (k) is known")
     if layer.params.get("use_version", 1) != 1:
@@ -507,11 +522,49 @@ def reduce_(layer, inputs, model):
 def general_padding(layer, inputs, model):
     expect_inputs(layer, inputs, 1)
     if layer.fill_mode != 0:
-        raise unsupported(layer, "pad_fill_mode", layer.fill_mode, "only 0 (constant) is known")
+        raise unsupported(layer, "pad_fill_mode", layer.fill_mode, layer.FILL_MODES_NOTE)
     if layer.pad_mode != 0:
         raise unsupported(layer, "pad_pad_mode", layer.pad_mode, "only 0 is known")
     t, b, left, right = layer.pads
     return np.pad(inputs[0], ((0, 0), (0, 0), (t, b), (left, right)), constant_values=layer.value)
+
+
+@handler("general_concat", sequences=True)
+def general_concat(layer, inputs, model):
+    """Core ML's ConcatND: along ``axis`` counted over the first input's rank (its shape entry's)."""
+    expect_inputs(layer, inputs, (1, None))
+    if not layer.nd_mode:
+        raise unsupported(layer, "nd_mode", 0, "only the N-D form (nd_mode true) is known")
+    rank = _rank_of(model, layer.bottoms[0])
+    name = nd_axis_name(layer.axis, rank)
+    if name is None or name == "n":
+        raise unsupported(layer, "axis", layer.axis, f"on a rank-{rank} blob")
+    parts = [_five(a) for a in inputs]
+    try:
+        return np.concatenate(parts, axis=_AXIS5[name])
+    except ValueError:
+        raise mismatch(layer, f"inputs of shapes {[list(a.shape) for a in parts]} cannot be concatenated "
+                              f"along {name}") from None
+
+
+@handler("general_slice", sequences=True)
+def general_slice(layer, inputs, model):
+    """Core ML's SliceStatic: numpy slicing of each axis; a squeezed axis takes the shape file's view."""
+    expect_inputs(layer, inputs, 1)
+    x = _five(inputs[0])
+    cuts, out = layer.plan(x.shape[1:])
+    if cuts is None:
+        raise UnsupportedLayerError(f"{layer_label(layer)}: {out}")
+    index = [slice(None)] * 5
+    for axis, start, stop, step in cuts:
+        index[_AXIS5[axis]] = slice(start, stop, step)
+    y = x[tuple(index)]
+    if layer.squeeze:
+        view = _entry_view(model, layer, layer.top, "the view after squeezing")
+        if int(np.prod(view)) * y.shape[0] != y.size:
+            raise mismatch(layer, f"{list(y.shape[1:])} cannot become the shape file's {list(view)}")
+        y = y.reshape((y.shape[0],) + tuple(view))
+    return y
 
 
 def _same_data(layer, inputs, model):
@@ -584,4 +637,6 @@ def upsample(layer, inputs, model):
 @handler("load_constant")
 def load_constant(layer, inputs, model):
     """The constant as [1, k, h, w]: it broadcasts against the batch. Bottoms are ignored."""
+    if layer.n != 1:
+        raise unsupported(layer, "n", layer.n, "Core ML's load_constant is [1, 1, C, H, W]")
     return _weights(model, layer, "constant")[None]
