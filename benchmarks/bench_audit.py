@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuralhash.audit import audit, read_hash_list, read_reference
+from neuralhash.lists.audit import audit, read_hash_list, read_reference
 
 
 def write_list(path: Path, n: int, seed: int) -> dict[str, int]:

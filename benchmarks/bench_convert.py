@@ -91,7 +91,7 @@ def wild_rows(tmp: Path, repeats: int) -> list[tuple[str, str, str, str]]:
 def measure_inference(paths: dict[str, Path], images: int) -> dict[str, float]:
     import numpy as np
 
-    from neuralhash.runtime import make_session
+    from neuralhash.hashing.runtime import make_session
 
     sessions = {k: make_session(p) for k, p in paths.items()}
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 360, 360)).astype(np.float32)
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=30, help="inference runs per graph")
     args = parser.parse_args()
 
-    from neuralhash.synthetic import write_neuralhash_v3b
+    from neuralhash.demo.synthetic import write_neuralhash_v3b
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

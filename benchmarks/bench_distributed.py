@@ -9,7 +9,7 @@ under --out; 200 images, --quick 40) and the built-in synthetic demo model
 
   single       NeuralHash.hash_many(paths) with its defaults (decoding worker
                processes, one per CPU, and ONNX Runtime in this process)
-  dask 1       neuralhash.distributed.hash_paths(...).compute() on a LocalCluster
+  dask 1       neuralhash.hashing.distributed.hash_paths(...).compute() on a LocalCluster
                of 1 worker process x 1 thread
   dask 2       the same on 2 worker processes x 1 thread
   dask 2 (CLI) iter_batches on the 2-worker cluster: what `neuralhash hash
@@ -72,7 +72,7 @@ def main() -> int:
 
     from distributed import Client, LocalCluster
 
-    from neuralhash import distributed as nhd
+    from neuralhash.hashing import distributed as nhd
 
     logging.getLogger("distributed").setLevel(logging.ERROR)  # the in-process scheduler's INFO lines
     from neuralhash.hashing import NeuralHash

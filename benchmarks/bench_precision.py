@@ -32,7 +32,7 @@ import bench_hash_images  # noqa: E402
 from neuralhash.convert import convert  # noqa: E402
 from neuralhash.espresso import EspressoModel  # noqa: E402
 from neuralhash.hashing import NeuralHash  # noqa: E402
-from neuralhash.synthetic import (TRANSFORM_PARAMS, _synthetic_parts, neuralhash_v3b_layers,  # noqa: E402
+from neuralhash.demo.synthetic import (TRANSFORM_PARAMS, _synthetic_parts, neuralhash_v3b_layers,  # noqa: E402
                                   sample_image_paths)
 
 _F16_KEYS = ("blob_weights_f16", "w_f16_t")

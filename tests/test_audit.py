@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralhash.audit import (
+from neuralhash.lists.audit import (
     IMBALANCE,
     _poisson_sf_limit,
     _poisson_upper95,
@@ -191,7 +191,7 @@ def test_cli_unreadable_input_is_one_line(tmp_path, capsys):
 
 
 def test_cli_binary_garbage_is_a_malformed_entry(tmp_path, capsys):
-    # Read as index import reads it (neuralhash.hashlists): undecodable bytes are a malformed line, not a crash.
+    # Read as index import reads it (neuralhash.lists.hashlists): undecodable bytes are a malformed line, not a crash.
     target = tmp_path / "list.txt"
     target.write_bytes(b"\xff\xfe\x00garbage\x80")
     assert main(["audit", str(target)]) == 1

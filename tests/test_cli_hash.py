@@ -235,7 +235,7 @@ def test_empty_directory_warns(tmp_path, capsys):
 
 def test_system_model_from_env_path(tmp_path, images, monkeypatch, capsys):
     from neuralhash.hashing import NeuralHash
-    from neuralhash.synthetic import write_neuralhash_v3b
+    from neuralhash.demo.synthetic import write_neuralhash_v3b
 
     folder = tmp_path / "models"
     write_neuralhash_v3b(folder, calibrate=False)

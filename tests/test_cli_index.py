@@ -159,7 +159,7 @@ def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
 
 
 def test_hostile_names_round_trip_through_every_format(tmp_path):
-    from neuralhash.pathnames import csv_row, json_fields, text_line
+    from neuralhash.files.pathnames import csv_row, json_fields, text_line
     from neuralhash.store import HashStore
 
     db = str(tmp_path / "db.sqlite")

@@ -24,7 +24,7 @@ from neuralhash.convert import convert
 from neuralhash.errors import ConversionError
 from neuralhash.espresso import load_model, read_coremldata
 from neuralhash.reference import run as reference_run
-from neuralhash.runtime import make_session
+from neuralhash.hashing.runtime import make_session
 
 FONT_DIRS = (Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/System/Library/Fonts"))
 FONT_NAMES = ("DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf",

@@ -1,4 +1,4 @@
-"""Hashing on a Dask cluster (neuralhash.distributed, ``neuralhash hash --scheduler``).
+"""Hashing on a Dask cluster (neuralhash.hashing.distributed, ``neuralhash hash --scheduler``).
 
 One LocalCluster of two worker processes (one thread each) serves the module;
 every result is compared with single-process hashing of the same files
@@ -26,7 +26,7 @@ pytest.importorskip("fsspec")
 
 import pandas as pd  # noqa: E402
 
-from neuralhash import distributed as nhd  # noqa: E402
+from neuralhash.hashing import distributed as nhd  # noqa: E402
 from neuralhash.cli import dask_cmds, main  # noqa: E402
 from neuralhash.errors import NeuralHashError  # noqa: E402
 from neuralhash.hashing.seed import HASH_BITS  # noqa: E402
@@ -57,7 +57,7 @@ def folder(tmp_path_factory, module_env) -> Path:
 @pytest.fixture(scope="module")
 def paths(folder) -> list[str]:
     """Generated images, the package's samples, a corrupt file and a missing one, in a mixed order."""
-    from neuralhash.synthetic import sample_image_paths
+    from neuralhash.demo.synthetic import sample_image_paths
 
     generated = sorted(str(p) for p in folder.iterdir())
     samples = [str(p) for p in sample_image_paths()]
@@ -133,7 +133,7 @@ def test_model_is_built_once_per_worker_and_default_client(client, paths, ref):
     with client.as_current():
         frame = nhd.hash_paths(paths, model="demo", paths_per_task=2).compute()  # a spec, loaded here once
     _check(frame, paths, ref)
-    builds = client.run(lambda: __import__("neuralhash.distributed").distributed._BUILDS)
+    builds = client.run(lambda: __import__("neuralhash.hashing.distributed").hashing.distributed._BUILDS)
     assert sorted(builds.values()) == [1, 1]  # two runs, one model, built once by each worker
 
 
@@ -350,7 +350,7 @@ def test_other_commands_never_import_dask(paths, ref):
     code = (
         "import sys\n"
         "from neuralhash.cli import main\n"
-        "import neuralhash.distributed\n"
+        "import neuralhash.hashing.distributed\n"
         f"rc = main(['hash', '--model', 'demo', '--workers', '0', {image!r}])\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed'))\n"
         "print(rc, loaded, file=sys.stderr)\n"

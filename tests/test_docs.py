@@ -107,7 +107,7 @@ print("ok")
 
 
 def test_exported_convert_is_the_function_before_and_after_the_subpackage_loads(tmp_path):
-    from neuralhash.synthetic import write_neuralhash_v3b
+    from neuralhash.demo.synthetic import write_neuralhash_v3b
 
     folder = tmp_path / "m"
     write_neuralhash_v3b(folder, calibrate=False)

@@ -25,7 +25,7 @@ from neuralhash.espresso import EspressoModel, WeightsFile, encode_container, en
 from neuralhash.espresso.container import decode_container
 from neuralhash.espresso.model import decode_json_bytes, shapes_document
 from neuralhash.espresso.writer import graph_document
-from neuralhash.synthetic import neuralhash_v3b_layers, neuralhash_v3b_shapes, synthetic_blobs
+from neuralhash.demo.synthetic import neuralhash_v3b_layers, neuralhash_v3b_shapes, synthetic_blobs
 
 from conftest import REAL_DIR, REAL_NET, REAL_SHAPE
 

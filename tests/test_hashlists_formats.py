@@ -1,4 +1,4 @@
-"""index import / export in every hash-list format (neuralhash.hashlists), extra fields kept, and
+"""index import / export in every hash-list format (neuralhash.lists.hashlists), extra fields kept, and
 threatexchange's own files: written by its real CLI and read back, or written here and read by it."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuralhash import hashlists
-from neuralhash.pathnames import csv_row, text_line
+from neuralhash.lists import hashlists
+from neuralhash.files.pathnames import csv_row, text_line
 from neuralhash.store import HashStore
 from conftest import threatexchange_runner
 

@@ -2,7 +2,7 @@
 
 Real files with hostile names are hashed with ``--model demo`` in every output
 format; the output is parsed back with the rule documented in
-:mod:`neuralhash.pathnames` and must give each file's exact bytes
+:mod:`neuralhash.files.pathnames` and must give each file's exact bytes
 (``os.fsencode``) with the hash the library computes for that file.
 """
 
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import neuralhash
-from neuralhash import pathnames
+from neuralhash.files import pathnames
 from neuralhash.cli import main
 from neuralhash.cli.output import Progress, Writer
 from neuralhash.hashing.hash import Hash, HashResult

@@ -16,7 +16,7 @@ from neuralhash.hashing import NeuralHash
 from neuralhash.hashing.model_ids import (NEURALHASH_V3B, SYNTHETIC_MARK, WELL_KNOWN_MODELS, model_id_of,
                                           structure_digest)
 from neuralhash.hashing.seed import default_seed_matrix
-from neuralhash.synthetic import (TRANSFORM_PARAMS, neuralhash_v3b_layers, neuralhash_v3b_shapes,
+from neuralhash.demo.synthetic import (TRANSFORM_PARAMS, neuralhash_v3b_layers, neuralhash_v3b_shapes,
                                   sample_image_paths, synthetic_blobs)
 
 def _unmarked(layers, seed=0):

@@ -18,7 +18,7 @@ from neuralhash.convert import convert, unsupported_layers
 from neuralhash.errors import GraphError, ShapeMismatchError, UnsupportedLayerError
 from neuralhash.espresso import BlobShape, EspressoModel
 from neuralhash.reference import run as reference_run
-from neuralhash.runtime import make_session
+from neuralhash.hashing.runtime import make_session
 
 
 def _both(model, feeds, optimize=True):

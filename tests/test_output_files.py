@@ -23,8 +23,8 @@ from conftest import default_signal_dispositions
 from neuralhash.cli import main
 from neuralhash.errors import NeuralHashError
 from neuralhash.espresso.writer import write_espresso
-from neuralhash import fileio
-from neuralhash.fileio import atomic_write
+from neuralhash.files import fileio
+from neuralhash.files.fileio import atomic_write
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -176,7 +176,7 @@ def test_commands_on_a_full_device_and_a_read_only_file(tmp_path, capsys):
 
 _CONVERT = """
 import sys
-from neuralhash import fileio
+from neuralhash.files import fileio
 from neuralhash.cli import main
 if sys.argv[1] == "named":
     fileio._open_unnamed = lambda folder: -1  # the portable path: a hidden temporary name

@@ -1,4 +1,4 @@
-"""The file-name rule of neuralhash.pathnames: every format gives the original bytes back."""
+"""The file-name rule of neuralhash.files.pathnames: every format gives the original bytes back."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuralhash import pathnames
+from neuralhash.files import pathnames
 
 HOSTILE = [
     "plain.jpg",

@@ -14,8 +14,8 @@ from neuralhash.demo import run_demo
 from neuralhash.espresso import load_model
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.reference import run as reference_run
-from neuralhash.runtime import make_session
-from neuralhash.synthetic import write_neuralhash_v3b
+from neuralhash.hashing.runtime import make_session
+from neuralhash.demo.synthetic import write_neuralhash_v3b
 
 from conftest import assert_close
 

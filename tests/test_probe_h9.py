@@ -189,7 +189,7 @@ def test_a_fifo_in_a_folder_is_not_opened(tmp_path):
     import socket
     import threading
 
-    from neuralhash.walk import walk_images
+    from neuralhash.files.walk import walk_images
 
     (tmp_path / "a.png").write_bytes(b"x")
     os.mkfifo(tmp_path / "b.png")

@@ -562,7 +562,7 @@ import io  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from neuralhash import hashlists  # noqa: E402
+from neuralhash.lists import hashlists  # noqa: E402
 
 _PIECES = [b"59a34eabe31910abfb06f308  a\x00b", b"59A34EABE31910ABFB06F308", b"59a34eabe31910abfb06f30", b"zz" * 12,
            b"  ", b" *", b"\t", b" ", b"\\", b"\\n", b"\\q", b"\r", b"\n", b",", b'"', b"{", b"}", b"[1]",

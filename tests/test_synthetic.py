@@ -21,7 +21,7 @@ from neuralhash.espresso.model import shapes_document
 from neuralhash.espresso.writer import graph_document
 from neuralhash.hashing.seed import default_seed_matrix
 from neuralhash.reference import run
-from neuralhash.synthetic import (
+from neuralhash.demo.synthetic import (
     FEATURE_BLOB,
     OUTPUT_BLOB,
     TRANSFORM_PARAMS,

@@ -30,7 +30,7 @@ def _flip(hex_text: str, bits) -> str:
 
 
 def test_importing_neuralhash_imports_neither_tool():
-    code = ("import sys, neuralhash, neuralhash.cli, neuralhash.integrations, neuralhash.audit; "
+    code = ("import sys, neuralhash, neuralhash.cli, neuralhash.integrations, neuralhash.lists.audit; "
             "print(sorted(m for m in ('threatexchange', 'perception') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": SRC}, check=True).stdout

@@ -17,7 +17,7 @@ from neuralhash.hashing.seed import HEADER_SIZE, default_seed_matrix
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    from neuralhash.synthetic import write_neuralhash_v3b
+    from neuralhash.demo.synthetic import write_neuralhash_v3b
 
     home = tmp_path_factory.mktemp("home")
     write_neuralhash_v3b(home / "nh", calibrate=False)
@@ -64,7 +64,7 @@ def test_onnx_file_seed_file_and_save_model(home):
 
 
 def test_hash_lists_and_databases(home):
-    from neuralhash.audit import read_hash_list, read_reference
+    from neuralhash.lists.audit import read_hash_list, read_reference
     from neuralhash.store import HashStore
 
     (home / "list.txt").write_text("59a34eabe31910abfb06f308  a.jpg\n")
@@ -86,7 +86,7 @@ def test_perception_hasher(home):
 def test_distributed_model(home):
     pytest.importorskip("distributed")
     from neuralhash import NeuralHash
-    from neuralhash.distributed import share_model
+    from neuralhash.hashing.distributed import share_model
 
     class Client:  # records what would be sent to the cluster
         def submit(self, fn, payload, **kwargs):

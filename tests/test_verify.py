@@ -11,7 +11,7 @@ from neuralhash.cli import main
 from neuralhash.convert import convert
 from neuralhash.errors import NeuralHashError
 from neuralhash.espresso import EspressoModel, write_espresso
-from neuralhash.verify import verify
+from neuralhash.convert.verify import verify
 
 
 def _small_model_parts():

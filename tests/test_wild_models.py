@@ -26,8 +26,8 @@ from neuralhash.errors import UnsupportedLayerError
 from neuralhash.espresso import EspressoModel, load_model, write_espresso
 from neuralhash.reference import check_shapes
 from neuralhash.reference import run as reference_run
-from neuralhash.runtime import make_session
-from neuralhash.verify import image_inputs, verify
+from neuralhash.hashing.runtime import make_session
+from neuralhash.convert.verify import image_inputs, verify
 
 from conftest import WILD_DIR as WILD  # noqa: E402
 MODELS = ("FindFour", "UxModel", "SSDOcr")

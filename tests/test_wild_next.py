@@ -28,8 +28,8 @@ from neuralhash.errors import GraphError, UnsupportedLayerError
 from neuralhash.espresso import BlobShape, EspressoModel, encode_weights, load_model
 from neuralhash.reference import check_shapes
 from neuralhash.reference import run as reference_run
-from neuralhash.runtime import make_session
-from neuralhash.verify import verify
+from neuralhash.hashing.runtime import make_session
+from neuralhash.convert.verify import verify
 
 RTOL = 1e-5
 
@@ -313,7 +313,7 @@ def test_inspect_verdict_is_convert_outcome(case, tmp_path, capsys):
     if fixture == "SentimentalAnalysisModelFP16":
         folder, _ = sentiment_with_weights(tmp_path, edit, bundle_files=edit is not _without_lstm)
     elif fixture.startswith("synthetic-"):
-        from neuralhash.synthetic import write_neuralhash_v3b
+        from neuralhash.demo.synthetic import write_neuralhash_v3b
 
         folder = tmp_path / "nh"
         sources = write_neuralhash_v3b(folder, precision=fixture.split("-")[1], calibrate=False)

@@ -23,12 +23,16 @@ ONNX nor ONNX Runtime nor Dask): ``NeuralHash``, ``Hash``, ``HashResult``,
 ``HashIndex``, ``load_model``, ``convert``, ``NeuralHashError``. (``convert`` is
 also the subpackage ``neuralhash.convert``, which calling runs the function.)
 
-Subpackages follow the data: ``espresso`` reads Apple's files into an
-``EspressoModel``; ``reference`` executes it with NumPy; ``convert`` turns it
-into ONNX; ``verify`` proves the two agree; ``hashing`` turns images into
-96-bit hashes; ``matching`` searches them; ``store`` keeps them in SQLite;
-``distributed`` hashes on a Dask cluster; ``robustness`` measures how hashes
-move under edits.
+Subpackages follow the data: ``firmware`` gets Apple's files out of an IPSW
+or a disk image; ``espresso`` reads them into an ``EspressoModel``;
+``reference`` executes it with NumPy; ``convert`` turns it into ONNX and
+``convert.verify`` proves the two agree; ``demo`` builds a synthetic model;
+``hashing`` turns images into 96-bit hashes (``hashing.distributed``: on a
+Dask cluster); ``lists`` reads and audits hash lists made elsewhere;
+``matching`` searches hashes; ``store`` keeps them in SQLite; ``service``
+serves them over HTTP; ``integrations`` plugs into threatexchange and
+perception; ``robustness`` measures how hashes move under edits; ``files``
+finds inputs and writes outputs.
 
 The distribution is ``neuralhash-toolkit``, not yet on the package index: install it
 from a checkout (``pip install .``, extras as ``pip install '.[serve]'``) or from a

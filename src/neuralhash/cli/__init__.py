@@ -20,7 +20,7 @@ from typing import Sequence
 
 from .. import __version__
 from ..errors import NeuralHashError
-from ..hashlists import FORMATS
+from ..lists.hashlists import FORMATS
 from .audit_cmds import add_audit_command
 from .common import (SRC_HELP, add_cap, add_files, add_max_distance, add_model, add_provider, cap_workers,
                      check_providers, int_at_least, int_between, non_empty, positive_float)
@@ -40,7 +40,7 @@ from .index_cmds import (
 )
 from .model_id_cmds import add_models_command
 from .model_cmds import cmd_convert, cmd_decode, cmd_demo, cmd_inspect, cmd_verify
-from ..pathnames import display
+from ..files.pathnames import display
 from .output import CheckedStdout, StandardOutputError, Terminated, pass_file_names_through, write_out
 from .robustness_cmds import cmd_robustness
 from .serve_cmds import add_serve_command

@@ -1,4 +1,4 @@
-"""``neuralhash audit LIST``: check a hash list before trusting it (see :mod:`neuralhash.audit`)."""
+"""``neuralhash audit LIST``: check a hash list before trusting it (see :mod:`neuralhash.lists.audit`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from .common import add_max_distance, int_at_least, out
 
 
 def add_audit_command(add) -> None:
-    from ..audit import DEFAULT_LIMIT
+    from ..lists.audit import DEFAULT_LIMIT
 
     p = add("audit", cmd_audit, "check a hash list: malformed, degenerate and duplicate entries; with a "
                                 "reference set, over-broad entries and the expected false-match rate")
@@ -25,7 +25,7 @@ def add_audit_command(add) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ..audit import audit, format_text, read_hash_list, read_reference
+    from ..lists.audit import audit, format_text, read_hash_list, read_reference
 
     reference = (read_reference(args.reference, model_id=args.reference_model_id, option="--reference-model-id")
                  if args.reference else None)

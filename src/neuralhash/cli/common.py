@@ -151,7 +151,7 @@ def check_providers(args: argparse.Namespace, parser: argparse.ArgumentParser) -
     wanted = getattr(args, "provider", None)
     if not wanted:
         return
-    from ..runtime import available_providers
+    from ..hashing.runtime import available_providers
 
     installed = available_providers()
     missing = [p for p in wanted if p not in installed]

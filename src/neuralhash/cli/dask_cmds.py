@@ -4,7 +4,7 @@ The output is the plain command's, byte for byte (the same Writer, Failures
 and Progress, results in input order); only where the hashing runs differs.
 The paths are expanded here first (directories walked, ``-`` read whole from
 standard input) and held as a list of strings; results stream back a few
-tasks at a time (:func:`neuralhash.distributed.iter_batches`), so memory stays
+tasks at a time (:func:`neuralhash.hashing.distributed.iter_batches`), so memory stays
 flat however many images there are. ``--parquet DIR`` is written here, from
 the streamed results, so DIR need not be reachable by the workers.
 """
@@ -31,7 +31,7 @@ CONNECT_TIMEOUT = 5
 
 
 def cmd_hash_on_cluster(args: argparse.Namespace) -> int:
-    from .. import distributed as nhd
+    from ..hashing import distributed as nhd
     from ..hashing import IMAGE_EXTENSIONS
 
     nhd.require_dask()  # before anything else: the fix is an install
@@ -59,7 +59,7 @@ def cmd_hash_on_cluster(args: argparse.Namespace) -> int:
 
 def _hash_on(client, nh, paths: list[str], args: argparse.Namespace, writer: Writer, failures: Failures,
              progress: Progress, sink: "ParquetSink | None") -> None:
-    from .. import distributed as nhd
+    from ..hashing import distributed as nhd
 
     batches = nhd.iter_batches(paths, model=nh, client=client, batch_size=args.batch_size,
                                paths_per_task=args.paths_per_task,
@@ -79,7 +79,7 @@ def _failed_frame(results: list) -> "pandas.DataFrame":
     """Error results (folders that could not be listed) as rows of a result frame, for the Parquet files."""
     import numpy as np
 
-    from .. import distributed as nhd
+    from ..hashing import distributed as nhd
     from ..hashing.seed import HASH_BITS
 
     return nhd._frame(0, [r.path for r in results], [None] * len(results),
@@ -88,7 +88,7 @@ def _failed_frame(results: list) -> "pandas.DataFrame":
 
 def _expand_url_globs(paths: Iterator[str]) -> Iterator[str]:
     """A URL holding ``*``, ``?`` or ``[`` is a glob (no shell expands it); local paths are as named."""
-    from ..distributed import expand_paths, is_url
+    from ..hashing.distributed import expand_paths, is_url
 
     for path in paths:
         if is_url(path) and any(c in path for c in "*?["):
@@ -200,7 +200,7 @@ class ParquetSink:
         import pandas as pd
         import pyarrow.parquet as pq
 
-        from ..distributed import arrow_schema, to_table
+        from ..hashing.distributed import arrow_schema, to_table
 
         frames, self.frames, self.rows = self.frames, [], 0
         table = to_table(pd.concat(frames)) if frames else arrow_schema().empty_table()

@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..errors import NeuralHashError
-from ..pathnames import json_fields, text_line
+from ..files.pathnames import json_fields, text_line
 from .common import is_hex_hash, load_hasher
 from .output import emit, hash_output, pass_file_names_through, sigterm_unwinds, write_out
 from .paths import iter_paths
@@ -61,7 +61,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         else:
             hashes.append(nh.hash(x, exif_transpose=args.exif_transpose))
     distance = hashes[0].hamming(hashes[1])
-    # Operands are carried like hash's file names (neuralhash.pathnames): "a" / "a_b64", escaped text lines.
+    # Operands are carried like hash's file names (neuralhash.files.pathnames): "a" / "a_b64", escaped text lines.
     if args.jsonl:
         obj = {**json_fields(args.a, "a"), **json_fields(args.b, "b"), "hash_a": hashes[0].hex,
                "hash_b": hashes[1].hex, "distance": distance}

@@ -1,6 +1,6 @@
 """Commands on a hash database: index add / import / export / lists / remove-list / info / upgrade, match, dupes.
 
-File names are written by the rules of :mod:`neuralhash.pathnames` (text
+File names are written by the rules of :mod:`neuralhash.files.pathnames` (text
 escaped like ``sha256sum``, ``path_b64`` in JSONL for names that are not
 UTF-8, CSV quoted), so that ``index import`` reads back what they print.
 """
@@ -13,7 +13,7 @@ import sys
 
 from ..errors import NeuralHashError
 from ..hashing.model_ids import short_model_id
-from ..pathnames import csv_row, display, json_fields, text_line
+from ..files.pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason, is_hex_hash, load_hasher, out
 from .output import Failures, Progress, pass_file_names_through, sigterm_unwinds
 from .paths import iter_paths
@@ -126,7 +126,7 @@ def cmd_index_import(args) -> int:
 
 
 def cmd_index_export(args) -> int:
-    from ..hashlists import HashListError, ListWriter
+    from ..lists.hashlists import HashListError, ListWriter
 
     pass_file_names_through()
     fmt = args.format or _format(args)

@@ -15,7 +15,7 @@ from .common import load_espresso, model_source, out
 
 def cmd_decode(args: argparse.Namespace) -> int:
     from ..espresso.model import decode_json_bytes
-    from ..fileio import atomic_write
+    from ..files.fileio import atomic_write
 
     path = Path(args.file)
     try:
@@ -301,7 +301,7 @@ def print_report(report) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     import onnx
 
-    from ..verify import verify
+    from ..convert.verify import verify
 
     model = load_espresso(args)
     proto = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..pathnames import display
+from ..files.pathnames import display
 from .common import add_model, load_hasher, out
 
 

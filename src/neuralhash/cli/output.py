@@ -1,10 +1,10 @@
 """Writing results: one line per item as it arrives, a progress line, failures on stderr.
 
-File names are carried by the rule of :mod:`neuralhash.pathnames`: records are
+File names are carried by the rule of :mod:`neuralhash.files.pathnames`: records are
 written to standard output as bytes (a text line holds the name's own bytes,
 JSON is UTF-8 with ``path_b64`` for names that are not, CSV is UTF-8 with the
 name's undecodable bytes as they are), and every message on standard error
-shows a name through :func:`~neuralhash.pathnames.display`, so it stays one line.
+shows a name through :func:`~neuralhash.files.pathnames.display`, so it stays one line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import deque
 
 from ..errors import NeuralHashError
 from ..hashing.hash import HashResult
-from ..pathnames import csv_row, display, json_fields, text_line
+from ..files.pathnames import csv_row, display, json_fields, text_line
 from .common import error_reason
 
 

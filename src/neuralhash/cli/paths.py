@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Iterator, Sequence
 
-from ..walk import walk_images
+from ..files.walk import walk_images
 from .output import Failures
 
 
@@ -48,7 +48,7 @@ def iter_paths(paths: Sequence[str], extensions, failures: Failures, stdin=None,
             for line in getattr(source, "buffer", None) or source:
                 line = os.fsdecode(line) if isinstance(line, bytes) else line
                 # One name a line: its \n, and one \r before it (a list written on Windows), go; the
-                # rest is the name, spaces included (neuralhash.pathnames' text rule).
+                # rest is the name, spaces included (neuralhash.files.pathnames' text rule).
                 line = line[:-1] if line.endswith("\n") else line
                 line = line[:-1] if line.endswith("\r") else line
                 if line.strip():

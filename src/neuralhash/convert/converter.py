@@ -22,7 +22,7 @@ from onnx import TensorProto, helper
 
 from .. import __version__
 from ..errors import ConversionError, NeuralHashError, ShapeMismatchError, UnsupportedLayerError, layer_label
-from ..fileio import atomic_write
+from ..files.fileio import atomic_write
 from . import handlers as _handlers  # noqa: F401  (registers the handlers)
 from ..espresso.layers import LAYER_TYPES
 from .context import Context, View

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ..files.fileio import atomic_write
 from .container import encode_container
 from .model import NET_SUFFIX, SHAPE_SUFFIX, WEIGHTS_SUFFIX, BlobShape, ModelSources, shapes_document
 from .weights import encode_weights

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from .. import __version__
 from ..errors import FirmwareError
-from ..fileio import atomic_write
+from ..files.fileio import atomic_write
 from .source import OLDER_ADVICE, Firmware, older_than_model, open_firmware, os_version
 from .trees import Entry, FolderTree, Tree, resolve
 

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from ..errors import ModelNotFoundError, NeuralHashError, ProviderError
-from ..runtime import make_session
+from .runtime import make_session
 from .hash import Hash, HashResult
 from .image import SIZE, decode, describe, resolve_max_pixels, to_input
 from .model_ids import cached_model_id, model_id_of  # noqa: F401 - model_id_of: distributed imports it here
@@ -246,7 +246,7 @@ class NeuralHash:
         data = _convert_to_bytes(sources)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            from ..fileio import atomic_write
+            from ..files.fileio import atomic_write
 
             atomic_write(path, data)
         except (OSError, NeuralHashError):

@@ -170,7 +170,7 @@ def cached_model_id(onnx_bytes: bytes, seed: np.ndarray, cache_dir: str | os.Pat
         return known
     model_id = model_id_of(onnx_bytes, seed)
     try:
-        from ..fileio import atomic_write
+        from ..files.fileio import atomic_write
 
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, (model_id + "\n").encode("ascii"))

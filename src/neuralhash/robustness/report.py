@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import NeuralHashError, install_hint
-from ..fileio import atomic_write
+from ..files.fileio import atomic_write
 from .results import MISSING, HasherInfo, RobustnessResult
 
 __all__ = ["terminal_summary", "write_report"]

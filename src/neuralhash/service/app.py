@@ -29,8 +29,8 @@ from starlette.templating import Jinja2Templates
 from .. import __version__
 from ..errors import ImageError, NeuralHashError
 from ..hashing import DEFAULT_MARGIN
-from ..hashlists import FORMATS as _LIST_FORMATS
-from ..pathnames import PathNameError, json_fields, name_from_json
+from ..lists.hashlists import FORMATS as _LIST_FORMATS
+from ..files.pathnames import PathNameError, json_fields, name_from_json
 from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
 from .hasher import ImageHasher, UploadError
 
@@ -566,7 +566,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
              summary="A list's hashes in any format `index export` writes (extra fields kept by csv and jsonl)")
     async def export_list(name: str, format: Annotated[str, Query(pattern=_EXPORT_FORMATS)] = "text"
                           ) -> StreamingResponse:
-        from ..hashlists import ListWriter
+        from ..lists.hashlists import ListWriter
 
         columns = await backend().extra_fields(name) if "csv" in format else []
         writer = ListWriter(format, columns)

@@ -3,7 +3,7 @@
 A database holds several named **lists** (a published list, a partner's list,
 one's own photos); every list belongs to one model, so hashes of different
 models never mix silently. Per entry it keeps the label or path (file names
-as bytes, :mod:`neuralhash.pathnames`), the 96-bit hash and, for images
+as bytes, :mod:`neuralhash.files.pathnames`), the 96-bit hash and, for images
 hashed here, the file's size, mtime and sha256.
 
 Beside ``DB`` lies ``DB.nhindex``, the hashes packed and memory-mapped

@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .. import hashlists
+from ..lists import hashlists
 from ..matching import HashIndex, component_groups
 from ..matching.index import check_radius
 from ..matching.packing import from_words, to_words
-from ..pathnames import display, from_sql, sql_value, to_bytes
+from ..files.pathnames import display, from_sql, sql_value, to_bytes
 from . import db as dbmod
 from . import packed as pk
 from .db import StoreError
@@ -52,7 +52,7 @@ class StoredHash:
     hex: str
     model_id: str
     list: str = ""
-    extra_json: str | None = None  # the entry's extra fields (a JSON object's text), see neuralhash.hashlists
+    extra_json: str | None = None  # the entry's extra fields (a JSON object's text), see neuralhash.lists.hashlists
 
     @property
     def extra(self) -> dict[str, Any] | None:
@@ -808,7 +808,7 @@ class HashStore:
 
     def import_file(self, source, *, list_name: str | None = None, model_id: str = IMPORTED_MODEL,
                     description: str = "", format: str | None = None) -> ImportReport:
-        """Import a hash list (a path or a binary file object) in any of :data:`neuralhash.hashlists.FORMATS`
+        """Import a hash list (a path or a binary file object) in any of :data:`neuralhash.lists.hashlists.FORMATS`
         (``format``; default: detected). Entries' extra fields (CSV columns, JSON keys, threatexchange
         opinions) are kept per entry and come back from :meth:`export`.
 
@@ -956,7 +956,7 @@ class HashStore:
 
     def extra_fields(self, *, list_name: str | None = None, model_id: str | None = None) -> list[str]:
         """The extra fields the entries :meth:`export` yields hold, in the order they first appear
-        (the columns of a CSV export). At most :data:`neuralhash.hashlists.MAX_EXTRA_COLUMNS`."""
+        (the columns of a CSV export). At most :data:`neuralhash.lists.hashlists.MAX_EXTRA_COLUMNS`."""
         keys, _ = self._export_keys(list_name, model_id)
         with self._lock, self._sql("listing extra fields"):
             if not keys or not dbmod.has_extra_column(self._db):

@@ -14,12 +14,12 @@ Schema 2 (this version)::
 
 ``images.extra`` (nullable TEXT, added by the first import that carries extra
 fields, so older databases and older readers are unaffected) holds an entry's
-extra fields as a JSON object (:mod:`neuralhash.hashlists`).
+extra fields as a JSON object (:mod:`neuralhash.lists.hashlists`).
 
 ``images`` has no index besides its row id: names are found through the
 packed index's name keys (see :mod:`.packed`), which keeps a bulk import a
 plain append. ``path`` is TEXT for a UTF-8 name and a BLOB of its bytes
-otherwise (:func:`neuralhash.pathnames.sql_value`). Row ids are handed out
+otherwise (:func:`neuralhash.files.pathnames.sql_value`). Row ids are handed out
 by the store (``next_id``), so they only grow.
 
 Schema 1 (one ``images`` table keyed by model) is upgraded in one

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .verify import VerificationReport
+    from ..convert.verify import VerificationReport
 
 #: Bumped when the demo's weights change (r2: the synthetic mark of hashing.model_ids), so that a
 #: cache written by an earlier revision is not used.
@@ -71,13 +71,13 @@ def run_demo(
     precision: str = "float32",
     providers: Sequence[str] | None = None,
 ) -> DemoResult:
-    from .convert import convert, save_model
-    from .espresso import load_model
-    from .hashing.image import bits_to_hex, preprocess
-    from .hashing.seed import default_seed_matrix
-    from .runtime import make_session
+    from ..convert import convert, save_model
+    from ..espresso import load_model
+    from ..hashing.image import bits_to_hex, preprocess
+    from ..hashing.seed import default_seed_matrix
+    from ..hashing.runtime import make_session
     from .synthetic import sample_image_paths
-    from .verify import verify
+    from ..convert.verify import verify
 
     folder = demo_model_dir(cache_dir, precision)
     model = load_model(folder)

@@ -1,7 +1,7 @@
 """Hashing corpora on a Dask cluster: :func:`hash_paths` (a Dask DataFrame) and :func:`iter_batches` (streamed).
 
     from distributed import Client
-    from neuralhash.distributed import hash_paths, to_parquet
+    from neuralhash.hashing.distributed import hash_paths, to_parquet
 
     client = Client("tcp://scheduler:8786")         # or Client(LocalCluster()) on one machine
     df = hash_paths("s3://bucket/images/**/*.jpg", model="~/nh")   # path, path_bytes, hash, margins, error
@@ -53,22 +53,22 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import NeuralHashError, install_hint
-from .hashing.hash import Hash, HashResult
-from .pathnames import from_bytes, is_utf8, to_bytes
-from .hashing.seed import HASH_BITS
+from ..errors import NeuralHashError, install_hint
+from .hash import Hash, HashResult
+from ..files.pathnames import from_bytes, is_utf8, to_bytes
+from .seed import HASH_BITS
 
 if TYPE_CHECKING:  # only for annotations: importing this module must not import Dask
     import dask.dataframe
     import pandas
     from distributed import Client, Future
 
-    from .hashing.model import NeuralHash
+    from .model import NeuralHash
 
 #: The columns of every result frame: path (str), path_bytes (the name's exact
 #: bytes when it is not valid UTF-8, else null), hash (24 hex digits, null on
 #: error), margins (96 float32 ``|v|``, null on error), error (null on success).
-#: File names follow :mod:`neuralhash.pathnames`' JSON rule with bytes for base64:
+#: File names follow :mod:`neuralhash.files.pathnames`' JSON rule with bytes for base64:
 #: ``path`` is the name when it is UTF-8, else a readable form (undecodable bytes
 #: as U+FFFD) beside ``path_bytes``; a reader takes ``path_bytes`` when it is set.
 COLUMNS = ("path", "path_bytes", "hash", "margins", "error")
@@ -128,8 +128,8 @@ def expand_paths(paths_or_glob: str | os.PathLike | Iterable[str | os.PathLike],
             raise NeuralHashError(f"{spec}: no file matches this pattern")
         return found
     if local and os.path.isdir(spec):
-        from .hashing import IMAGE_EXTENSIONS
-        from .walk import walk_images
+        from . import IMAGE_EXTENSIONS
+        from ..files.walk import walk_images
 
         return list(walk_images(spec, IMAGE_EXTENSIONS, _unreadable_folder))
     return [spec]
@@ -180,7 +180,7 @@ def share_model(client: "Client", model: Any = None, *, seed: Any = None,
     accepts (None: Apple's model on this machine). It is loaded here once
     (converted once, if Espresso) and its ONNX bytes and seed sent once.
     """
-    from .hashing.model import NeuralHash, model_id_of
+    from .model import NeuralHash, model_id_of
 
     nh = model if isinstance(model, NeuralHash) else NeuralHash.from_source(model, seed=seed, providers=providers)
     if nh.onnx_path is None:
@@ -236,7 +236,7 @@ class _Plan:
 
 def _plan(paths_or_glob, model, client, seed, providers, batch_size, paths_per_task, exif_transpose, fast,
           storage_options, max_pixels=None) -> _Plan:
-    from .hashing.image import resolve_max_pixels
+    from .image import resolve_max_pixels
 
     _check_batch_size(batch_size)
     client = current_client(client)
@@ -499,7 +499,7 @@ def _worker_model(payload: Mapping[str, Any]) -> "NeuralHash":
 
 
 def _build_model(payload: Mapping[str, Any]) -> "NeuralHash":
-    from .hashing.model import NeuralHash
+    from .model import NeuralHash
 
     # ONNX Runtime's default is one thread per core for every run, and a worker runs
     # several tasks at once: with OMP_NUM_THREADS (1 under Dask's nanny) the worker's

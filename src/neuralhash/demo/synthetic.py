@@ -38,9 +38,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import NeuralHashError
-from .espresso import EspressoModel, ModelSources, write_espresso
-from .hashing.model_ids import SYNTHETIC_MARK
+from ..errors import NeuralHashError
+from ..espresso import EspressoModel, ModelSources, write_espresso
+from ..hashing.model_ids import SYNTHETIC_MARK
 
 PRECISIONS = ("float32", "float16")
 PREFIXES = {"float32": "NeuralHashv3b-current", "float16": "NeuralHashv3b_fp16-current"}
@@ -457,7 +457,7 @@ def calibrate(
     stay float16; the biases are fitted after rounding, so the mean stays 0.
     The other blobs are shared with ``blobs``.
     """
-    from .reference import run
+    from ..reference import run
 
     if images is None:
         images = np.stack([preprocess_image(p) for p in sample_image_paths()])
@@ -507,7 +507,7 @@ def calibrate(
 
 # -- sample images -----------------------------------------------------------------------------
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
 def sample_image_paths() -> list[Path]:
@@ -517,6 +517,6 @@ def sample_image_paths() -> list[Path]:
 
 def preprocess_image(source) -> np.ndarray:
     """[3, 360, 360] float32 in [-1, 1] from a path or a Pillow image (see :mod:`neuralhash.hashing.image`)."""
-    from .hashing.image import preprocess
+    from ..hashing.image import preprocess
 
     return preprocess(source)

@@ -52,7 +52,7 @@ The file is read in chunks and split at ``\\n`` only, so memory stays bounded
 whatever its size; a line (or CSV record) longer than :data:`MAX_LINE` bytes
 is a malformed line, never a reason to read on without bound. Bytes that are
 not UTF-8 are kept as surrogates (``surrogateescape``), as file names are.
-Names follow :mod:`neuralhash.pathnames`.
+Names follow :mod:`neuralhash.files.pathnames`.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ from typing import IO, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from .errors import NeuralHashError
-from .pathnames import PathNameError, csv_row, display, is_utf8, json_fields, name_from_json, split_text_line, text_line
+from ..errors import NeuralHashError
+from ..files.pathnames import PathNameError, csv_row, display, is_utf8, json_fields, name_from_json, split_text_line, text_line
 
 HEX_DIGITS = 24
 MAX_LINE = 1 << 16  # bytes in one line or CSV record; a longer one is malformed
@@ -634,7 +634,7 @@ _TX_FIELDS = ("collab", "category", "tags", "metadata")  # the extras tx-dataset
 
 class ListWriter:
     """Entries out in one of :data:`FORMATS`, as text a stream with ``surrogateescape`` writes
-    (names' undecodable bytes go out as they are, :mod:`neuralhash.pathnames`' rules).
+    (names' undecodable bytes go out as they are, :mod:`neuralhash.files.pathnames`' rules).
 
     ``extra_columns``: for csv and tx-dataset-csv, the extra fields that get a
     column (every one a row may hold: a field without a column is an error,

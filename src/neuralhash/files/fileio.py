@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import NeuralHashError
+from ..errors import NeuralHashError
 
 STDOUT = "-"
 # Signals whose default action ends the process (SIGINT already raises KeyboardInterrupt; SIGKILL cannot

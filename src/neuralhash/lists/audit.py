@@ -1,6 +1,6 @@
 """Auditing a NeuralHash list before trusting it: ``neuralhash audit LIST [--reference DB_OR_LIST]``.
 
-    from neuralhash.audit import audit, read_hash_list, read_reference
+    from neuralhash.lists.audit import audit, read_hash_list, read_reference
 
     report = audit(read_hash_list("list.txt"), read_reference("photos.db"), max_distance=4)
     report.flagged, report.to_dict()
@@ -35,7 +35,7 @@ What is checked, per list of N entries:
 Reports list at most ``limit`` items of each kind (the counts are always complete).
 
 The list is read with the project's hash-list parser (``HEX  PATH`` lines, CSV with
-a ``hash`` column, JSONL) through :mod:`neuralhash.hashlists`; entries are kept as packed arrays
+a ``hash`` column, JSONL) through :mod:`neuralhash.lists.hashlists`; entries are kept as packed arrays
 (12 bytes, a line number and a label offset each, labels in one UTF-8 blob), about
 28 bytes an entry plus its label, beyond the parser's own copy of the text.
 """
@@ -50,9 +50,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import NeuralHashError
-from .matching import HASH_BITS, HASH_BYTES, HashIndex, check_radius, component_groups, connected_components
-from .matching.index import DEFAULT_MAX_DISTANCE  # noqa: F401 - the one default, re-exported for audit's users
+from ..errors import NeuralHashError
+from ..matching import HASH_BITS, HASH_BYTES, HashIndex, check_radius, component_groups, connected_components
+from ..matching.index import DEFAULT_MAX_DISTANCE  # noqa: F401 - the one default, re-exported for audit's users
 #: A hash with at most this many bits of one value is degenerate.
 IMBALANCE = 14
 #: Poisson upper-tail probability below which a count of reference matches is flagged.
@@ -100,7 +100,7 @@ class HashList:
 
 def read_hash_list(path: str | os.PathLike) -> HashList:
     """Read a hash list file: every format ``neuralhash index import`` reads
-    (:mod:`neuralhash.hashlists`: text, CSV, JSON Lines), streamed."""
+    (:mod:`neuralhash.lists.hashlists`: text, CSV, JSON Lines), streamed."""
     from array import array
 
     from .hashlists import iter_batches
@@ -129,7 +129,7 @@ def read_hash_list(path: str | os.PathLike) -> HashList:
 
 def hash_list_from_hex(hexes, name: str = "<hashes>") -> HashList:
     """A :class:`HashList` from hex strings in memory (line numbers 1..N, no labels)."""
-    from .matching import pack_hex
+    from ..matching import pack_hex
 
     packed = pack_hex(list(hexes))
     return HashList(name, packed, np.arange(1, len(packed) + 1, dtype=np.int64))
@@ -146,7 +146,7 @@ def read_reference(spec: str | os.PathLike, *, model_id: str | None = None, opti
     except OSError as exc:
         raise AuditError(f"{path}: cannot read reference ({exc.strerror or exc})") from None
     if head == SQLITE_MAGIC:
-        from .store import HashStore
+        from ..store import HashStore
 
         with HashStore(path, create=False) as store:
             return store.packed_hashes(store.resolve_model(model_id, option=option).model_id)
@@ -256,7 +256,7 @@ def _ones(packed: np.ndarray) -> np.ndarray:
 
 def _unique(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct hashes in sorted order, entries sorted by hash, entries per distinct hash)."""
-    from .matching import to_words
+    from ..matching import to_words
 
     hi, lo = to_words(packed)
     order = np.argsort(hi)  # one 64-bit key: several times faster than lexsort on two
@@ -366,7 +366,7 @@ def _reference_checks(rep: AuditReport, index: HashIndex, keep: np.ndarray, coun
     """Fill the reference part of ``rep``; return (distinct list hash, reference matches) of the
     broad entries, most matches first. ``index`` holds the list's non-degenerate distinct
     hashes (``keep``); degenerate ones are flagged already and not counted here."""
-    from .matching.packing import check_packed
+    from ..matching.packing import check_packed
 
     reference = check_packed(reference, "reference hashes")
     ref_uniq = _unique(reference)[0] if len(reference) else reference

@@ -29,9 +29,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnx
 
-from .errors import ConversionError, NeuralHashError
-from .espresso import EspressoModel
-from .runtime import make_session
+from ..errors import ConversionError, NeuralHashError
+from ..espresso import EspressoModel
+from ..hashing.runtime import make_session
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_MAX_INPUT_SIZE = 64 << 20  # bytes of float32 input per case, batch included
@@ -102,7 +102,7 @@ def _input_dims(model: EspressoModel, max_input_size: int, batch: int, name: str
 
 def index_range(model: EspressoModel, name: str) -> int | None:
     """The number of rows of the embedding tables an input indexes (None: not an index input)."""
-    from .convert.converter import integer_inputs
+    from .converter import integer_inputs
 
     if name not in integer_inputs(model):
         return None
@@ -150,7 +150,7 @@ def image_inputs(paths: Sequence[str | os.PathLike | Any], model: EspressoModel 
     ``transform_params`` (scale 1, bias 0 when absent; BGR when
     ``is_network_bgr``).
     """
-    from .hashing.image import load_image, preprocess
+    from ..hashing.image import load_image, preprocess
 
     if model is None or model.shapes.get(model.inputs[0]) is None or \
             model.shapes[model.inputs[0]].view == (1, 3, 360, 360):
@@ -198,7 +198,7 @@ def verify(
     embedding inputs); images feed the first input (the others then get the
     first seed's values at batch 1).
     """
-    from .reference import run as reference_run
+    from ..reference import run as reference_run
 
     seeds = list(seeds)
     if not seeds and not images:
@@ -211,7 +211,7 @@ def verify(
         for label, x in prepared:
             cases.append((label, {**others, model.inputs[0]: x}))
     if onnx_model is None:
-        from .convert import convert
+        from . import convert
 
         onnx_model = convert(model, optimize=optimize)
     session = make_session(onnx_model, providers)
@@ -267,7 +267,7 @@ def first_divergence(
     Intermediate blobs are judged relative to their own magnitude
     (``atol * max(1, max|ref|)``), since they are not all of order 1.
     """
-    from .reference import run as reference_run
+    from ..reference import run as reference_run
 
     ref = reference_run(model, feeds, keep=True)
     produced = {out for node in onnx_model.graph.node for out in node.output}

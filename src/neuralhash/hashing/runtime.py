@@ -11,7 +11,7 @@ from typing import Sequence
 
 import onnxruntime as ort
 
-from .errors import NeuralHashError, ProviderError
+from ..errors import NeuralHashError, ProviderError
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 

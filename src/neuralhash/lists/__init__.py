@@ -1,0 +1,1 @@
+"""Hash lists from elsewhere: their file formats and their audit."""
