@@ -13,7 +13,9 @@ import hmac
 import importlib.resources
 import ipaddress
 import re
+import secrets
 import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Any, AsyncIterator
@@ -108,6 +110,9 @@ class LookupRequest(BaseModel):
     model_id: ModelId | None = Field(None, description="the model whose hashes to search (a unique prefix will do); "
                                                    "default: the server's model if stored, else the only one")
 
+
+#: Names an import's unnamed entries (SOURCE:LINE).
+SourceName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 #: A new list's name: also a path segment of /lists/NAME, so no "/" (a %2F arrives decoded and cannot route).
 NewListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/]+$")]
@@ -541,10 +546,16 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list")
     async def import_list(request: Request, name: ListName,
-                          model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None
+                          model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None,
+                          source: Annotated[SourceName | None, Query(
+                              description="names the entries the file leaves unnamed (SOURCE:LINE); default: "
+                                          "the uploaded file's name, else a name unique to this import")] = None,
                           ) -> dict:
         """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
-        lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped."""
+        lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped.
+        An entry replaces the list's entry of the same name; entries the file leaves unnamed (bare
+        hashes, threatexchange lines) are named `SOURCE:LINE`, so two imports never replace each
+        other's unnamed entries unless the client gives both the same `source`."""
         model = await list_model(name, model_id)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -552,14 +563,17 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                 item = form.get("file")
                 if item is None or isinstance(item, str):
                     raise HTTPException(422, "file: required (a file field of the multipart form)")
+                source = source or _basename(item.filename)
                 while chunk := await item.read(1 << 20):
                     spool.write(chunk)
             else:
                 async for chunk in request.stream():
                     spool.write(chunk)
             spool.seek(0)
-            report = await backend().import_file(spool, name, model)
-        return {"name": name, "imported": report.imported, "replaced": getattr(report, "replaced", 0),
+            source = source or _unique_source()
+            report = await backend().import_file(spool, name, model, source)
+        return {"name": name, "source": source, "imported": report.imported,
+                "replaced": getattr(report, "replaced", 0),
                 "skipped": [{"line": n, "reason": r} for n, r in report.skipped]}
 
     @app.get("/lists/{name}/export",
@@ -602,6 +616,17 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         })
 
     return app
+
+
+def _basename(filename: str | None) -> str | None:
+    """The last part of an uploaded file's name (a client's path means nothing here)."""
+    base = re.split(r"[/\\]", filename or "")[-1].strip()
+    return base if base and base.isprintable() and len(base) <= 200 else None
+
+
+def _unique_source() -> str:
+    """A name no other import has: ``upload-20260101T120000Z-1a2b3c``."""
+    return f"upload-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
 
 
 async def anext_or_none(stream: AsyncIterator[bytes]) -> bytes | None:

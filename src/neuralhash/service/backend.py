@@ -392,10 +392,12 @@ class Backend:
         finally:
             self._changed()
 
-    async def import_file(self, source: Any, name: str, model_id: str) -> Any:
-        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads."""
+    async def import_file(self, source: Any, name: str, model_id: str, label: str | None = None) -> Any:
+        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads;
+        ``label`` names the entries the file leaves unnamed (LABEL:LINE)."""
         try:
-            return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id))
+            return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id,
+                                                                          label=label))
         finally:
             self._changed()
 

@@ -806,7 +806,7 @@ class HashStore:
     # -- import / export ------------------------------------------------------------------
 
     def import_file(self, source, *, list_name: str | None = None, model_id: str = IMPORTED_MODEL,
-                    description: str = "", format: str | None = None) -> ImportReport:
+                    description: str = "", format: str | None = None, label: str | None = None) -> ImportReport:
         """Import a hash list (a path or a binary file object) in any of :data:`neuralhash.hashlists.FORMATS`
         (``format``; default: detected). Entries' extra fields (CSV columns, JSON keys, threatexchange
         opinions) are kept per entry and come back from :meth:`export`.
@@ -814,12 +814,13 @@ class HashStore:
         All or nothing: the valid entries go in one transaction; malformed lines
         are in ``report.skipped``. An entry replaces the list's entry of the same
         name; within the file a later line wins. The list (default: the file's
-        name without its extension) is created when absent.
+        name without its extension) is created when absent. ``label`` names the entries the file
+        leaves unnamed (``LABEL:LINE``; default: the file's name).
         """
-        if hasattr(source, "read"):
+        if label is None and hasattr(source, "read"):
             label = os.path.basename(os.fsdecode(getattr(source, "name", "-") if isinstance(
                 getattr(source, "name", None), (str, bytes)) else "-"))
-        else:
+        elif label is None:
             label = os.path.basename(os.fsdecode(source))
         if list_name is None:
             list_name = os.path.splitext(label)[0] or "imported"

@@ -1,0 +1,66 @@
+"""Imports over HTTP: one import never replaces another's entries by accident (issue 18 item 1),
+and an import that brings nothing is refused, not an empty list (item 7)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from neuralhash.hashing import NeuralHash  # noqa: E402
+from neuralhash.service import ServeConfig, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nh(module_env):
+    return NeuralHash.demo()
+
+
+@pytest.fixture()
+def client(tmp_path, nh):
+    with TestClient(create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0))) as c:
+        yield c
+
+
+def tx_file(digests: list[bytes]) -> bytes:
+    """threatexchange's `neuralhash HEX` lines: entries without names."""
+    return b"".join(b"neuralhash %s\n" % d.hex().encode() for d in digests)
+
+
+def digests(n: int, seed: int) -> list[bytes]:
+    return [bytes(r) for r in np.random.default_rng(seed).integers(0, 256, (n, 12), dtype=np.uint8)]
+
+
+def exported(client, name: str) -> list[str]:
+    return sorted(line.split()[0] for line in client.get(f"/lists/{name}/export").text.splitlines())
+
+
+def test_two_raw_imports_of_unnamed_entries_keep_both(client):
+    a, b = digests(2, 1), digests(2, 2)
+    first = client.post("/lists/l/import", content=tx_file(a)).json()
+    second = client.post("/lists/l/import", content=tx_file(b)).json()
+    assert (first["imported"], first["replaced"]) == (2, 0)
+    assert (second["imported"], second["replaced"]) == (2, 0), second
+    assert first["source"] != second["source"]
+    assert exported(client, "l") == sorted(d.hex() for d in a + b)
+
+
+def test_multipart_imports_are_named_after_their_files(client):
+    a, b = digests(2, 3), digests(2, 4)
+    client.post("/lists/m/import", files={"file": ("txA.txt", tx_file(a), "text/plain")})
+    r = client.post("/lists/m/import", files={"file": ("txB.txt", tx_file(b), "text/plain")}).json()
+    assert (r["source"], r["imported"], r["replaced"]) == ("txB.txt", 2, 0)
+    labels = sorted(line.split(None, 1)[1] for line in client.get("/lists/m/export").text.splitlines())
+    assert labels == ["txA.txt:1", "txA.txt:2", "txB.txt:1", "txB.txt:2"]
+
+
+def test_replacing_is_what_the_client_asks_for(client):
+    a, b = digests(2, 5), digests(2, 6)
+    client.post("/lists/r/import?source=feed", content=tx_file(a))
+    r = client.post("/lists/r/import?source=feed", content=tx_file(b)).json()  # the same source, again
+    assert (r["imported"], r["replaced"]) == (2, 2)
+    assert exported(client, "r") == sorted(d.hex() for d in b)
