@@ -47,6 +47,8 @@ DEFAULT_LIMIT = 100
 DEFAULT_MAX_UPLOAD = 50 * 1024 * 1024
 #: Default body limit for hash-list imports (bytes): about 7 million ``HEX  PATH`` lines of 80 bytes.
 DEFAULT_MAX_IMPORT = 512 * 1024 * 1024
+#: Seconds /health waits for each part of the server it checks.
+HEALTH_TIMEOUT = 5.0
 #: Queries (hashes or images) in one request at most.
 MAX_QUERIES = 10_000
 
@@ -587,12 +589,15 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         render = lambda r: writer.row(r.path, r.hex, r.model_id, name, r.extra)  # noqa: E731
         stream = backend().export(name, render, writer.header())
         first = await anext_or_none(stream)  # a missing list is a 404, not an empty 200
-        return StreamingResponse(_prepend(first, stream), media_type=_MEDIA[format] + "; charset=utf-8")
+        return _ClosingStream(_prepend(first, stream), media_type=_MEDIA[format] + "; charset=utf-8")
 
     # -- status --
 
-    @app.get("/health", summary="Liveness")
+    @app.api_route("/health", methods=["GET", "HEAD"], summary="Whether the server can serve (503 if not)")
     async def health() -> dict:
+        """200 when a lookup, the database and the threads requests need answer within
+        HEALTH_TIMEOUT seconds; else 503 naming what does not."""
+        await backend().health(HEALTH_TIMEOUT)
         return {"status": "ok"}
 
     @app.get("/info", summary="Version, the server's model, stored models and lists with counts")
@@ -636,8 +641,22 @@ async def anext_or_none(stream: AsyncIterator[bytes]) -> bytes | None:
         return None
 
 
-async def _prepend(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first is not None:
-        yield first
-        async for chunk in rest:
-            yield chunk
+async def _prepend(first: bytes | None, rest: Any) -> AsyncIterator[bytes]:
+    try:
+        if first is not None:
+            yield first
+            async for chunk in rest:
+                yield chunk
+    finally:
+        await rest.aclose()
+
+
+class _ClosingStream(StreamingResponse):
+    """A streaming response that closes its iterator however the response ends (a client that hangs
+    up mid-way included): what the iterator holds is released now, not when it is garbage."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()

@@ -24,7 +24,6 @@ a bounded queue: memory stays flat whatever the size of the list.
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,9 @@ CHUNK = 64
 #: How long the cached view of models and lists is trusted (seconds): a list created by another
 #: process is searched after at most this long.
 CATALOGUE_TTL = 2.0
+
+#: How often (seconds) an export's thread looks whether its export was closed while it waits.
+EXPORT_POLL = 0.2
 
 
 class BackendError(NeuralHashError):
@@ -157,6 +159,7 @@ class Backend:
         self._catalogue: tuple[float, list[Any], list[Any]] | None = None  # (when, models, lists)
         self._pending: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
         self._draining: asyncio.Task | None = None
+        self._exports: set[threading.Event] = set()  # the stop flags of the exports streaming now
 
     async def start(self) -> None:
         """Open the reader and build the server's model's index before the first request
@@ -173,6 +176,8 @@ class Backend:
             raise _store_error(exc) from None
 
     def close(self) -> None:
+        for stop in list(self._exports):  # their threads end within EXPORT_POLL
+            stop.set()
         self._writer.close()
         if self._store is not None:
             self._store.close()
@@ -355,6 +360,34 @@ class Backend:
         except NeuralHashError as exc:
             raise _store_error(exc) from None
 
+    async def health(self, timeout: float) -> None:
+        """BackendError 503 unless a thread of the pool, the database and a lookup each answer within
+        ``timeout`` seconds (a server whose threads are all stuck must not say it is well)."""
+        loop = asyncio.get_running_loop()
+        checks = [
+            ("the server's thread pool", lambda: loop.run_in_executor(None, int)),
+            ("the database", lambda: asyncio.to_thread(self._probe_database)),
+            ("lookups", self._probe_lookup),
+        ]
+        for what, check in checks:
+            try:
+                await asyncio.wait_for(check(), timeout)
+            except asyncio.TimeoutError:
+                raise BackendError(f"unhealthy: {what} did not answer within {timeout:g} s", 503) from None
+            except Exception as exc:
+                raise BackendError(f"unhealthy: {what}: {exc}", 503) from None
+
+    def _probe_database(self) -> None:
+        from ..store import HashStore
+
+        with HashStore(self.db_path, create=False) as store:
+            store.lists()
+
+    async def _probe_lookup(self) -> None:
+        models, _ = self._fresh_catalogue()
+        if models:
+            await self.lookup(LookupKey(models[0].model_id, None, 0, 1), [bytes(12)])
+
     # -- writes (writer thread) --------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -420,17 +453,25 @@ class Backend:
         from ..store import HashStore
 
         await self.get_list(name)  # 404 before the response starts
-        chunks: queue.Queue = queue.Queue(maxsize=8)
+        loop = asyncio.get_running_loop()
+        # The rows cross from the thread to the loop through an asyncio queue; a semaphore bounds
+        # the chunks in flight. No thread of a pool ever waits on a client: a client that stops
+        # reading (or hangs up) holds only this export's own thread, which gives up within
+        # EXPORT_POLL seconds of the export being closed (and at shutdown).
+        chunks: asyncio.Queue = asyncio.Queue()
+        room = threading.Semaphore(8)
         stop = threading.Event()
+        self._exports.add(stop)
         done = object()
 
         def put(item: Any) -> bool:
             while not stop.is_set():
-                try:
-                    chunks.put(item, timeout=0.2)
+                if room.acquire(timeout=EXPORT_POLL):
+                    try:
+                        loop.call_soon_threadsafe(chunks.put_nowait, item)
+                    except RuntimeError:  # the loop is closed: nobody is reading
+                        return False
                     return True
-                except queue.Full:
-                    continue
             return False
 
         def produce() -> None:
@@ -439,6 +480,8 @@ class Backend:
                     buf: list[str] = [header] if header else []
                     size = len(header)
                     for row in store.export(list_name=name):
+                        if stop.is_set():
+                            return
                         text = render(row)
                         buf.append(text)
                         size += len(text)
@@ -455,10 +498,10 @@ class Backend:
 
         thread = threading.Thread(target=produce, name="nh-export", daemon=True)
         thread.start()
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                item = await loop.run_in_executor(None, chunks.get)
+                item = await chunks.get()
+                room.release()
                 if item is done:
                     return
                 if isinstance(item, Exception):
@@ -466,3 +509,4 @@ class Backend:
                 yield item
         finally:
             stop.set()
+            self._exports.discard(stop)
