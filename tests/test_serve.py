@@ -392,8 +392,14 @@ def test_lists_of_another_model_never_mix(client, nh):
     assert ours["model_id"] == nh.model_id and [m["path"] for m in ours["results"][0]["matches"]] == ["o"]
     theirs = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "model_id": "fff"}).json()
     assert theirs["model_id"] == other and [m["path"] for m in theirs["results"][0]["matches"]] == ["t"]
-    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"]})
+    # Without a model, the lists named give it (issue 17); with the server's model, their model is refused.
+    by_list = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"]}).json()
+    assert by_list["model_id"] == other and [m["path"] for m in by_list["results"][0]["matches"]] == ["t"]
+    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"],
+                                     "model_id": nh.model_id})
     assert one_line_error(r, 422)
+    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs", "ours"]})
+    assert "different models" in one_line_error(r, 422)
     # Images are hashed with the server's model: another model's hashes are refused.
     r = client.post("/match", data={"max_distance": "0", "model_id": other},
                     files=[("images", ("q.png", png(1), "image/png"))])

@@ -12,13 +12,14 @@ import contextlib
 import hmac
 import importlib.resources
 import ipaddress
+import json
 import re
 import secrets
 import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -33,7 +34,18 @@ from ..errors import ImageError, NeuralHashError
 from ..hashing import DEFAULT_MARGIN
 from ..hashlists import FORMATS as _LIST_FORMATS
 from ..pathnames import PathNameError, json_fields, name_from_json
-from .backend import Backend, BackendError, LookupKey, LookupResult, check_database
+from .backend import Backend, BackendError, LookupKey, check_database
+from .schemas import (
+    AddedHashes,
+    DeletedList,
+    ErrorResponse,
+    HashResponse,
+    Health,
+    ImportResponse,
+    InfoResponse,
+    ListInfo,
+    LookupResponse,
+)
 from .hasher import ImageHasher, UploadError
 
 #: The largest distance a lookup may ask for. Unrelated NeuralHashes lie about 48 bits apart
@@ -51,6 +63,11 @@ DEFAULT_MAX_IMPORT = 512 * 1024 * 1024
 HEALTH_TIMEOUT = 5.0
 #: Queries (hashes or images) in one request at most.
 MAX_QUERIES = 10_000
+#: Matches in one answer at most (all queries together): about 10 MB of JSON. Past it the
+#: remaining queries are not searched, and the answer says so.
+MAX_RESULTS = 100_000
+#: Seconds of searching one request may take; past it the remaining queries are not searched.
+MAX_REQUEST_SECONDS = 60.0
 
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -137,6 +154,14 @@ class AddHashes(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hashes: list[HashEntry] = Field(min_length=1, max_length=MAX_QUERIES)
     model_id: ModelId | None = Field(None, description="the list's model when it is created (default: the server's)")
+
+
+#: Every error answer, documented on every route.
+_ERRORS: dict = {status: {"model": ErrorResponse, "description": what} for status, what in [
+    (400, "a malformed request"), (401, "missing or wrong bearer token"), (403, "refused (Host or Origin)"),
+    (404, "no such list, model or route"), (409, "conflicts with what is stored"), (413, "body too large"),
+    (422, "a field, upload or list that cannot be used"), (500, "internal error"),
+    (501, "no model: this server hashes no images"), (503, "the server cannot serve now")]}
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -423,17 +448,74 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
     def lookup_key(model_id: str | None, lists: list[str] | None, max_distance: int, limit: int) -> LookupKey:
         return LookupKey(model_id, tuple(lists) if lists is not None else None, max_distance, limit)
 
-    def results(labels: list[str], digests: list[bytes], found: LookupResult) -> list[dict]:
-        return [{"query": label, "hash": d.hex(), "matches": [_found(f) for f in per]}
-                for label, d, per in zip(labels, digests, found.matches)]
+    async def answer(key: LookupKey, queries: list[tuple[str, bytes | None, str | None]],
+                     model_check: Callable[[str], None] | None = None) -> StreamingResponse:
+        """The matches of ``queries`` ((label, digest, error): an error instead of a digest for an
+        image that could not be hashed), streamed as JSON a chunk of queries at a time.
 
-    @app.post("/lookup", summary="Stored hashes near many hex hashes")
-    async def lookup(body: LookupRequest) -> dict:
-        """Per hash, the stored hashes within `max_distance` bits, nearest first."""
-        digests = [bytes.fromhex(h) for h in body.hashes]
-        found = await backend().lookup(lookup_key(body.model_id, body.lists, body.max_distance, body.limit), digests)
-        return {"model_id": found.model_id, "max_distance": body.max_distance,
-                "results": results(list(body.hashes), digests, found)}
+        What one request may take is bounded: at most MAX_RESULTS matches in all and
+        MAX_REQUEST_SECONDS of searching; past either, the remaining queries are not searched.
+        Every query says whether its matches are ``complete``, and the answer says why not."""
+        scope = backend().scope_of(key)  # 404 / 422 before the response starts
+        if model_check is not None:
+            model_check(scope.model_id)
+        digests = [d for _, d, _ in queries if d is not None]
+        chunks = backend().lookup_chunks(key, digests, scope)
+        # The first chunk before the response starts: an error there is still an error status.
+        first = await anext_or_none(chunks)
+
+        async def body() -> AsyncIterator[bytes]:
+            started = time.monotonic()
+            head = {"model_id": scope.model_id, "max_distance": key.max_distance, "limit": key.limit,
+                    **{k: v for k, v in scope.as_dict().items() if k != "model_id"}}
+            yield json.dumps(head)[:-1].encode() + b', "results": ['
+            total, note, pending = 0, None, first
+            found: list = []
+            more: list = []
+            sep = b""
+            for label, digest, error in queries:
+                if error is not None:
+                    item: dict = {"query": label, "error": error}
+                else:
+                    if not found and note is None:
+                        if pending is None:
+                            if time.monotonic() - started > MAX_REQUEST_SECONDS:
+                                note = (f"the request's time limit ({MAX_REQUEST_SECONDS:g} s) was reached; "
+                                        f"the queries from {label!r} on were not searched: send them again")
+                            else:
+                                pending = await anext_or_none(chunks)
+                        if pending is not None:
+                            found, more = list(pending[0]), list(pending[1])
+                            pending = None
+                    if found:
+                        matches, cut = found.pop(0), more.pop(0)
+                        if total + len(matches) > MAX_RESULTS:
+                            matches, cut = matches[:MAX_RESULTS - total], True
+                            note = (f"the answer reached its limit of {MAX_RESULTS} matches; the queries "
+                                    f"after {label!r} were not searched: send them again, or lower the "
+                                    f"limit or max_distance")
+                            found, more = [], []
+                        total += len(matches)
+                        item = {"query": label, "hash": digest.hex(), "complete": not cut,
+                                "matches": [_found(f) for f in matches]}
+                    else:
+                        item = {"query": label, "hash": digest.hex(), "complete": False, "searched": False,
+                                "matches": []}
+                yield sep + json.dumps(item).encode()
+                sep = b", "
+            tail = {"complete": note is None, "note": note}
+            yield b"], " + json.dumps(tail)[1:].encode()
+
+        return _ClosingStream(_closing(body(), chunks), media_type="application/json")
+
+    @app.post("/lookup", summary="Stored hashes near many hex hashes",
+              responses={200: {"model": LookupResponse, "description": "per hash, its matches"}, **_ERRORS})
+    async def lookup(body: LookupRequest) -> StreamingResponse:
+        """Per hash, the stored hashes within `max_distance` bits, nearest first. The model is
+        `model_id`, else that of the `lists` named, else the server's. The answer names the lists
+        searched and those left out (another model's) with the reason."""
+        key = lookup_key(body.model_id, body.lists, body.max_distance, body.limit)
+        return await answer(key, [(h, bytes.fromhex(h), None) for h in body.hashes])
 
     @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes")
     async def match(
@@ -462,7 +544,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         digests: list[bytes] = []
         errors: dict[int, str] = {}
         if images:
-            model_id = model_id or hasher().nh.model_id
+            hasher()  # 501 without a model
 
             async def one(k: int, upload: UploadFile) -> Any:
                 return await hash_upload(await upload.read(), upload.filename or f"images[{k}]")
@@ -480,21 +562,18 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                 labels.append(upload.filename or f"images[{k}]")
         labels += hex_texts
         digests += [bytes.fromhex(h) for h in hex_texts]
-        run = [d for d in digests if d]
-        if not run:
+        if not any(digests):
             raise UploadError(next(iter(errors.values())))
-        found = await backend().lookup(lookup_key(model_id, names, max_distance, limit), run)
-        if images and nh is not None and found.model_id != nh.model_id:
-            raise HTTPException(422, f"model_id: the images are hashed with model {nh.model_id[:12]}; "
-                                     f"the hashes of {found.model_id[:12]} do not compare with them")
-        per = iter(found.matches)
-        out = []
-        for i, (label, d) in enumerate(zip(labels, digests)):
-            if i in errors:
-                out.append({"query": label, "error": errors[i]})
-            else:
-                out.append({"query": label, "hash": d.hex(), "matches": [_found(f) for f in next(per)]})
-        return {"model_id": found.model_id, "max_distance": max_distance, "results": out}
+        if model_id is None and images and names is None:
+            model_id = nh.model_id
+
+        def same_model(searched: str) -> None:
+            if images and nh is not None and searched != nh.model_id:
+                raise HTTPException(422, f"lists: the images are hashed with model {nh.model_id[:12]}; the "
+                                         f"hashes of {searched[:12]} do not compare with them")
+
+        queries = [(label, d or None, errors.get(i)) for i, (label, d) in enumerate(zip(labels, digests))]
+        return await answer(lookup_key(model_id, names, max_distance, limit), queries, same_model)
 
     # -- lists --
 
@@ -593,7 +672,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
 
     # -- status --
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="Whether the server can serve (503 if not)")
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", summary="Whether the server can serve (503 if not)", response_model=Health)
     async def health() -> dict:
         """200 when a lookup, the database and the threads requests need answer within
         HEALTH_TIMEOUT seconds; else 503 naming what does not."""
@@ -649,6 +729,16 @@ async def _prepend(first: bytes | None, rest: Any) -> AsyncIterator[bytes]:
                 yield chunk
     finally:
         await rest.aclose()
+
+
+async def _closing(body: AsyncIterator[bytes], *held: Any) -> AsyncIterator[bytes]:
+    """``body``, closing ``held`` (iterators it reads) however it ends."""
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        for it in held:
+            await it.aclose()
 
 
 class _ClosingStream(StreamingResponse):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..errors import NeuralHashError
+from ..store.scope import SearchScope
 
 #: Queries passed to one Matcher.query call at most: the loop is free again after each chunk.
 CHUNK = 64
@@ -39,6 +40,9 @@ CHUNK = 64
 #: How long the cached view of models and lists is trusted (seconds): a list created by another
 #: process is searched after at most this long.
 CATALOGUE_TTL = 2.0
+
+#: A chunk of queries estimated to take longer than this (ns) runs in the heavy-lookup thread, not on the loop.
+HEAVY_NS = 2e6
 
 #: How often (seconds) an export's thread looks whether its export was closed while it waits.
 EXPORT_POLL = 0.2
@@ -75,8 +79,13 @@ class Found:
 
 @dataclass(frozen=True)
 class LookupResult:
-    model_id: str
-    matches: list[list[Found]]  # per query, nearest first
+    scope: SearchScope  # the lists searched, and those left out and why
+    matches: list[list[Found]]  # per query, nearest first, at most the key's limit
+    more: list[bool]  # per query: more stored hashes lie within reach than listed
+
+    @property
+    def model_id(self) -> str:
+        return self.scope.model_id
 
 
 def _store_error(exc: Exception) -> BackendError:
@@ -153,6 +162,7 @@ class Backend:
         self._open_reader = lambda: HashStore(db_path, create=False)
         self._store: Any = None
         self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
+        self._heavy = _Thread("nh-heavy", self._open_reader)  # heavy lookups, one chunk at a time
         self._matchers: dict[str, tuple[Any, frozenset[str]]] = {}  # model id -> (matcher, its lists)
         self._generation = 0  # bumped by every write here: the catalogue is read again
         self._seen_generation = 0
@@ -179,6 +189,7 @@ class Backend:
         for stop in list(self._exports):  # their threads end within EXPORT_POLL
             stop.set()
         self._writer.close()
+        self._heavy.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -199,17 +210,35 @@ class Backend:
             self._catalogue = (now, self.store.models(), self.store.lists())
         return self._catalogue[1], self._catalogue[2]
 
-    def _model_of(self, spec: str | None) -> Any:
-        models, _ = self._fresh_catalogue()
-        if spec is None and self.default_model is not None:
-            for m in models:
-                if m.model_id == self.default_model:
-                    return m
-        return self.store.resolve_model(spec)
+    def scope_of(self, key: LookupKey) -> SearchScope:
+        """Which lists a lookup searches (and which it leaves out, and why); BackendError for a
+        model or a list it cannot search. The model: ``key.model`` (an id or unique prefix), else
+        the model of the lists named, else the server's model, else the only one stored."""
+        from ..store import StoreError
+        from ..store.scope import search_scope
 
-    def _list_names(self, model_id: str) -> frozenset[str]:
-        _, lists = self._fresh_catalogue()
-        return frozenset(s.name for s in lists if s.model_id == model_id)
+        models, lists = self._fresh_catalogue()
+        wanted = set(key.lists or ())
+        if wanted - {s.name for s in lists}:
+            self._catalogue = None  # it may predate the list: read it once more before refusing
+            models, lists = self._fresh_catalogue()
+        if key.model is not None:
+            model_id = self._read(lambda store: store.resolve_model(key.model)).model_id
+        elif key.lists:
+            held = {s.model_id for s in lists if s.name in wanted}
+            if len(held) > 1:
+                raise BackendError(f"lists: {', '.join(map(repr, key.lists))} hold hashes of different models "
+                                   f"({', '.join(sorted(m[:12] for m in held))}); hashes of different models "
+                                   f"do not compare: search one model's lists at a time", 422)
+            model_id = next(iter(held), self.default_model or "")
+        elif self.default_model is not None:
+            model_id = self.default_model
+        else:
+            model_id = self._read(lambda store: store.resolve_model(None)).model_id
+        try:
+            return search_scope(lists, model_id, key.lists, where="lists")
+        except StoreError as exc:
+            raise BackendError(str(exc), 404 if "no list named" in str(exc) else 422) from None
 
     def _new_matcher(self, model_id: str) -> Any:
         """A model's matcher over all its lists, multi-index tables built (seconds for 10 million)."""
@@ -218,94 +247,107 @@ class Backend:
             matcher.build()
         return matcher
 
-    async def _fresh_matcher(self, model_id: str) -> None:
-        """Make the model's matcher anew when its set of lists has changed (a matcher covers the
+    async def _fresh_matcher(self, model_id: str) -> Any:
+        """The model's matcher, made anew when its set of lists has changed (a matcher covers the
         lists that existed when it was made), in a thread: the loop serves the other requests."""
-        names = self._list_names(model_id)
+        _, lists = self._fresh_catalogue()
+        names = frozenset(s.name for s in lists if s.model_id == model_id)
         cached = self._matchers.get(model_id)
-        if cached is not None and cached[1] == names:
-            return
-        matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
-        self._matchers[model_id] = (matcher, names)
+        if cached is None or cached[1] != names:
+            matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
+            cached = self._matchers[model_id] = (matcher, names)
+        return cached[0]
 
     def _matcher(self, model_id: str) -> Any:
         cached = self._matchers.get(model_id)
         if cached is None:  # not made by _fresh_matcher (start-up): make it here
-            cached = self._matchers[model_id] = (self._new_matcher(model_id), self._list_names(model_id))
+            _, lists = self._fresh_catalogue()
+            names = frozenset(s.name for s in lists if s.model_id == model_id)
+            cached = self._matchers[model_id] = (self._new_matcher(model_id), names)
         return cached[0]
 
-    def _check_lists(self, model_id: str, wanted: tuple[str, ...]) -> None:
-        _, lists = self._fresh_catalogue()
-        by_name = {s.name: s for s in lists}
-        if any(name not in by_name for name in wanted):
-            self._catalogue = None  # it may predate the list: read it once more before refusing
-            _, lists = self._fresh_catalogue()
-            by_name = {s.name: s for s in lists}
-        for name in wanted:
-            found = by_name.get(name)
-            if found is None:
-                raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
-            if found.model_id != model_id:
-                raise BackendError(
-                    f"lists: list {name!r} holds hashes of model {found.model_id[:12]}, not {model_id[:12]}; "
-                    "hashes of different models do not compare", 422)
+    def _is_heavy(self, matcher: Any, max_distance: int, n_queries: int) -> bool:
+        """Whether these queries would hold the event loop longer than HEAVY_NS (estimated)."""
+        index = getattr(matcher, "_index", None)
+        if index is None:
+            return False
+        return min(index._brute_cost(max_distance, n_queries), index._index_cost(max_distance, n_queries)) > HEAVY_NS
+
+    def _found(self, per_query: Sequence[Any], limit: int) -> tuple[list[Found], bool]:
+        return ([Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query[:limit]],
+                len(per_query) > limit)
 
     def _run_lookups(self, batch: list[tuple[LookupKey, list[bytes], asyncio.Future]]
-                     ) -> list[LookupResult | BaseException]:
-        """One Matcher.query per model for all the lookups of that model; lists filtered after."""
-        out: list[LookupResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
-        groups: dict[tuple[str | None, int], list[int]] = {}
+                     ) -> list[tuple[list[list[Found]], list[bool]] | BaseException]:
+        """One Matcher.query for the lookups that share (model, lists, distance, limit)."""
+        out: list[Any] = [None] * len(batch)
+        groups: dict[LookupKey, list[int]] = {}
         for i, (key, _, _) in enumerate(batch):
-            groups.setdefault((key.model, key.max_distance), []).append(i)
-        for (spec, max_distance), members in groups.items():
+            groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
             try:
-                model = self._model_of(spec)
-                ok = []
-                for i in members:
-                    try:
-                        if batch[i][0].lists is not None:
-                            self._check_lists(model.model_id, batch[i][0].lists)
-                        ok.append(i)
-                    except BackendError as exc:
-                        out[i] = exc
-                if not ok:
-                    continue
-                queries = [q for i in ok for q in batch[i][1]]
-                # Lists are filtered after the search: ask for more than the limit when some lists are left out.
-                unfiltered = all(batch[i][0].lists is None for i in ok)
-                limit = max(batch[i][0].limit for i in ok) if unfiltered else None
-                found = self._matcher(model.model_id).query(queries, max_distance, limit=limit)
+                queries = [q for i in members for q in batch[i][1]]
+                found = self._matcher(key.model).query(queries, key.max_distance, limit=key.limit + 1,
+                                                       only_lists=key.lists)
             except BackendError as exc:
                 for i in members:
-                    out[i] = out[i] or exc
+                    out[i] = exc
                 continue
             except NeuralHashError as exc:
                 for i in members:
-                    out[i] = out[i] or _store_error(exc)
+                    out[i] = _store_error(exc)
                 continue
             start = 0
-            for i in ok:
-                key, qs, _ = batch[i]
-                wanted = set(key.lists) if key.lists is not None else None
-                out[i] = LookupResult(model.model_id, [
-                    [Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query
-                     if wanted is None or m.list in wanted][:key.limit]
-                    for per_query in found[start:start + len(qs)]
-                ])
+            for i in members:
+                qs = batch[i][1]
+                pairs = [self._found(per, key.limit) for per in found[start:start + len(qs)]]
+                out[i] = ([p[0] for p in pairs], [p[1] for p in pairs])
                 start += len(qs)
         return out
 
     async def lookup(self, key: LookupKey, queries: Sequence[bytes]) -> LookupResult:
         """Stored hashes within ``key.max_distance`` of each query (12-byte digests), nearest first."""
+        scope = self.scope_of(key)
+        matches: list[list[Found]] = []
+        more: list[bool] = []
+        async for found, cut in self.lookup_chunks(key, queries, scope):
+            matches += found
+            more += cut
+        return LookupResult(scope, matches, more)
+
+    async def lookup_chunks(self, key: LookupKey, queries: Sequence[bytes], scope: SearchScope
+                            ) -> AsyncIterator[tuple[list[list[Found]], list[bool]]]:
+        """:meth:`lookup` a chunk of queries at a time, (matches, more) per query of the chunk: a
+        caller streams its answer, and stops early by closing the iterator.
+
+        Light chunks (estimated under HEAVY_NS) run on the event loop, coalesced with the other
+        requests' (see the module docs); heavy ones run in a thread of their own, one chunk at a time
+        for all heavy requests together, so that small lookups stay fast while a large one runs."""
         queries = list(queries)
-        if len(queries) > CHUNK:  # a large request goes chunk by chunk, the loop free between them
-            parts = [await self.lookup(key, queries[i:i + CHUNK]) for i in range(0, len(queries), CHUNK)]
-            return LookupResult(parts[0].model_id, [m for p in parts for m in p.matches])
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((key, queries, future))
-        if self._draining is None or self._draining.done():
-            self._draining = asyncio.create_task(self._drain())
-        return await future
+        if not scope.searched:  # nothing of this model to search: the scope says what was left out
+            for i in range(0, len(queries), CHUNK):
+                n = len(queries[i:i + CHUNK])
+                yield [[] for _ in range(n)], [False] * n
+            return
+        lists = tuple(s.name for s in scope.searched) if key.lists is not None else None
+        key = LookupKey(scope.model_id, lists, key.max_distance, key.limit)
+        try:
+            matcher = await self._fresh_matcher(scope.model_id)
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+        for i in range(0, len(queries), CHUNK):
+            part = queries[i:i + CHUNK]
+            if self._is_heavy(matcher, key.max_distance, len(part)):
+                found = await self._heavy.run(lambda store, part=part: matcher.query(
+                    part, key.max_distance, limit=key.limit + 1, only_lists=key.lists, labels_from=store))
+                pairs = [self._found(per, key.limit) for per in found]
+                yield [p[0] for p in pairs], [p[1] for p in pairs]
+                continue
+            future: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._pending.append((key, part, future))
+            if self._draining is None or self._draining.done():
+                self._draining = asyncio.create_task(self._drain())
+            yield await future
 
     async def _drain(self) -> None:
         # Lookups that arrive while a chunk runs wait in _pending and go together in the next one.
@@ -318,12 +360,6 @@ class Backend:
                 batch.append(item)
                 size += len(item[1])
             try:
-                for spec in {key.model for key, _, _ in batch}:
-                    try:
-                        model = self._model_of(spec)
-                    except NeuralHashError:
-                        continue  # _run_lookups reports it to the lookups concerned
-                    await self._fresh_matcher(model.model_id)
                 results = self._run_lookups(batch)
             except Exception as exc:  # the futures must not wait forever, whatever happened
                 results = [exc] * len(batch)
@@ -350,7 +386,7 @@ class Backend:
         raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
 
     async def resolve_model(self, spec: str | None) -> Any:
-        return self._read(lambda store: self._model_of(spec))
+        return self._read(lambda store: store.resolve_model(spec))
 
     def _read(self, fn: Callable[[Any], Any]) -> Any:
         try:

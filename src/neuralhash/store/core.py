@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -1155,9 +1155,13 @@ class Matcher:
                 self._index.build()
             return self._packed, self._index, self._base
 
-    def query(self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None) -> list[list["Match"]]:
+    def query(self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None,
+              only_lists: Collection[str] | None = None, labels_from: "HashStore | None" = None
+              ) -> list[list["Match"]]:
         """Per query (12-byte digests), the stored hashes within ``max_distance``: nearest first,
-        ties by row; at most ``limit`` a query when given. Safe to call from several threads."""
+        ties by row; at most ``limit`` a query when given; of the lists ``only_lists`` (names) when
+        given. Safe to call from several threads; ``labels_from``: a store of the same database
+        whose connection reads the labels (a thread of its own then never waits on this store's)."""
         r = check_radius(max_distance)
         q = _as_packed(queries, self.store.where)
         out: list[list[Match]] = [[] for _ in range(q.shape[0])]
@@ -1174,7 +1178,9 @@ class Matcher:
             dq, di, dd = delta._run(q, r, "brute")
             qi, idx, d = np.concatenate([qi, dq]), np.concatenate([idx, di + base]), np.concatenate([d, dd])
         lists = packed.columns["list"][idx]
-        keep = np.isin(lists, self._keys)
+        keys = self._keys if only_lists is None else np.array(
+            [k for k, name in self.lists.items() if name in set(only_lists)], np.int32)
+        keep = np.isin(lists, keys)
         qi, idx, d, lists = qi[keep], idx[keep], d[keep].astype(np.int64), lists[keep]
         rowids = packed.columns["rowid"][idx]
         order = np.lexsort((rowids, d, qi))
@@ -1184,8 +1190,9 @@ class Matcher:
             sel = rank < limit
             qi, idx, d, rowids, lists = qi[sel], idx[sel], d[sel], rowids[sel], lists[sel]
         hexes = from_words(packed.columns["hi"][idx], packed.columns["lo"][idx]).tobytes().hex()
-        with self.store._lock, self.store._sql("matching"):
-            paths = self.store._paths_of(rowids.tolist())
+        source = labels_from if labels_from is not None else self.store
+        with source._lock, source._sql("matching"):
+            paths = source._paths_of(rowids.tolist())
         for k, (a, rid, dist, lk) in enumerate(zip(qi.tolist(), rowids.tolist(), d.tolist(), lists.tolist())):
             if rid in paths:  # a row deleted since the index was read is not reported
                 out[a].append(Match(a, rid, paths[rid], hexes[24 * k:24 * k + 24], dist, self.lists.get(lk, "")))
