@@ -293,3 +293,30 @@ def test_aborted_exports_release_everything_and_sigterm_still_stops_the_server(t
     started = time.monotonic()
     assert s.stop(timeout=45) == 0  # the grace period is 30 s
     assert time.monotonic() - started < 40
+
+
+def test_an_import_cut_off_by_shutdown_answers_json_and_is_rolled_back(tmp_path, nh, servers):
+    db = tmp_path / "h.db"
+    s = Server(db, "--grace-period", "1")
+    servers.append(s)
+    assert s.request("POST", "/lists/kept/hashes", {"hashes": [{"hash": "00" * 12, "path": "z"}]})[0] == 200
+    rng = np.random.default_rng(9)
+    body = "".join(f"{bytes(d).hex()}  n{i}\n" for i, d in
+                   enumerate(rng.integers(0, 256, (2_000_000, 12), dtype=np.uint8))).encode()
+    sock = raw_request(s.port, f"POST /lists/big/import HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n")
+    sock.sendall(body)
+    time.sleep(1.0)  # the import is running (2 million lines take several seconds)...
+    s.proc.send_signal(signal.SIGTERM)  # ...when the signal comes; the grace period is 1 s
+    status, answer = read_response(sock)
+    assert status == 503, answer
+    error = json.loads(answer)["error"]
+    assert "rolled back" in error and "\n" not in error
+    assert s.stop(timeout=30) == 0
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT name, count FROM lists").fetchall() == [("kept", 1)]
+        assert con.execute("SELECT count(*) FROM images").fetchone() == (1,)
+    finally:
+        con.close()
+    assert not any("Traceback" in line for line in s.stderr), s.stderr

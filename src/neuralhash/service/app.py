@@ -228,8 +228,9 @@ class Guard:
     """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
 
     def __init__(self, app: Any, *, token: str | None, max_upload: int, max_import: int,
-                 loopback_hosts_only: bool = False) -> None:
+                 loopback_hosts_only: bool = False, inflight: dict | None = None) -> None:
         self.app = app
+        self.inflight = inflight if inflight is not None else {"requests": 0}
         self.loopback_hosts_only = loopback_hosts_only
         self.token = ("Bearer " + token).encode() if token else None
         self.max_upload = max_upload
@@ -283,7 +284,27 @@ class Guard:
                     raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, counted, send)
+        started = False
+
+        async def sending(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.inflight["requests"] += 1
+        try:
+            await self.app(scope, counted, sending)
+        except asyncio.CancelledError:
+            # Cut off by the end of the server's grace period: still one line of JSON, not the
+            # HTTP server's plain-text 500. What the request was writing has been rolled back
+            # (Backend: a write is interrupted, and this is raised only once it has ended).
+            if started:
+                raise
+            await _error(503, f"{scope.get('method')} {scope['path']}: the server is shutting down and its grace "
+                              "period ended before this request did; nothing it was writing was stored "
+                              "(rolled back): send it again", {"Connection": "close"})(scope, receive, send)
+        finally:
+            self.inflight["requests"] -= 1
 
 
 async def _read_body(request: Request) -> bytes:
@@ -365,6 +386,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
     check_database(config.db)  # before the server starts: a refused file is a one-line error, not a traceback
     nh = config.model
     state: dict[str, Any] = {}
+    inflight = {"requests": 0}  # requests the Guard is running now
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -374,6 +396,11 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         try:
             yield
         finally:
+            await state["backend"].stop()
+            # The requests cut off by the end of the grace period answer now (503, see Guard).
+            deadline = time.monotonic() + 5.0
+            while inflight["requests"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             if state.get("hasher") is not None:
                 state["hasher"].close()
             state["backend"].close()
@@ -386,7 +413,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         lifespan=lifespan,
     )
     app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import,
-                       loopback_hosts_only=config.loopback_hosts_only and not config.token)
+                       loopback_hosts_only=config.loopback_hosts_only and not config.token, inflight=inflight)
     templates = Jinja2Templates(directory=str(importlib.resources.files("neuralhash.service") / "templates"))
 
     def backend() -> Backend:

@@ -108,6 +108,7 @@ class _Thread:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._opener = opener
         self.store: Any = None
+        self._running: set[asyncio.Future] = set()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.store is None:
@@ -120,7 +121,32 @@ class _Thread:
             raise _store_error(exc) from None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, *args)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The request was cut off (the server's grace period is over): its SQL is interrupted,
+            # so its transaction rolls back, and the caller learns so only once it has.
+            while not future.done():
+                self.interrupt()
+                await asyncio.wait([future], timeout=0.05)
+            if future.cancelled() or future.exception() is not None:
+                raise
+            return future.result()  # it committed before it could be stopped: its answer holds
+
+    def interrupt(self) -> None:
+        store = self.store
+        if store is not None:
+            store.interrupt()
+
+    async def settle(self, timeout: float) -> None:
+        """Interrupt what runs until nothing does (at most ``timeout`` seconds), without blocking the loop."""
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            self.interrupt()
+            await asyncio.wait(list(self._running), timeout=0.05)
 
     def close(self) -> None:
         def shut() -> None:
@@ -184,6 +210,14 @@ class Backend:
             await asyncio.get_running_loop().run_in_executor(None, warm)
         except NeuralHashError as exc:
             raise _store_error(exc) from None
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """At shutdown: stop the exports and the writes still running (their transactions roll
+        back), without blocking the loop, so that the requests cut off can still answer."""
+        for stop in list(self._exports):
+            stop.set()
+        await self._writer.settle(timeout)
+        await self._heavy.settle(timeout)
 
     def close(self) -> None:
         for stop in list(self._exports):  # their threads end within EXPORT_POLL
