@@ -64,3 +64,49 @@ def test_replacing_is_what_the_client_asks_for(client):
     r = client.post("/lists/r/import?source=feed", content=tx_file(b)).json()  # the same source, again
     assert (r["imported"], r["replaced"]) == (2, 2)
     assert exported(client, "r") == sorted(d.hex() for d in b)
+
+
+@pytest.mark.parametrize("body", [b"not-a-hash  x\nzz\n", b""])
+def test_an_import_without_one_valid_entry_is_refused_and_creates_no_list(client, body):
+    r = client.post("/lists/nothing/import", content=body)
+    assert r.status_code == 422 and "no valid entry" in r.json()["error"], r.text
+    assert client.get("/lists/nothing").status_code == 404
+    assert [s["name"] for s in client.get("/lists").json()] == []
+
+
+def test_one_file_per_import_and_per_hash(client, nh):
+    two = [("file", ("a.txt", tx_file(digests(1, 7)), "text/plain")),
+           ("file", ("b.txt", tx_file(digests(1, 8)), "text/plain"))]
+    r = client.post("/lists/two/import", files=two)
+    assert r.status_code == 422 and "one file per request, got 2" in r.json()["error"]
+    assert client.get("/lists/two").status_code == 404
+    import io
+
+    from conftest import draw_shapes
+
+    def png(seed):
+        buf = io.BytesIO()
+        draw_shapes(96, 72, seed=seed).save(buf, format="PNG")
+        return buf.getvalue()
+
+    r = client.post("/hash", files=[("image", ("a.png", png(1), "image/png")), ("image", ("b.png", png(2), "image/png"))])
+    assert r.status_code == 422 and "/match" in r.json()["error"]
+
+
+def test_lookup_with_an_empty_selection_of_lists_is_refused(client):
+    client.post("/lists/l/hashes", json={"hashes": [{"hash": "00" * 12, "path": "z"}]})
+    r = client.post("/lookup", json={"hashes": ["00" * 12], "max_distance": 0, "lists": []})
+    assert r.status_code == 422 and "empty selection" in r.json()["error"]
+
+
+def test_match_takes_as_many_files_as_it_documents(client, nh):
+    client.post("/lists/l/hashes", json={"hashes": [{"hash": "00" * 12, "path": "z"}]})
+    n = 1200  # more than the multipart parser's default of 1,000
+    files = [("images", (f"i{k}.png", b"not an image", "image/png")) for k in range(n)]
+    r = client.post("/match", data={"max_distance": "0", "hashes": "00" * 12}, files=files)
+    assert r.status_code == 200, r.text[:300]
+    results = r.json()["results"]
+    assert len(results) == n + 1 and all("error" in x for x in results[:n])
+    assert results[n]["matches"][0]["path"] == "z"
+    r = client.post("/match", data={"max_distance": "0", "hashes": ",".join(["00" * 12] * 10_001)})
+    assert r.status_code == 422 and "at most 10000 queries" in r.json()["error"]

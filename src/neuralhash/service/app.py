@@ -319,12 +319,42 @@ async def _upload(request: Request, field_name: str) -> tuple[bytes, str]:
     """(bytes, name) of an upload: a multipart field ``field_name``, or the raw body."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await request.form()
-        item = form.get(field_name)
-        if item is None or isinstance(item, str):
-            raise HTTPException(422, f"{field_name}: required (a file field of the multipart form)")
+        item = _one_file(await request.form(), field_name)
         return await item.read(), item.filename or field_name
     return await _read_body(request), "upload"
+
+
+def _one_file(form: Any, field_name: str) -> Any:
+    """The one file of a multipart form's field; 422 when it is missing or given more than once
+    (the last one used to be taken silently)."""
+    items = form.getlist(field_name)
+    if not items or isinstance(items[0], str):
+        raise HTTPException(422, f"{field_name}: required (a file field of the multipart form)")
+    if len(items) > 1:
+        raise HTTPException(422, f"{field_name}: one file per request, got {len(items)}"
+                                 + ("; POST /match takes many images" if field_name == "image" else ""))
+    return items[0]
+
+
+def _form_int(form: Any, name: str, low: int, high: int, default: int | None = None) -> int:
+    values = form.getlist(name)
+    if not values:
+        if default is None:
+            raise HTTPException(422, f"{name}: required")
+        return default
+    if len(values) > 1 or not isinstance(values[0], str) or not re.fullmatch(r"\s*\d{1,6}\s*", values[0]):
+        raise HTTPException(422, f"{name}: not a whole number: {str(values[-1])[:40]!r}")
+    value = int(values[0])
+    if not low <= value <= high:
+        raise HTTPException(422, f"{name}: must be between {low} and {high}, got {value}")
+    return value
+
+
+def _form_text(form: Any, name: str) -> str | None:
+    values = form.getlist(name)
+    if len(values) > 1 or (values and not isinstance(values[0], str)):
+        raise HTTPException(422, f"{name}: give it once, as text")
+    return values[0] if values else None
 
 
 def _margins(h: Any) -> dict:
@@ -374,6 +404,23 @@ _RAW_LIST_BODY = {
     }
 }
 
+
+_MATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["max_distance"], "properties": {
+            "max_distance": {"type": "integer", "minimum": 0, "maximum": MAX_DISTANCE, "description": "in bits"},
+            "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                       "description": "images to hash and match"},
+            "hashes": {"type": "array", "items": {"type": "string"},
+                       "description": "hex hashes (repeat the field, or separate by commas)"},
+            "lists": {"type": "string", "description": "comma-separated list names (default: every list of the model)"},
+            "model_id": {"type": "string", "description": "for hex-only queries: the model to search"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT,
+                      "description": "matches per query at most"},
+        }}}},
+    }
+}
 
 _EXPORT_FORMATS = "^(" + "|".join(re.escape(f) for f in _LIST_FORMATS) + ")$"
 _MEDIA = {f: "text/csv" if f.endswith("csv") else "application/jsonl" if f == "jsonl" else "text/plain"
@@ -544,18 +591,32 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         key = lookup_key(body.model_id, body.lists, body.max_distance, body.limit)
         return await answer(key, [(h, bytes.fromhex(h), None) for h in body.hashes])
 
-    @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes")
-    async def match(
-        max_distance: Annotated[int, Form(ge=0, le=MAX_DISTANCE, description=f"in bits, 0..{MAX_DISTANCE}")],
-        images: Annotated[list[UploadFile], File(description="images to hash and match")] = [],  # noqa: B006
-        hashes: Annotated[list[str], Form(description="hex hashes (repeat the field, or separate by commas)")] = [],  # noqa: B006
-        lists: Annotated[str | None, Form(description="comma-separated list names (default: all)")] = None,
-        model_id: Annotated[ModelId | None, Form(description="for hex-only queries: the model to search")] = None,
-        limit: Annotated[int, Form(ge=1, le=MAX_LIMIT, description="matches per query at most")] = DEFAULT_LIMIT,
-    ) -> dict:
-        """Per query (images first, then hashes, in the order given), the stored hashes within
-        `max_distance` bits, nearest first. An image that cannot be hashed gets an `error` and the
-        others go on; when no query can be run the answer is that error (422)."""
+    @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes", openapi_extra=_MATCH_BODY,
+              responses={200: {"model": LookupResponse, "description": "per query, its matches"}, **_ERRORS})
+    async def match(request: Request) -> StreamingResponse:
+        """A multipart form. Per query (images first, then hashes, in the order given), the stored
+        hashes within `max_distance` bits, nearest first. An image that cannot be hashed gets an
+        `error` and the others go on; when no query can be run the answer is that error (422).
+        Images are compared with the server's model's hashes only."""
+        if not request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                    "application/x-www-form-urlencoded")):
+            raise HTTPException(422, "body: a multipart form (fields max_distance, images, hashes, lists, ...)")
+        async with request.form(max_files=MAX_QUERIES, max_fields=MAX_QUERIES + 16) as form:
+            return await match_form(form)
+
+    async def match_form(form: Any) -> StreamingResponse:
+        max_distance = _form_int(form, "max_distance", 0, MAX_DISTANCE)
+        limit = _form_int(form, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT)
+        lists = _form_text(form, "lists")
+        model_id = _form_text(form, "model_id")
+        if model_id is not None and not re.fullmatch(r"[^\x00-\x1f\x7f]{1,200}", model_id):
+            raise HTTPException(422, "model_id: 1-200 printable characters")
+        images = form.getlist("images")
+        if any(isinstance(item, str) for item in images):
+            raise HTTPException(422, "images: files of the multipart form, not text")
+        hashes = form.getlist("hashes")
+        if any(not isinstance(item, str) for item in hashes):
+            raise HTTPException(422, "hashes: text fields, not files")
         hex_texts = [h.strip() for text in hashes for h in text.split(",") if h.strip()]
         for i, text in enumerate(hex_texts):
             if not re.fullmatch(r"[0-9a-fA-F]{24}", text):
@@ -667,10 +728,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         model = await list_model(name, model_id)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
-                form = await request.form()
-                item = form.get("file")
-                if item is None or isinstance(item, str):
-                    raise HTTPException(422, "file: required (a file field of the multipart form)")
+                item = _one_file(await request.form(), "file")
                 source = source or _basename(item.filename)
                 while chunk := await item.read(1 << 20):
                     spool.write(chunk)

@@ -92,7 +92,11 @@ def _store_error(exc: Exception) -> BackendError:
     """A store error as the status it deserves: 404 for what does not exist, 409 for a name taken
     by another model, else 422. StoreError has no kinds, so its message is read (a wrong reading
     only changes the status; the message is passed on as it is)."""
+    from ..store.core import EmptyImportError
+
     text = str(exc)
+    if isinstance(exc, EmptyImportError):
+        return BackendError(text, 422)
     lowered = text.lower()
     status = 404 if ("no list" in lowered or "no hashes of model" in lowered or "not found" in lowered
                      or "holds no hashes" in lowered or "no model" in lowered) else 422
@@ -500,7 +504,7 @@ class Backend:
         ``label`` names the entries the file leaves unnamed (LABEL:LINE)."""
         try:
             return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id,
-                                                                          label=label))
+                                                                          label=label, require_entries=True))
         finally:
             self._changed()
 

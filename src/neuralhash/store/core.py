@@ -87,6 +87,10 @@ class ImportReport:
     model_id: str = ""
 
 
+class EmptyImportError(StoreError):
+    """An import that was asked to bring entries brought none (every line malformed, or none)."""
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -806,7 +810,8 @@ class HashStore:
     # -- import / export ------------------------------------------------------------------
 
     def import_file(self, source, *, list_name: str | None = None, model_id: str = IMPORTED_MODEL,
-                    description: str = "", format: str | None = None, label: str | None = None) -> ImportReport:
+                    description: str = "", format: str | None = None, label: str | None = None,
+                    require_entries: bool = False) -> ImportReport:
         """Import a hash list (a path or a binary file object) in any of :data:`neuralhash.hashlists.FORMATS`
         (``format``; default: detected). Entries' extra fields (CSV columns, JSON keys, threatexchange
         opinions) are kept per entry and come back from :meth:`export`.
@@ -815,7 +820,8 @@ class HashStore:
         are in ``report.skipped``. An entry replaces the list's entry of the same
         name; within the file a later line wins. The list (default: the file's
         name without its extension) is created when absent. ``label`` names the entries the file
-        leaves unnamed (``LABEL:LINE``; default: the file's name).
+        leaves unnamed (``LABEL:LINE``; default: the file's name). ``require_entries``: a file
+        without one valid entry is an :class:`EmptyImportError` and changes nothing (no empty list).
         """
         if label is None and hasattr(source, "read"):
             label = os.path.basename(os.fsdecode(getattr(source, "name", "-") if isinstance(
@@ -847,6 +853,10 @@ class HashStore:
             except hashlists.HashListError as exc:
                 raise StoreError(str(exc)) from None
             added = tx.n0 + tx.pending - start
+            if require_entries and added == 0:
+                first = f"; line {report.skipped[0][0]}: {report.skipped[0][1]}" if report.skipped else ""
+                raise EmptyImportError(f"{label}: no valid entry to import ({report.skipped_total} malformed "
+                                       f"line(s){first}); nothing was stored")
             report.replaced, dropped = self._dedupe_import(tx, key, start, added)
             report.imported = added - dropped
         report.skipped.sort()
