@@ -373,7 +373,18 @@ def _found(f: Any) -> dict:
 
 
 def _model_info(m: Any) -> dict:
-    return {"model_id": m.model_id, "description": getattr(m, "description", ""), "count": m.count}
+    return {"model_id": m.model_id, "description": public_description(getattr(m, "description", "")), "count": m.count}
+
+
+#: A file-system path inside a model's description ("... from /home/me/nh", "ONNX model /srv/x.onnx"),
+#: with the words that lead to it.
+_PATH_IN_TEXT = re.compile(r"(?:\s+from|\s*,)?\s*(?:~|\.{1,2})?(?:/|[A-Za-z]:[\\/])[^;,]*")
+
+
+def public_description(text: str) -> str:
+    """A model's description without the server's file-system paths (the page and /info are
+    seen by clients; the path of the model's files is the server's business)."""
+    return _PATH_IN_TEXT.sub("", text or "").strip(" ;,")
 
 
 def _list_info(s: Any) -> dict:
@@ -765,24 +776,29 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         await backend().health(HEALTH_TIMEOUT)
         return {"status": "ok"}
 
-    @app.get("/info", summary="Version, the server's model, stored models and lists with counts")
+    @app.get("/info", summary="Version, the server's model, stored models and lists with counts, the limits",
+             response_model=InfoResponse)
     async def info() -> dict:
         return {
             "version": __version__,
-            "model": None if nh is None else {"model_id": nh.model_id, "description": nh.description,
+            "model": None if nh is None else {"model_id": nh.model_id, "description": public_description(nh.description),
                                               "synthetic": bool(getattr(nh, "is_synthetic", False))},
             "models": [_model_info(m) for m in await backend().models()],
             "lists": [_list_info(s) for s in await backend().lists()],
             "max_upload": config.max_upload,
             "max_distance": MAX_DISTANCE,
+            "max_limit": MAX_LIMIT,
+            "max_queries": MAX_QUERIES,
+            "max_results": MAX_RESULTS,
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
+        model = None if nh is None else {"model_id": nh.model_id, "description": public_description(nh.description),
+                                         "synthetic": bool(getattr(nh, "is_synthetic", False))}
         return templates.TemplateResponse(request, "index.html", {
-            "version": __version__,
-            "model": nh,
-            "max_upload": config.max_upload,
+            "version": __version__, "model": model, "max_upload": config.max_upload,
+            "max_distance": MAX_DISTANCE, "max_limit": MAX_LIMIT, "default_limit": DEFAULT_LIMIT,
         })
 
     return app

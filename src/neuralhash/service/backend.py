@@ -260,7 +260,9 @@ class Backend:
         if wanted - {s.name for s in lists}:
             self._catalogue = None  # it may predate the list: read it once more before refusing
             models, lists = self._fresh_catalogue()
-        if key.model is not None:
+        if key.model is not None and key.model == self.default_model:
+            model_id = key.model  # the server's own model, whether or not it has stored hashes yet
+        elif key.model is not None:
             model_id = self._read(lambda store: store.resolve_model(key.model)).model_id
         elif key.lists:
             held = {s.model_id for s in lists if s.name in wanted}
