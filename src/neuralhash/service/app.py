@@ -23,9 +23,9 @@ from typing import Annotated, Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.templating import Jinja2Templates
 
@@ -71,6 +71,14 @@ MAX_REQUEST_SECONDS = 60.0
 
 HexHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{24}$")]
 ListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+def _reachable(name: str) -> str:
+    """A new list's name must be reachable as /lists/NAME: "." and ".." are path steps that
+    clients (browsers, curl, requests) resolve away before sending."""
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} cannot be a list name (clients resolve it as a path step); choose another")
+    return name
 Distance = Annotated[int, Field(ge=0, le=MAX_DISTANCE, strict=True)]  # strict: true or "8" is not a distance
 #: A model id or a prefix of one: printable, one line (the CLI refuses an empty one, lists print it).
 ModelId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -134,7 +142,10 @@ class LookupRequest(BaseModel):
 SourceName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 #: A new list's name: also a path segment of /lists/NAME, so no "/" (a %2F arrives decoded and cannot route).
-NewListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+NewListName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f/]+$"),
+                        AfterValidator(_reachable)]
+#: A list named in the path of a request that may create it (add, import).
+WritableListName = Annotated[ListName, AfterValidator(_reachable)]
 
 
 class NewList(BaseModel):
@@ -224,6 +235,12 @@ def _cross_site(headers: dict) -> bool:
         return True
 
 
+def _bearer_ok(header: bytes, token: bytes) -> bool:
+    """``Authorization: Bearer TOKEN``; the scheme's case does not matter (RFC 9110, 11.1)."""
+    scheme, _, given = header.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token)
+
+
 class Guard:
     """Bearer token on every request (when one is set); body limits enforced while the body streams in."""
 
@@ -232,7 +249,7 @@ class Guard:
         self.app = app
         self.inflight = inflight if inflight is not None else {"requests": 0}
         self.loopback_hosts_only = loopback_hosts_only
-        self.token = ("Bearer " + token).encode() if token else None
+        self.token = token.encode() if token else None
         self.max_upload = max_upload
         self.max_import = max_import
 
@@ -241,7 +258,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.token is not None and not hmac.compare_digest(headers.get(b"authorization", b""), self.token):
+        if self.token is not None and not _bearer_ok(headers.get(b"authorization", b""), self.token):
             await _error(401, "missing or wrong bearer token (Authorization: Bearer TOKEN)",
                          {"WWW-Authenticate": "Bearer"})(scope, receive, send)
             return
@@ -519,7 +536,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
             raise UploadError(str(exc).replace("<bytes>", name, 1)) from None
         return h
 
-    @app.post("/hash", openapi_extra=_RAW_IMAGE_BODY, summary="The NeuralHash of an uploaded image")
+    @app.post("/hash", openapi_extra=_RAW_IMAGE_BODY, summary="The NeuralHash of an uploaded image",
+              response_model=HashResponse)
     async def hash_image(request: Request) -> dict:
         """Multipart (field `image`) or the raw image as the body. Returns the hash, the 96 margins |v|,
         how many bits are unstable (margin below 0.1) and which, and the model id."""
@@ -686,20 +704,30 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         except BackendError:
             return model_id  # a model not stored yet: its id as given
 
-    @app.get("/lists", summary="Every list: name, model, count")
+    @app.get("/lists", summary="Every list: name, model, count", response_model=list[ListInfo])
     async def get_lists() -> list[dict]:
         return [_list_info(s) for s in await backend().lists()]
 
-    @app.post("/lists", status_code=201, summary="Create an empty list")
-    async def create_list(body: NewList) -> dict:
-        created = await backend().create_list(body.name, await model_for_new_list(body.model_id))
+    @app.post("/lists", status_code=201, summary="Create an empty list", response_model=ListInfo,
+              responses={200: {"model": ListInfo, "description": "the list existed already, of this model"}})
+    async def create_list(body: NewList, response: Response) -> dict:
+        """201 when created; 200 when a list of that name and model exists already (nothing changes);
+        409 when the name holds another model's hashes."""
+        model = await model_for_new_list(body.model_id)
+        existing = await backend().list_model(body.name)
+        if existing is not None and existing != model:
+            raise HTTPException(409, f"list {body.name!r} holds hashes of model {existing[:12]}, not {model[:12]}; "
+                                     "hashes of different models do not mix (choose another list)")
+        created = await backend().create_list(body.name, model)
+        if existing is not None:
+            response.status_code = 200
         return _list_info(created)
 
-    @app.get("/lists/{name}", summary="One list: name, model, count")
+    @app.get("/lists/{name}", summary="One list: name, model, count", response_model=ListInfo)
     async def get_list(name: str) -> dict:
         return _list_info(await backend().get_list(name))
 
-    @app.delete("/lists/{name}", summary="Delete a list and its hashes")
+    @app.delete("/lists/{name}", summary="Delete a list and its hashes", response_model=DeletedList)
     async def delete_list(name: str) -> dict:
         return {"name": name, "deleted": await backend().delete_list(name)}
 
@@ -711,8 +739,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
             raise HTTPException(409, f"list {name!r} holds hashes of model {existing[:12]}, not {model_id[:12]}")
         return existing
 
-    @app.post("/lists/{name}/hashes", summary="Add hashes to a list (created if absent)")
-    async def add_hashes(name: ListName, body: AddHashes) -> dict:
+    @app.post("/lists/{name}/hashes", summary="Add hashes to a list (created if absent)", response_model=AddedHashes)
+    async def add_hashes(name: WritableListName, body: AddHashes) -> dict:
         """Committed before the answer: the next lookup finds them."""
         entries = []
         for i, e in enumerate(body.hashes):
@@ -724,8 +752,9 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         added = await backend().add_hashes(name, entries, await list_model(name, body.model_id))
         return {"name": name, "added": added}
 
-    @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list")
-    async def import_list(request: Request, name: ListName,
+    @app.post("/lists/{name}/import", openapi_extra=_RAW_LIST_BODY, summary="Import a hash list file into a list",
+              response_model=ImportResponse)
+    async def import_list(request: Request, name: WritableListName,
                           model_id: Annotated[ModelId | None, Query(description="the list's model if it is new")] = None,
                           source: Annotated[SourceName | None, Query(
                               description="names the entries the file leaves unnamed (SOURCE:LINE); default: "
@@ -754,17 +783,38 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                 "skipped": [{"line": n, "reason": r} for n, r in report.skipped]}
 
     @app.get("/lists/{name}/export",
-             summary="A list's hashes in any format `index export` writes (extra fields kept by csv and jsonl)")
-    async def export_list(name: str, format: Annotated[str, Query(pattern=_EXPORT_FORMATS)] = "text"
+             summary="A list's hashes in any format `index export` writes (extra fields kept by csv and jsonl)",
+             response_class=StreamingResponse,
+             responses={200: {"description": "the list, streamed", "content": {
+                 "text/plain": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}},
+                 "application/jsonl": {"schema": {"type": "string"}},
+                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def export_list(name: str, format: Annotated[str, Query(pattern=_EXPORT_FORMATS)] = "text",
+                          raw: Annotated[bool, Query(description=(
+                              "the stored values as they are: labels' bytes unchanged (not always UTF-8, "
+                              "sent as application/octet-stream) and CSV cells not neutralised"))] = False,
                           ) -> StreamingResponse:
+        """For people by default: valid UTF-8 (a label's undecodable bytes become U+FFFD; `jsonl`
+        keeps them losslessly in `path_b64`), and in CSV a cell a spreadsheet would run as a formula
+        (`=`, `+`, `-`, `@`, tab, CR first) starts with an apostrophe. `raw=true` sends the values as
+        stored, for tools (`neuralhash index import` reads either back)."""
         from ..hashlists import ListWriter
 
         columns = await backend().extra_fields(name) if "csv" in format else []
-        writer = ListWriter(format, columns)
-        render = lambda r: writer.row(r.path, r.hex, r.model_id, name, r.extra)  # noqa: E731
+        spreadsheet = "csv" in format and not raw
+        cell = _spreadsheet_cell if spreadsheet else (lambda v: v)
+        text = (lambda v: v) if raw or format == "jsonl" else _valid_utf8
+        writer = ListWriter(format, [cell(c) for c in columns])
+
+        def render(r: Any) -> str:
+            extra = None if r.extra is None else {cell(k): cell(v) if isinstance(v, str) else v
+                                                  for k, v in r.extra.items()}
+            return writer.row(text(cell(r.path)), r.hex, r.model_id, cell(name), extra)
+
         stream = backend().export(name, render, writer.header())
         first = await anext_or_none(stream)  # a missing list is a 404, not an empty 200
-        return _ClosingStream(_prepend(first, stream), media_type=_MEDIA[format] + "; charset=utf-8")
+        media = "application/octet-stream" if raw else _MEDIA[format] + "; charset=utf-8"
+        return _ClosingStream(_prepend(first, stream), media_type=media)
 
     # -- status --
 
@@ -813,6 +863,22 @@ def _basename(filename: str | None) -> str | None:
 def _unique_source() -> str:
     """A name no other import has: ``upload-20260101T120000Z-1a2b3c``."""
     return f"upload-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _spreadsheet_cell(value: str) -> str:
+    """A CSV cell a spreadsheet would run as a formula, as text: an apostrophe first (OWASP's
+    advice for CSV injection). Plain numbers such as -5 are left as they are."""
+    if value and value[0] in "=+-@\t\r" and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def _valid_utf8(value: str) -> str:
+    """A label's undecodable bytes (kept as surrogate escapes) as U+FFFD."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def anext_or_none(stream: AsyncIterator[bytes]) -> bytes | None:
