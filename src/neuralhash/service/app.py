@@ -486,6 +486,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         version=__version__,
         description="NeuralHash hashing and matching against named hash lists. Errors are `{\"error\": \"...\"}`.",
         lifespan=lifespan,
+        responses=_ERRORS,  # every route: the errors are {"error": "..."}
     )
     app.add_middleware(Guard, token=config.token, max_upload=config.max_upload, max_import=config.max_import,
                        loopback_hosts_only=config.loopback_hosts_only and not config.token, inflight=inflight)
@@ -612,7 +613,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         return _ClosingStream(_closing(body(), chunks), media_type="application/json")
 
     @app.post("/lookup", summary="Stored hashes near many hex hashes",
-              responses={200: {"model": LookupResponse, "description": "per hash, its matches"}, **_ERRORS})
+              responses={200: {"model": LookupResponse, "description": "per hash, its matches"}})
     async def lookup(body: LookupRequest) -> StreamingResponse:
         """Per hash, the stored hashes within `max_distance` bits, nearest first. The model is
         `model_id`, else that of the `lists` named, else the server's. The answer names the lists
@@ -621,7 +622,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         return await answer(key, [(h, bytes.fromhex(h), None) for h in body.hashes])
 
     @app.post("/match", summary="Stored hashes near uploaded images and/or hex hashes", openapi_extra=_MATCH_BODY,
-              responses={200: {"model": LookupResponse, "description": "per query, its matches"}, **_ERRORS})
+              responses={200: {"model": LookupResponse, "description": "per query, its matches"}})
     async def match(request: Request) -> StreamingResponse:
         """A multipart form. Per query (images first, then hashes, in the order given), the stored
         hashes within `max_distance` bits, nearest first. An image that cannot be hashed gets an
