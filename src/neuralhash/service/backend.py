@@ -193,7 +193,7 @@ class Backend:
         self._store: Any = None
         self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
         self._heavy = _Thread("nh-heavy", self._open_reader)  # heavy lookups, one chunk at a time
-        self._matchers: dict[str, tuple[Any, frozenset[str]]] = {}  # model id -> (matcher, its lists)
+        self._matchers: dict[str, Any] = {}  # model id -> its matcher (over every list of the model)
         self._generation = 0  # bumped by every write here: the catalogue is read again
         self._seen_generation = 0
         self._catalogue: tuple[float, list[Any], list[Any]] | None = None  # (when, models, lists)
@@ -288,29 +288,27 @@ class Backend:
         return matcher
 
     async def _fresh_matcher(self, model_id: str) -> Any:
-        """The model's matcher, made anew when its set of lists has changed (a matcher covers the
-        lists that existed when it was made), in a thread: the loop serves the other requests."""
-        _, lists = self._fresh_catalogue()
-        names = frozenset(s.name for s in lists if s.model_id == model_id)
+        """The model's matcher, made in a thread the first time (the loop serves the other requests
+        meanwhile). It follows the model's lists and the rows committed by anyone, without a rebuild
+        a lookup would wait for (see neuralhash.store.search)."""
         cached = self._matchers.get(model_id)
-        if cached is None or cached[1] != names:
+        if cached is None:
             matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
-            cached = self._matchers[model_id] = (matcher, names)
-        return cached[0]
+            cached = self._matchers.setdefault(model_id, matcher)
+        return cached
 
     def _matcher(self, model_id: str) -> Any:
         cached = self._matchers.get(model_id)
-        if cached is None:  # not made by _fresh_matcher (start-up): make it here
-            _, lists = self._fresh_catalogue()
-            names = frozenset(s.name for s in lists if s.model_id == model_id)
-            cached = self._matchers[model_id] = (self._new_matcher(model_id), names)
-        return cached[0]
+        if cached is None:  # not made by _fresh_matcher (start-up): made here
+            cached = self._matchers[model_id] = self._new_matcher(model_id)
+        return cached
 
     def _is_heavy(self, matcher: Any, max_distance: int, n_queries: int) -> bool:
         """Whether these queries would hold the event loop longer than HEAVY_NS (estimated)."""
-        index = getattr(matcher, "_index", None)
-        if index is None:
+        main = getattr(matcher, "_main", None)
+        if main is None:
             return False
+        index = main.index
         return min(index._brute_cost(max_distance, n_queries), index._index_cost(max_distance, n_queries)) > HEAVY_NS
 
     def _found(self, per_query: Sequence[Any], limit: int) -> tuple[list[Found], bool]:

@@ -22,6 +22,7 @@ from ..pathnames import display, from_sql, sql_value, to_bytes
 from . import db as dbmod
 from . import packed as pk
 from .db import StoreError
+from .search import Match, Matcher
 
 IMPORTED_MODEL = "imported"
 DEFAULT_LIST = "images"
@@ -57,16 +58,6 @@ class StoredHash:
     @property
     def extra(self) -> dict[str, Any] | None:
         return None if self.extra_json is None else json.loads(self.extra_json)
-
-
-@dataclass(frozen=True)
-class Match:
-    query: int  # position of the query in the batch
-    row: int
-    path: str
-    hex: str
-    distance: int
-    list: str = ""
 
 
 @dataclass
@@ -485,10 +476,11 @@ class HashStore:
         delta = covered + np.flatnonzero(np.isin(keys[covered:upto], pkeys))
         return np.concatenate([found, delta])
 
-    def _packed_for_read(self) -> pk.PackedFile:
+    def _packed_for_read(self, wait: bool = True) -> pk.PackedFile | None:
         """The packed index as of the rows now committed: the file when it agrees with them, else
         (after waiting for a writer that may be finishing) a rebuild: on disk when this store may
-        write, in memory otherwise. Never a copy that disagrees with the rows."""
+        write, in memory otherwise. Never a copy that disagrees with the rows. ``wait=False``: None
+        instead of waiting for a writer between its two writes (the caller's earlier view holds)."""
         with self._lock, self._sql("reading the packed index"):
             deadline = time.monotonic() + min(self.timeout, 2.0)
             while True:
@@ -509,6 +501,8 @@ class HashStore:
                     in_flight = False
                 if self._memory is not None and self._memory.header.generation == generation:
                     return self._memory
+                if in_flight and not wait:
+                    return None
                 if not in_flight or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)  # a writer between its two writes finishes in milliseconds
@@ -1014,7 +1008,7 @@ class HashStore:
                                  f"different models; hashes of different models do not compare")
             model_id = next(iter(mids), None)
         model = self.resolve_model(model_id)
-        return Matcher(self, model, self._list_keys(model, lists))
+        return Matcher(self, model, self._list_keys(model, lists), follow=lists is None)
 
     def _live_positions(self, packed: pk.PackedFile, keys: Sequence[int]) -> np.ndarray:
         n = packed.header.n
@@ -1104,118 +1098,6 @@ class _MemoryPacked:
 
     def close(self) -> None:
         pass
-
-
-class Matcher:
-    """Exact Hamming search over one model's lists, on the packed index.
-
-    :meth:`query` first checks (cheaply: SQLite's ``data_version`` and the
-    store's generation) whether rows were committed since, by any process; new
-    rows are searched as a small delta beside the main index, deleted ones are
-    filtered out, and the main index is rebuilt once the delta grows. After
-    many queries the multi-index tables are built (or call :meth:`build`).
-
-    Queries from several threads are safe. A store's connection serves one
-    transaction at a time: a service that imports while it answers should
-    match through a read-only ``HashStore`` of its own, so that lookups never
-    wait for an import to commit.
-    """
-
-    _DELTA_MAX = 1 << 16
-    _BUILD_AFTER = 64  # queries before the multi-index tables pay for themselves
-
-    def __init__(self, store: HashStore, model: StoredModel, lists: dict[int, str]):
-        self.store = store
-        self.model = model
-        self.lists = lists
-        self._keys = np.array(sorted(lists), np.int32)
-        self._packed = None
-        self._index: HashIndex | None = None
-        self._base = 0  # entries covered by the main index
-        self._seen: tuple | None = None
-        self._queries = 0
-        self._want_build = False
-
-    def __len__(self) -> int:
-        packed, _, _ = self._refresh()
-        return int(np.isin(packed.columns["list"][:packed.header.n], self._keys).sum())
-
-    def build(self) -> "Matcher":
-        """Build the multi-index tables now (a service does this once, then answers in milliseconds)."""
-        self._want_build = True
-        self._refresh()
-        return self
-
-    def _refresh(self):
-        """(packed index, main HashIndex, entries it covers), as of the rows committed now."""
-        store = self.store
-        with store._lock:
-            with store._sql():
-                version = store._db.execute("PRAGMA data_version").fetchone()[0]
-            seen = (version, store._writes)
-            if self._packed is None or seen != self._seen:
-                packed = store._packed_for_read()
-                n = packed.header.n
-                if packed is not self._packed or n < self._base or n - self._base > self._DELTA_MAX:
-                    self._packed = packed
-                    self._base = n
-                    self._index = HashIndex.from_words(packed.columns["hi"][:n], packed.columns["lo"][:n])
-                self._seen = seen
-            if self._want_build and not self._index.built:
-                self._index.build()
-            return self._packed, self._index, self._base
-
-    def query(self, queries: Sequence[bytes], max_distance: int, *, limit: int | None = None,
-              only_lists: Collection[str] | None = None, labels_from: "HashStore | None" = None
-              ) -> list[list["Match"]]:
-        """Per query (12-byte digests), the stored hashes within ``max_distance``: nearest first,
-        ties by row; at most ``limit`` a query when given; of the lists ``only_lists`` (names) when
-        given. Safe to call from several threads; ``labels_from``: a store of the same database
-        whose connection reads the labels (a thread of its own then never waits on this store's)."""
-        r = check_radius(max_distance)
-        q = _as_packed(queries, self.store.where)
-        out: list[list[Match]] = [[] for _ in range(q.shape[0])]
-        if q.shape[0] == 0:
-            return out
-        self._queries += q.shape[0]
-        if self._queries >= self._BUILD_AFTER:
-            self._want_build = True  # enough queries to pay for the tables
-        packed, index, base = self._refresh()
-        n = packed.header.n
-        qi, idx, d = index._run(q, r, "auto") if base else (np.zeros(0, np.int64),) * 3
-        if n > base:
-            delta = HashIndex.from_words(packed.columns["hi"][base:n], packed.columns["lo"][base:n])
-            dq, di, dd = delta._run(q, r, "brute")
-            qi, idx, d = np.concatenate([qi, dq]), np.concatenate([idx, di + base]), np.concatenate([d, dd])
-        lists = packed.columns["list"][idx]
-        keys = self._keys if only_lists is None else np.array(
-            [k for k, name in self.lists.items() if name in set(only_lists)], np.int32)
-        keep = np.isin(lists, keys)
-        qi, idx, d, lists = qi[keep], idx[keep], d[keep].astype(np.int64), lists[keep]
-        rowids = packed.columns["rowid"][idx]
-        order = np.lexsort((rowids, d, qi))
-        qi, idx, d, rowids, lists = qi[order], idx[order], d[order], rowids[order], lists[order]
-        if limit is not None:
-            rank = np.arange(qi.size) - np.searchsorted(qi, qi)
-            sel = rank < limit
-            qi, idx, d, rowids, lists = qi[sel], idx[sel], d[sel], rowids[sel], lists[sel]
-        hexes = from_words(packed.columns["hi"][idx], packed.columns["lo"][idx]).tobytes().hex()
-        source = labels_from if labels_from is not None else self.store
-        with source._lock, source._sql("matching"):
-            paths = source._paths_of(rowids.tolist())
-        for k, (a, rid, dist, lk) in enumerate(zip(qi.tolist(), rowids.tolist(), d.tolist(), lists.tolist())):
-            if rid in paths:  # a row deleted since the index was read is not reported
-                out[a].append(Match(a, rid, paths[rid], hexes[24 * k:24 * k + 24], dist, self.lists.get(lk, "")))
-        return out
-
-
-def _as_packed(queries: Sequence[bytes], where: str) -> np.ndarray:
-    raw = bytearray()
-    for k, digest in enumerate(queries):
-        if not isinstance(digest, (bytes, bytearray, memoryview)) or len(digest) != 12:
-            raise StoreError(f"query {k}: a hash is 12 bytes, got {digest!r:.40}")
-        raw += digest
-    return np.frombuffer(bytes(raw), np.uint8).reshape(-1, 12)
 
 
 # -- the functions the command line used before named lists ------------------------------
