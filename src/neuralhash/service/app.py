@@ -607,6 +607,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                                 "matches": []}
                 yield sep + json.dumps(item).encode()
                 sep = b", "
+                await asyncio.sleep(0)  # a query's answer at a time: the other requests go in between
             tail = {"complete": note is None, "note": note}
             yield b"], " + json.dumps(tail)[1:].encode()
 

@@ -376,9 +376,12 @@ class Backend:
         for i in range(0, len(queries), CHUNK):
             part = queries[i:i + CHUNK]
             if self._is_heavy(matcher, key.max_distance, len(part)):
-                found = await self._heavy.run(lambda store, part=part: matcher.query(
-                    part, key.max_distance, limit=key.limit + 1, only_lists=key.lists, labels_from=store))
-                pairs = [self._found(per, key.limit) for per in found]
+                def search(store: Any, part: list[bytes] = part) -> list[tuple[list[Found], bool]]:
+                    found = matcher.query(part, key.max_distance, limit=key.limit + 1, only_lists=key.lists,
+                                          labels_from=store)
+                    return [self._found(per, key.limit) for per in found]  # here too, not on the loop
+
+                pairs = await self._heavy.run(search)
                 yield [p[0] for p in pairs], [p[1] for p in pairs]
                 continue
             future: asyncio.Future = asyncio.get_running_loop().create_future()
