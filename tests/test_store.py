@@ -703,9 +703,9 @@ def test_a_read_only_database_file_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("slice_size", [4, 1 << 21])
 def test_reimport_replaces_by_name_in_key_slices(tmp_path, monkeypatch, slice_size):
     """Re-imports and duplicate lines, with the search for equal names cut into many key ranges."""
-    from neuralhash.store import core
+    from neuralhash.store import transfer
 
-    monkeypatch.setattr(core, "_DEDUPE_SLICE", slice_size)
+    monkeypatch.setattr(transfer, "_DEDUPE_SLICE", slice_size)
     rng = np.random.default_rng(5)
     names = [f"n{k}" for k in range(300)]
     first = {n: rng.integers(0, 256, 12, dtype=np.uint8).tobytes() for n in names}

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 import numpy as np
 
-from ..matching import HashIndex
+from ..matching import HashIndex, component_groups
 from ..matching.index import check_radius
 from ..matching.packing import from_words
+from . import packed as pk
 from .db import StoreError
+from .records import StoredHash
 
 if TYPE_CHECKING:
     from .core import HashStore, StoredModel
@@ -229,6 +231,76 @@ class Matcher:
         return out
 
 
+class _Searching:
+    """HashStore: matchers, the packed hashes of a model, groups of near-duplicates."""
+
+    def matcher(self, model_id: str | None = None, lists: Sequence[str] | None = None) -> "Matcher":
+        """A :class:`Matcher` over the lists (default: every list) of one model (default: the
+        model of the lists named, else the only one)."""
+        if model_id is None and lists:
+            mids = {lst.model_id for lst in self.lists() if lst.name in set(lists)}
+            if len(mids) > 1:
+                raise StoreError(f"{self.where}: the lists {', '.join(map(repr, lists))} hold hashes of "
+                                 f"different models; hashes of different models do not compare")
+            model_id = next(iter(mids), None)
+        model = self.resolve_model(model_id)
+        return Matcher(self, model, self._list_keys(model, lists), follow=lists is None)
+
+    def _live_positions(self, packed: pk.PackedFile, keys: Sequence[int]) -> np.ndarray:
+        n = packed.header.n
+        return np.flatnonzero(np.isin(packed.columns["list"][:n], np.array(list(keys), np.int32)))
+
+    def packed_hashes(self, model_id: str | None = None, lists: Sequence[str] | None = None) -> np.ndarray:
+        """The stored hashes of one model (of these lists, or all its lists) as packed uint8 [N, 12],
+        straight from the packed index (no row-by-row read)."""
+        model = self.resolve_model(model_id)
+        packed = self._packed_for_read()
+        pos = self._live_positions(packed, self._list_keys(model, lists))
+        return from_words(packed.columns["hi"][pos], packed.columns["lo"][pos])
+
+    def duplicate_groups(self, model_id: str | None, max_distance: int, *,
+                         lists: Sequence[str] | None = None) -> list[list[StoredHash]]:
+        """Groups of near-duplicates (connected components of the within-``max_distance`` graph).
+
+        Largest group first (ties by first path); members sorted by path. Pairs
+        are folded into the components as they are found, so memory stays
+        proportional to the hashes, not to the pairs.
+        """
+        r = check_radius(max_distance)
+        model = self.resolve_model(model_id)
+        names = self._list_keys(model, lists)
+        packed = self._packed_for_read()
+        pos = self._live_positions(packed, names)
+        if pos.size < 2:
+            return []
+        hi, lo = packed.columns["hi"][pos], packed.columns["lo"][pos]
+        labels = HashIndex.from_words(hi, lo).components(r)
+        groups = component_groups(labels)
+        if not groups:
+            return []
+        members = np.concatenate(groups)
+        rowids = packed.columns["rowid"][pos]
+        listcol = packed.columns["list"][pos]
+        with self._lock, self._sql():
+            paths = self._paths_of(rowids[members].tolist())
+        hexes = from_words(hi[members], lo[members]).tobytes().hex()
+        rows, lkeys = rowids[members].tolist(), listcol[members].tolist()
+        out, k = [], 0
+        for g in groups:
+            group = []
+            for _ in range(g.size):
+                rid = rows[k]
+                if rid in paths:  # a row deleted since the index was read is left out
+                    group.append(StoredHash(rid, paths[rid], hexes[24 * k:24 * k + 24], model.model_id,
+                                            names.get(lkeys[k], "")))
+                k += 1
+            if len(group) >= 2:
+                group.sort(key=lambda h: (h.path, h.row))
+                out.append(group)
+        out.sort(key=lambda g: (-len(g), g[0].path))
+        return out
+
+
 def _as_packed(queries: Sequence[bytes], where: str) -> np.ndarray:
     raw = bytearray()
     for k, digest in enumerate(queries):
@@ -236,3 +308,18 @@ def _as_packed(queries: Sequence[bytes], where: str) -> np.ndarray:
             raise StoreError(f"query {k}: a hash is 12 bytes, got {digest!r:.40}")
         raw += digest
     return np.frombuffer(bytes(raw), np.uint8).reshape(-1, 12)
+
+
+# -- the functions the command line used before named lists ------------------------------
+
+
+def search(store: HashStore, model: StoredModel, queries: list[bytes], max_distance: int,
+           lists: Sequence[str] | None = None) -> list[Match]:
+    """Every stored hash of ``model`` within ``max_distance`` of each query: by query, nearest first."""
+    m = store.matcher(model.model_id, lists)
+    return [hit for per_query in m.query(queries, max_distance) for hit in per_query]
+
+
+def duplicate_groups(store: HashStore, model: StoredModel, max_distance: int,
+                     lists: Sequence[str] | None = None) -> list[list[StoredHash]]:
+    return store.duplicate_groups(model.model_id, max_distance, lists=lists)
