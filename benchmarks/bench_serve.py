@@ -204,11 +204,12 @@ def write_import_file(path: Path, lines: int) -> None:
             fh.write("".join(f"{hexes[24 * i:24 * i + 24]}  imp{start + i:09d}\n" for i in range(m)))
 
 
-def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, rng) -> list[tuple[str, str, str]]:
+def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, seconds: float,
+                               rng) -> list[tuple[str, str, str]]:
     """Single lookups (4 in flight) while a big import and list creates/deletes run beside them."""
     import aiohttp
 
-    async def run() -> tuple[list[float], int, float, int, int, int]:
+    async def run() -> tuple[list[float], int, float, int, int, int, list[float]]:
         timeout = aiohttp.ClientTimeout(total=3600)
         async with aiohttp.ClientSession(server.url, timeout=timeout) as lookups, \
                 aiohttp.ClientSession(server.url, timeout=timeout) as writers:
@@ -243,6 +244,11 @@ def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, 
             def one() -> tuple:
                 return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
 
+            alone = asyncio.Event()
+            baseline = asyncio.create_task(drive_until(lookups, one, 4, alone))  # the same lookups, alone first
+            await asyncio.sleep(seconds)
+            alone.set()
+            base_lat, _ = await baseline
             t0 = time.perf_counter()
             importing = asyncio.create_task(do_import())
             churning = asyncio.create_task(churn())
@@ -255,10 +261,14 @@ def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, 
             lat, failed = await driving
             async with writers.delete("/lists/bench-import") as r:
                 await r.read()
-            return lat, failed, import_s, imported, churned, churn_failed
+            return lat, failed, import_s, imported, churned, churn_failed, base_lat
 
-    lat, failed, import_s, imported, churned, churn_failed = asyncio.run(run())
+    lat, failed, import_s, imported, churned, churn_failed, base_lat = asyncio.run(run())
     return [
+        ("lookups, 4 in flight, alone just before (req/s)", f"{len(base_lat) / seconds:,.0f}", ""),
+        ("  p50 / p99 / worst latency (ms)",
+         f"{percentile(base_lat, 50) * 1e3:.1f} / {percentile(base_lat, 99) * 1e3:.1f} / {max(base_lat) * 1e3:.0f}",
+         ""),
         (f"lookups, 4 in flight, during a {lines:,}-line import and list churn (req/s)",
          f"{len(lat) / max(import_s, 1e-9):,.0f}", ""),
         ("  p50 / p99 / worst latency (ms)",
@@ -456,7 +466,7 @@ def main() -> None:
         if "writes" in args.runs:
             import_file = Path(tempfile.gettempdir()) / f"neuralhash-bench-serve-import-{import_lines}.txt"
             write_import_file(import_file, import_lines)
-            rows += lookups_while_lists_change(server, import_file, import_lines, rng)
+            rows += lookups_while_lists_change(server, import_file, import_lines, seconds, rng)
         if "heavy" in args.runs:
             rows += lookups_beside_the_heaviest_request(server, seconds, rng)
         mem_after = server.memory()

@@ -33,6 +33,7 @@ from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..errors import NeuralHashError
 from ..store.scope import SearchScope
+from ..store.search import lower_priority
 
 #: Queries passed to one Matcher.query call at most: the loop is free again after each chunk.
 CHUNK = 64
@@ -43,6 +44,9 @@ CATALOGUE_TTL = 2.0
 
 #: A chunk of queries estimated to take longer than this (ns) runs in the heavy-lookup thread, not on the loop.
 HEAVY_NS = 2e6
+
+#: How much less favoured (nice steps) the heavy-lookup thread is than the event loop.
+HEAVY_NICE = 10
 
 #: How often (seconds) an export's thread looks whether its export was closed while it waits.
 EXPORT_POLL = 0.2
@@ -108,8 +112,8 @@ def _store_error(exc: Exception) -> BackendError:
 class _Thread:
     """One thread that owns one HashStore, opened in that thread."""
 
-    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+    def __init__(self, name: str, opener: Callable[[], Any], *, nice: int = 0) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,))
         self._opener = opener
         self.store: Any = None
         self._running: set[asyncio.Future] = set()
@@ -192,7 +196,8 @@ class Backend:
         self._open_reader = lambda: HashStore(db_path, create=False)
         self._store: Any = None
         self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
-        self._heavy = _Thread("nh-heavy", self._open_reader)  # heavy lookups, one chunk at a time
+        # Heavy lookups, one chunk at a time, at a lower CPU priority than the loop's small ones.
+        self._heavy = _Thread("nh-heavy", self._open_reader, nice=HEAVY_NICE)
         self._matchers: dict[str, Any] = {}  # model id -> its matcher (over every list of the model)
         self._generation = 0  # bumped by every write here: the catalogue is read again
         self._seen_generation = 0

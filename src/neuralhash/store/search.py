@@ -16,6 +16,7 @@ a query may match are a filter on the entries found.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Collection, Sequence
@@ -31,6 +32,20 @@ from .records import StoredHash
 
 if TYPE_CHECKING:
     from .core import HashStore, StoredModel
+
+
+#: How much less favoured by the scheduler (nice steps) a background rebuild is than the lookups.
+MERGE_NICE = 10
+
+
+def lower_priority(nice: int) -> None:
+    """Make the calling thread ``nice`` steps less favoured by the scheduler (Linux: per thread).
+    Its numpy work runs without the GIL, so on busy cores the threads answering lookups go first."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):  # not Linux, or not allowed: the same priority, as before
+            pass
 
 
 @dataclass(frozen=True)
@@ -163,6 +178,7 @@ class Matcher:
 
         def work() -> None:
             try:
+                lower_priority(MERGE_NICE)
                 merged = self._new_main(packed, n, build)
             except BaseException:  # the old main index and the delta still answer every query
                 merged = None
