@@ -146,8 +146,6 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
     """Latencies (s) of every request, the count of failed ones, and the elapsed time."""
     import aiohttp
 
-    latencies: list[float] = []
-    failed = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
         for _ in range(concurrency):  # warm-up: connections, the server's index
@@ -155,20 +153,9 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
             async with client.request(method, path, **kwargs) as r:
                 await r.read()
         start = time.perf_counter()
-        stop_at = start + seconds
-
-        async def worker() -> None:
-            nonlocal failed
-            while time.perf_counter() < stop_at:
-                method, path, kwargs = make_request()
-                t0 = time.perf_counter()
-                async with client.request(method, path, **kwargs) as r:
-                    await r.read()
-                    ok = r.status == 200
-                latencies.append(time.perf_counter() - t0)
-                failed += not ok
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        done = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, done.set)
+        latencies, failed = await drive_until(client, make_request, concurrency, done)
         return latencies, failed, time.perf_counter() - start
 
 
@@ -190,6 +177,22 @@ async def drive_until(client, make_request, concurrency: int, done: asyncio.Even
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, failed
+
+
+async def alone(client, make_request, seconds: float) -> list[float]:
+    """Latencies of the same lookups (4 in flight) for ``seconds`` with nothing beside them: what
+    the loaded figures compare with, measured in the same run (the machine is shared)."""
+    done = asyncio.Event()
+    task = asyncio.create_task(drive_until(client, make_request, 4, done))
+    await asyncio.sleep(seconds)
+    done.set()
+    return (await task)[0]
+
+
+def latency_rows(title: str, lat: list[float], seconds: float, goal: str = "") -> list[tuple[str, str, str]]:
+    return [(title, f"{len(lat) / seconds:,.0f}", ""),
+            ("  p50 / p99 / worst latency (ms)",
+             f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f} / {max(lat) * 1e3:.0f}", goal)]
 
 
 def write_import_file(path: Path, lines: int) -> None:
@@ -244,11 +247,7 @@ def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, 
             def one() -> tuple:
                 return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
 
-            alone = asyncio.Event()
-            baseline = asyncio.create_task(drive_until(lookups, one, 4, alone))  # the same lookups, alone first
-            await asyncio.sleep(seconds)
-            alone.set()
-            base_lat, _ = await baseline
+            base_lat = await alone(lookups, one, seconds)
             t0 = time.perf_counter()
             importing = asyncio.create_task(do_import())
             churning = asyncio.create_task(churn())
@@ -265,15 +264,9 @@ def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, 
 
     lat, failed, import_s, imported, churned, churn_failed, base_lat = asyncio.run(run())
     return [
-        ("lookups, 4 in flight, alone just before (req/s)", f"{len(base_lat) / seconds:,.0f}", ""),
-        ("  p50 / p99 / worst latency (ms)",
-         f"{percentile(base_lat, 50) * 1e3:.1f} / {percentile(base_lat, 99) * 1e3:.1f} / {max(base_lat) * 1e3:.0f}",
-         ""),
-        (f"lookups, 4 in flight, during a {lines:,}-line import and list churn (req/s)",
-         f"{len(lat) / max(import_s, 1e-9):,.0f}", ""),
-        ("  p50 / p99 / worst latency (ms)",
-         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f} / {max(lat) * 1e3:.0f}",
-         "p99 < 50, worst < 250"),
+        *latency_rows("lookups, 4 in flight, alone just before (req/s)", base_lat, seconds),
+        *latency_rows(f"lookups, 4 in flight, during a {lines:,}-line import and list churn (req/s)", lat,
+                      max(import_s, 1e-9), "p99 < 50, worst < 250"),
         ("  failed lookups", str(failed), "0"),
         ("  the import: lines imported, seconds", f"{imported:,}, {import_s:.1f} s", f"{lines:,}"),
         ("  lists created, filled and deleted beside it (failed)", f"{churned} ({churn_failed})", "0 failed"),
@@ -317,11 +310,7 @@ def lookups_beside_the_heaviest_request(server: "Server", seconds: float, rng) -
                     peak = max(peak, server.rss())
                     await asyncio.sleep(0.1)
 
-            alone = asyncio.Event()
-            baseline = asyncio.create_task(drive_until(lookups, one, 4, alone))  # the same lookups, alone first
-            await asyncio.sleep(seconds)
-            alone.set()
-            base_lat, _ = await baseline
+            base_lat = await alone(lookups, one, seconds)
             tasks = [asyncio.create_task(heaviest()), asyncio.create_task(sample())]
             await asyncio.sleep(1.0)  # the heavy request is under way
             driving = asyncio.create_task(drive_until(lookups, one, 4, done))
@@ -333,13 +322,9 @@ def lookups_beside_the_heaviest_request(server: "Server", seconds: float, rng) -
 
     lat, failed, sent, cut, peak, biggest, base_lat = asyncio.run(run())
     return [
-        ("lookups, 4 in flight, alone just before (req/s)", f"{len(base_lat) / seconds:,.0f}", ""),
-        ("  p50 / p99 / worst latency (ms)",
-         f"{percentile(base_lat, 50) * 1e3:.1f} / {percentile(base_lat, 99) * 1e3:.1f} / {max(base_lat) * 1e3:.0f}",
-         ""),
-        ("lookups, 4 in flight, beside the heaviest /lookup back to back (req/s)", f"{len(lat) / seconds:,.0f}", ""),
-        ("  p50 / p99 / worst latency (ms)",
-         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f} / {max(lat) * 1e3:.0f}", "p99 < 50"),
+        *latency_rows("lookups, 4 in flight, alone just before (req/s)", base_lat, seconds),
+        *latency_rows("lookups, 4 in flight, beside the heaviest /lookup back to back (req/s)", lat, seconds,
+                      "p99 < 50"),
         ("  failed lookups", str(failed), "0"),
         ("  heaviest requests answered (cut by the bounds, said so)", f"{sent} ({cut})", ""),
         ("  largest answer (MB)", f"{biggest / 1e6:.1f}", ""),

@@ -15,22 +15,12 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from neuralhash.hashing import NeuralHash  # noqa: E402
+from test_serve_imports import client, nh  # noqa: E402,F401  (the same fixtures: a demo-model app)
+
 from neuralhash.service import ServeConfig, create_app  # noqa: E402
 
 TOKEN = "an-interface-test-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def nh(module_env):
-    return NeuralHash.demo()
-
-
-@pytest.fixture()
-def client(tmp_path, nh):
-    with TestClient(create_app(ServeConfig(db=str(tmp_path / "h.db"), model=nh, workers=0))) as c:
-        yield c
 
 
 def test_status_codes(client, nh, tmp_path):
