@@ -110,3 +110,30 @@ def test_match_takes_as_many_files_as_it_documents(client, nh):
     assert results[n]["matches"][0]["path"] == "z"
     r = client.post("/match", data={"max_distance": "0", "hashes": ",".join(["00" * 12] * 10_001)})
     assert r.status_code == 422 and "at most 10000 queries" in r.json()["error"]
+
+
+def test_a_large_import_runs_in_a_child_process_and_loses_nothing(client, monkeypatch):
+    """Parsing millions of lines holds the GIL: a large body is imported by a child process, with the
+    same report and the same rows as in the server's own writer thread."""
+    from neuralhash.service import importer
+
+    ran = []
+    real = importer.ChildImport.run
+
+    def spy(self):
+        ran.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(importer.ChildImport, "run", spy)
+    ds = digests(40_000, 9)
+    body = b"".join(b"%s  n%d\n" % (d.hex().encode(), i) for i, d in enumerate(ds)) + b"bad line\n"
+    assert len(body) >= importer.CHILD_IMPORT_BYTES
+    r = client.post("/lists/big/import", content=body)
+    assert r.status_code == 200, r.text
+    assert (r.json()["imported"], [s["line"] for s in r.json()["skipped"]]) == (40_000, [40_001])
+    assert len(ran) == 1
+    found = client.post("/lookup", json={"hashes": [ds[-1].hex(), ds[0].hex()], "max_distance": 0}).json()
+    assert [[m["path"] for m in x["matches"]] for x in found["results"]] == [["n39999"], ["n0"]]
+    bad = client.post("/lists/worse/import", content=b"not a hash\n" * 120_000)  # nothing valid: refused
+    assert bad.status_code == 422 and "no valid entry" in bad.json()["error"] and len(ran) == 2
+    assert client.get("/lists/worse").status_code == 404

@@ -768,7 +768,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
         hashes, threatexchange lines) are named `SOURCE:LINE`, so two imports never replace each
         other's unnamed entries unless the client gives both the same `source`."""
         model = await list_model(name, model_id)
-        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as spool:
+        # On disk, named: a large list is imported by a child process, which opens it by name.
+        with tempfile.NamedTemporaryFile(prefix="neuralhash-import-") as spool:
             if request.headers.get("content-type", "").startswith("multipart/form-data"):
                 item = _one_file(await request.form(), "file")
                 source = source or _basename(item.filename)
@@ -777,6 +778,7 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
             else:
                 async for chunk in request.stream():
                     spool.write(chunk)
+            spool.flush()
             spool.seek(0)
             source = source or _unique_source()
             report = await backend().import_file(spool, name, model, source)

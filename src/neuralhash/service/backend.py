@@ -24,6 +24,7 @@ a bounded queue: memory stays flat whatever the size of the list.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,7 @@ class _Thread:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,))
         self._opener = opener
         self.store: Any = None
+        self.child: Any = None  # the ChildImport the thread waits for, if any
         self._running: set[asyncio.Future] = set()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -148,6 +150,9 @@ class _Thread:
         store = self.store
         if store is not None:
             store.interrupt()
+        child = self.child
+        if child is not None:  # an import in a child process (see .importer)
+            child.stop()
 
     async def settle(self, timeout: float) -> None:
         """Interrupt what runs until nothing does (at most ``timeout`` seconds), without blocking the loop."""
@@ -508,11 +513,29 @@ class Backend:
             self._changed()
 
     async def import_file(self, source: Any, name: str, model_id: str, label: str | None = None) -> Any:
-        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads;
-        ``label`` names the entries the file leaves unnamed (LABEL:LINE)."""
+        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads
+        (``source``: a file object; a large one named on disk is imported in a child process, see
+        :mod:`.importer`); ``label`` names the entries the file leaves unnamed (LABEL:LINE)."""
+        from .importer import CHILD_IMPORT_BYTES, ChildImport
+
+        kwargs = {"list_name": name, "model_id": model_id, "label": label, "require_entries": True}
+        path = getattr(source, "name", None)
+        if isinstance(path, str) and os.path.isfile(path) and os.path.getsize(path) >= CHILD_IMPORT_BYTES:
+            child = ChildImport(self.db_path, path, **kwargs)
+
+            def write(store: Any) -> Any:
+                self._writer.child = child
+                try:
+                    return child.run()
+                finally:
+                    self._writer.child = None
+
+        else:
+            def write(store: Any) -> Any:
+                return store.import_file(source, **kwargs)
+
         try:
-            return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id,
-                                                                          label=label, require_entries=True))
+            return await self._writer.run(write)
         finally:
             self._changed()
 
