@@ -194,7 +194,8 @@ class Matcher:
             cached = self._delta
         if cached is not None and cached[0] == start and cached[1] == stop:
             return cached[2]
-        delta = HashIndex.from_words(np.array(packed.columns["hi"][start:stop]), np.array(packed.columns["lo"][start:stop]))
+        # Views of the map, no copy: committed entries never change but for their list (maps stay open).
+        delta = HashIndex.from_words(packed.columns["hi"][start:stop], packed.columns["lo"][start:stop])
         with self._guard:
             self._delta = (start, stop, delta)
         return delta
