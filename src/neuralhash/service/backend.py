@@ -314,12 +314,9 @@ class Backend:
         return cached
 
     def _is_heavy(self, matcher: Any, max_distance: int, n_queries: int) -> bool:
-        """Whether these queries would hold the event loop longer than HEAVY_NS (estimated)."""
-        main = getattr(matcher, "_main", None)
-        if main is None:
-            return False
-        index = main.index
-        return min(index._brute_cost(max_distance, n_queries), index._index_cost(max_distance, n_queries)) > HEAVY_NS
+        """Whether these queries would hold the event loop longer than HEAVY_NS (estimated; a large
+        delta of rows committed since the index was built counts too)."""
+        return matcher.cost(max_distance, n_queries) > HEAVY_NS
 
     def _found(self, per_query: Sequence[Any], limit: int) -> tuple[list[Found], bool]:
         return ([Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query[:limit]],

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Collection, Sequence
 import numpy as np
 
 from ..matching import HashIndex, component_groups
-from ..matching.index import check_radius
+from ..matching.index import _HI_FILTER_MAX, _NS_SCAN_FULL, _NS_SCAN_HI, check_radius
 from ..matching.packing import from_words
 from . import packed as pk
 from .db import StoreError
@@ -114,6 +114,18 @@ class Matcher:
         if main is not None and not main.index.built:
             main.index.build()
         return self
+
+    def cost(self, max_distance: int, n_queries: int) -> float:
+        """Estimated nanoseconds :meth:`query` takes for ``n_queries`` at ``max_distance``: the main
+        index by its cheaper method, and the delta by brute force (0 before the first query)."""
+        main = self._main
+        if main is None:
+            return 0.0
+        r = check_radius(max_distance)
+        index = main.index
+        per_hash = _NS_SCAN_HI if r <= _HI_FILTER_MAX else _NS_SCAN_FULL
+        return (min(index._brute_cost(r, n_queries), index._index_cost(r, n_queries))
+                + max(self._n - main.n, 0) * n_queries * per_hash)
 
     @property
     def merging(self) -> bool:
