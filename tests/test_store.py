@@ -178,7 +178,7 @@ def test_models_never_mix_silently(tmp_path):
         store.add_images(FakeHasher(), files)
         assert store.resolve_model(None).model_id == "fake-model"
         store.import_file(listing)
-        with pytest.raises(StoreError, match="several models.*--model-id"):
+        with pytest.raises(StoreError, match="several models.*; choose one with model_id$"):  # the API names model_id
             store.resolve_model(None)
         with pytest.raises(StoreError, match="no hashes of model 'nope'"):
             store.resolve_model("nope")

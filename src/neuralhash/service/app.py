@@ -763,7 +763,8 @@ def create_app(config: ServeConfig, *, hasher_class: type[ImageHasher] = ImageHa
                                           "the uploaded file's name, else a name unique to this import")] = None,
                           ) -> dict:
         """The body (or multipart field `file`) in any format `neuralhash index import` reads: `HEX  PATH`
-        lines, CSV or JSONL. All or nothing; malformed lines are reported by number and skipped.
+        lines, CSV or JSONL. The well-formed entries go in one transaction; malformed lines are skipped
+        and reported by number.
         An entry replaces the list's entry of the same name; entries the file leaves unnamed (bare
         hashes, threatexchange lines) are named `SOURCE:LINE`, so two imports never replace each
         other's unnamed entries unless the client gives both the same `source`."""

@@ -81,8 +81,9 @@ class _Catalog:
         names = [n for (n,) in self._db.execute("SELECT name FROM lists ORDER BY name")]
         return ", ".join(repr(n) for n in names) or "none"
 
-    def resolve_model(self, model_id: str | None) -> StoredModel:
-        """The stored model with this id or unique id prefix, or the only one when ``model_id`` is None."""
+    def resolve_model(self, model_id: str | None, *, option: str = "model_id") -> StoredModel:
+        """The stored model with this id or unique id prefix, or the only one when ``model_id`` is None.
+        ``option``: the name an error tells the user to set (a command passes ``--model-id``)."""
         models = self.models()
         if model_id is not None:
             exact = [m for m in models if m.model_id == model_id]
@@ -99,9 +100,9 @@ class _Catalog:
             return live[0]
         if not live:
             raise StoreError(f"{self.where}: the database holds no hashes yet")
-        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hashes, {m.description or 'no description'})"
-                           for m in live)
-        raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with --model-id")
+        listed = "; ".join(f"{m.model_id[:12]} ({m.count} hash{'' if m.count == 1 else 'es'}, "
+                           f"{m.description or 'no description'})" for m in live)
+        raise StoreError(f"{self.where}: hashes of several models are stored ({listed}); choose one with {option}")
 
     def _list_keys(self, model: StoredModel, lists: Sequence[str] | None) -> dict[int, str]:
         with self._lock, self._sql():

@@ -56,7 +56,7 @@ class HashStore(_PackedIndex, _Catalog, _Adding, _Transfer, _Searching):
     """
 
     def __init__(self, path: str | os.PathLike, *, create: bool = False, timeout: float = 60.0):
-        self.path = os.fsdecode(path)
+        self.path = os.path.expanduser(os.fsdecode(path))
         self.where = display(self.path)
         self.writable = create
         self.timeout = timeout

@@ -100,6 +100,7 @@ class Matcher:
         self._merging: threading.Thread | None = None
         self._merged: _Main | None = None
         self._guard = threading.Lock()  # the matcher's own state (the store's lock guards its connection)
+        self.scope: Any = None  # the SearchScope HashStore.matcher() found: the lists searched and skipped
 
     def __len__(self) -> int:
         packed, n, _, _ = self._refresh()
@@ -265,7 +266,8 @@ class _Searching:
 
     def matcher(self, model_id: str | None = None, lists: Sequence[str] | None = None) -> "Matcher":
         """A :class:`Matcher` over the lists (default: every list) of one model (default: the
-        model of the lists named, else the only one)."""
+        model of the lists named, else the only one). Its ``scope`` (:class:`.scope.SearchScope`)
+        names the lists searched and the lists left out, with the reason (another model)."""
         if model_id is None and lists:
             mids = {lst.model_id for lst in self.lists() if lst.name in set(lists)}
             if len(mids) > 1:
@@ -273,7 +275,11 @@ class _Searching:
                                  f"different models; hashes of different models do not compare")
             model_id = next(iter(mids), None)
         model = self.resolve_model(model_id)
-        return Matcher(self, model, self._list_keys(model, lists), follow=lists is None)
+        matcher = Matcher(self, model, self._list_keys(model, lists), follow=lists is None)
+        from .scope import search_scope  # (scope imports the store's records through core)
+
+        matcher.scope = search_scope(self.lists(), model.model_id, lists, where=self.where)  # what it skips
+        return matcher
 
     def _live_positions(self, packed: pk.PackedFile, keys: Sequence[int]) -> np.ndarray:
         n = packed.header.n
