@@ -17,7 +17,18 @@ concurrency for a bounded time per phase:
   one worker process per CPU); the command's rate is its steady rate (the time
   for all images less the time for one, so its start-up is left out); goal 0.8x;
 - the server's memory (RSS of the server process, and of its decoding workers)
-  after 16 warm-up uploads and after all the load: goal flat.
+  after 16 warm-up uploads and after all the load: goal flat;
+- lookups while lists change (``--runs writes``): single-hash lookups, 4 in flight,
+  while one client imports a --import-lines-line list over HTTP (default 5 million)
+  and another creates, fills and deletes lists one after another: p99 under 50 ms,
+  worst lookup under 250 ms;
+- lookups beside the heaviest request (``--runs heavy``): single-hash lookups, 4 in
+  flight, while one client sends, back to back, the heaviest /lookup the limits
+  allow (10,000 hashes at distance 32, limit 1,000, then limit 1: the most
+  matches, then the most searching): p99 under 50 ms, the server's peak memory
+  (VmHWM, mapped index pages included) under 1 GB.
+
+``--runs`` picks the phases (default: all of them, in that order).
 
 The client shares the machine's cores with the server: on 2 cores the figures
 are the server's under that handicap.
@@ -110,6 +121,22 @@ class Server:
         return (mine.get("RssAnon", 0.0), mine.get("RssFile", 0.0),
                 sum(status(k).get("VmRSS", 0.0) for k in kids))
 
+    def rss(self) -> float:
+        """MiB: the server process's resident memory now (VmRSS)."""
+        return self._status().get("VmRSS", 0.0)
+
+    def peak(self) -> float:
+        """MiB: the server process's peak resident memory since it started (VmHWM)."""
+        return self._status().get("VmHWM", 0.0)
+
+    def _status(self) -> dict[str, float]:
+        try:
+            lines = Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+        except OSError:
+            return {}
+        return {k: int(v.split()[0]) / 1024 for k, _, v in (line.partition(":") for line in lines)
+                if k in ("VmRSS", "VmHWM")}
+
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=120)
@@ -119,8 +146,6 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
     """Latencies (s) of every request, the count of failed ones, and the elapsed time."""
     import aiohttp
 
-    latencies: list[float] = []
-    failed = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as client:
         for _ in range(concurrency):  # warm-up: connections, the server's index
@@ -128,21 +153,183 @@ async def drive(url: str, make_request, concurrency: int, seconds: float) -> tup
             async with client.request(method, path, **kwargs) as r:
                 await r.read()
         start = time.perf_counter()
-        stop_at = start + seconds
-
-        async def worker() -> None:
-            nonlocal failed
-            while time.perf_counter() < stop_at:
-                method, path, kwargs = make_request()
-                t0 = time.perf_counter()
-                async with client.request(method, path, **kwargs) as r:
-                    await r.read()
-                    ok = r.status == 200
-                latencies.append(time.perf_counter() - t0)
-                failed += not ok
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        done = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, done.set)
+        latencies, failed = await drive_until(client, make_request, concurrency, done)
         return latencies, failed, time.perf_counter() - start
+
+
+async def drive_until(client, make_request, concurrency: int, done: asyncio.Event) -> tuple[list[float], int]:
+    """Latencies (s) of requests sent ``concurrency`` at a time until ``done`` is set, and the failures."""
+    latencies: list[float] = []
+    failed = 0
+
+    async def worker() -> None:
+        nonlocal failed
+        while not done.is_set():
+            method, path, kwargs = make_request()
+            t0 = time.perf_counter()
+            async with client.request(method, path, **kwargs) as r:
+                await r.read()
+                ok = r.status == 200
+            latencies.append(time.perf_counter() - t0)
+            failed += not ok
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, failed
+
+
+async def alone(client, make_request, seconds: float) -> list[float]:
+    """Latencies of the same lookups (4 in flight) for ``seconds`` with nothing beside them: what
+    the loaded figures compare with, measured in the same run (the machine is shared)."""
+    done = asyncio.Event()
+    task = asyncio.create_task(drive_until(client, make_request, 4, done))
+    await asyncio.sleep(seconds)
+    done.set()
+    return (await task)[0]
+
+
+def latency_rows(title: str, lat: list[float], seconds: float, goal: str = "") -> list[tuple[str, str, str]]:
+    return [(title, f"{len(lat) / seconds:,.0f}", ""),
+            ("  p50 / p99 / worst latency (ms)",
+             f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f} / {max(lat) * 1e3:.0f}", goal)]
+
+
+def write_import_file(path: Path, lines: int) -> None:
+    """``HEX  NAME`` lines of random hashes, written once and kept."""
+    if path.exists() and path.stat().st_size > 0:
+        return
+    rng = np.random.default_rng(5)
+    with open(path, "w", encoding="ascii") as fh:
+        for start in range(0, lines, 500_000):
+            m = min(500_000, lines - start)
+            hexes = rng.integers(0, 256, (m, 12), dtype=np.uint8).tobytes().hex()
+            fh.write("".join(f"{hexes[24 * i:24 * i + 24]}  imp{start + i:09d}\n" for i in range(m)))
+
+
+def lookups_while_lists_change(server: "Server", import_file: Path, lines: int, seconds: float,
+                               rng) -> list[tuple[str, str, str]]:
+    """Single lookups (4 in flight) while a big import and list creates/deletes run beside them."""
+    import aiohttp
+
+    async def run() -> tuple[list[float], int, float, int, int, int, list[float]]:
+        timeout = aiohttp.ClientTimeout(total=3600)
+        async with aiohttp.ClientSession(server.url, timeout=timeout) as lookups, \
+                aiohttp.ClientSession(server.url, timeout=timeout) as writers:
+            done = asyncio.Event()
+            churned = churn_failed = 0
+
+            async def do_import() -> int:
+                with open(import_file, "rb") as fh:
+                    async with writers.post("/lists/bench-import/import", data=fh,
+                                            headers={"Content-Type": "text/plain"}) as r:
+                        body = await r.json()
+                        return body.get("imported", -1) if r.status == 200 else -r.status
+
+            async def churn() -> None:
+                nonlocal churned, churn_failed
+                k = 0
+                while not done.is_set():
+                    name = f"bench-churn-{k}"
+                    k += 1
+                    ok = True
+                    async with writers.post("/lists", json={"name": name}) as r:
+                        ok &= r.status in (200, 201)
+                    async with writers.post(f"/lists/{name}/hashes", json={"hashes": [
+                            {"hash": rng.bytes(12).hex(), "path": f"c{i}"} for i in range(10)]}) as r:
+                        ok &= r.status == 200
+                    async with writers.delete(f"/lists/{name}") as r:
+                        ok &= r.status == 200
+                    churned += 1
+                    churn_failed += not ok
+                    await asyncio.sleep(0.2)
+
+            def one() -> tuple:
+                return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
+
+            base_lat = await alone(lookups, one, seconds)
+            t0 = time.perf_counter()
+            importing = asyncio.create_task(do_import())
+            churning = asyncio.create_task(churn())
+            driving = asyncio.create_task(drive_until(lookups, one, 4, done))
+            imported = await importing
+            import_s = time.perf_counter() - t0
+            await asyncio.sleep(2.0)  # and a moment after it: the index catches up in the background
+            done.set()
+            await churning
+            lat, failed = await driving
+            async with writers.delete("/lists/bench-import") as r:
+                await r.read()
+            return lat, failed, import_s, imported, churned, churn_failed, base_lat
+
+    lat, failed, import_s, imported, churned, churn_failed, base_lat = asyncio.run(run())
+    return [
+        *latency_rows("lookups, 4 in flight, alone just before (req/s)", base_lat, seconds),
+        *latency_rows(f"lookups, 4 in flight, during a {lines:,}-line import and list churn (req/s)", lat,
+                      max(import_s, 1e-9), "p99 < 50, worst < 250"),
+        ("  failed lookups", str(failed), "0"),
+        ("  the import: lines imported, seconds", f"{imported:,}, {import_s:.1f} s", f"{lines:,}"),
+        ("  lists created, filled and deleted beside it (failed)", f"{churned} ({churn_failed})", "0 failed"),
+    ]
+
+
+def lookups_beside_the_heaviest_request(server: "Server", seconds: float, rng) -> list[tuple[str, str, str]]:
+    """Single lookups (4 in flight) while one client sends the heaviest /lookup the limits allow."""
+    import aiohttp
+
+    from neuralhash.service.app import MAX_DISTANCE, MAX_LIMIT, MAX_QUERIES
+
+    async def run() -> tuple[list[float], int, int, int, float, int, list[float]]:
+        timeout = aiohttp.ClientTimeout(total=3600)
+        async with aiohttp.ClientSession(server.url, timeout=timeout) as lookups, \
+                aiohttp.ClientSession(server.url, timeout=timeout) as heavy:
+            done = asyncio.Event()
+            sent = cut = 0
+            biggest = 0
+
+            async def heaviest() -> None:
+                nonlocal sent, cut, biggest
+                limits = [MAX_LIMIT, 1]
+                while not done.is_set():
+                    body = {"hashes": [rng.bytes(12).hex() for _ in range(MAX_QUERIES)],
+                            "max_distance": MAX_DISTANCE, "limit": limits[sent % 2]}
+                    async with heavy.post("/lookup", json=body) as r:
+                        data = await r.read()
+                    biggest = max(biggest, len(data))
+                    sent += 1
+                    cut += b'"complete": false, "note"' in data[-2000:]
+
+            def one() -> tuple:
+                return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
+
+            peak = 0.0
+
+            async def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, server.rss())
+                    await asyncio.sleep(0.1)
+
+            base_lat = await alone(lookups, one, seconds)
+            tasks = [asyncio.create_task(heaviest()), asyncio.create_task(sample())]
+            await asyncio.sleep(1.0)  # the heavy request is under way
+            driving = asyncio.create_task(drive_until(lookups, one, 4, done))
+            await asyncio.sleep(seconds)
+            done.set()
+            lat, failed = await driving
+            await asyncio.gather(*tasks)
+            return lat, failed, sent, cut, peak, biggest, base_lat
+
+    lat, failed, sent, cut, peak, biggest, base_lat = asyncio.run(run())
+    return [
+        *latency_rows("lookups, 4 in flight, alone just before (req/s)", base_lat, seconds),
+        *latency_rows("lookups, 4 in flight, beside the heaviest /lookup back to back (req/s)", lat, seconds,
+                      "p99 < 50"),
+        ("  failed lookups", str(failed), "0"),
+        ("  heaviest requests answered (cut by the bounds, said so)", f"{sent} ({cut})", ""),
+        ("  largest answer (MB)", f"{biggest / 1e6:.1f}", ""),
+        ("  server peak memory, VmHWM since start / sampled RSS (MiB)", f"{server.peak():.0f} / {peak:.0f}", "< 1,024"),
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -165,6 +352,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="images for the hashing phase (default 120)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16],
                         help="requests in flight for single lookups, one phase each (default 4 16)")
+    parser.add_argument("--runs", nargs="+", default=["lookups", "hash", "writes", "heavy"],
+                        choices=["lookups", "hash", "writes", "heavy"],
+                        help="phases to run: lookups (single and batched), hash (POST /hash vs the command), "
+                             "writes (lookups during an import and list churn), heavy (lookups beside the "
+                             "heaviest request); default: all")
+    parser.add_argument("--import-lines", type=int, default=None,
+                        help="lines of the list imported during the writes phase (default 5 million)")
     parser.add_argument("--db", type=Path, default=None,
                         help="where the database is built and kept (default: the temp folder)")
     args = parser.parse_args()
@@ -173,6 +367,7 @@ def main() -> None:
     n_images = args.images or (24 if args.quick else 120)
     workers = os.cpu_count() or 1
     db = args.db or Path(tempfile.gettempdir()) / f"neuralhash-bench-serve-{n}.db"
+    import_lines = args.import_lines or (200_000 if args.quick else 5_000_000)
 
     from neuralhash.hashing import NeuralHash
 
@@ -199,58 +394,66 @@ def main() -> None:
         asyncio.run(warm_up())
         mem_before = server.memory()
 
-        def one_lookup():
-            return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
+        if "lookups" in args.runs:
+            def one_lookup():
+                return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex()], "max_distance": RADIUS}}
 
-        for concurrency in args.concurrency:
-            lat, failed, elapsed = asyncio.run(drive(server.url, one_lookup, concurrency, seconds))
-            rows.append((f"single-hash lookups, radius 8, {concurrency} in flight (req/s)",
-                         f"{len(lat) / elapsed:,.0f}", "1,000"))
-            rows.append(("  p50 / p99 latency (ms)",
-                         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", "p99 < 50"))
+            for concurrency in args.concurrency:
+                lat, failed, elapsed = asyncio.run(drive(server.url, one_lookup, concurrency, seconds))
+                rows.append((f"single-hash lookups, radius 8, {concurrency} in flight (req/s)",
+                             f"{len(lat) / elapsed:,.0f}", "1,000"))
+                rows.append(("  p50 / p99 latency (ms)",
+                             f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", "p99 < 50"))
+                rows.append(("  failed requests", str(failed), "0"))
+
+            def batch_lookup():
+                return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex() for _ in range(BATCH)],
+                                                    "max_distance": RADIUS}}
+
+            lat, failed, elapsed = asyncio.run(drive(server.url, batch_lookup, 4, seconds))
+            rows.append((f"batched lookups, {BATCH} a request, radius 8 (hashes/s)", f"{len(lat) * BATCH / elapsed:,.0f}",
+                         "4,000"))
+            rows.append(("  p50 / p99 latency of a batch (ms)",
+                         f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", ""))
             rows.append(("  failed requests", str(failed), "0"))
 
-        def batch_lookup():
-            return "POST", "/lookup", {"json": {"hashes": [rng.bytes(12).hex() for _ in range(BATCH)],
-                                                "max_distance": RADIUS}}
+        if "hash" in args.runs:
+            # Image hashing: the server, then the command, on the same files.
+            blobs = [p.read_bytes() for p in paths]
 
-        lat, failed, elapsed = asyncio.run(drive(server.url, batch_lookup, 4, seconds))
-        rows.append((f"batched lookups, {BATCH} a request, radius 8 (hashes/s)", f"{len(lat) * BATCH / elapsed:,.0f}",
-                     "4,000"))
-        rows.append(("  p50 / p99 latency of a batch (ms)",
-                     f"{percentile(lat, 50) * 1e3:.1f} / {percentile(lat, 99) * 1e3:.1f}", ""))
-        rows.append(("  failed requests", str(failed), "0"))
+            async def hash_all() -> tuple[float, int]:
+                import aiohttp
 
-        # Image hashing: the server, then the command, on the same files.
-        blobs = [p.read_bytes() for p in paths]
-
-        async def hash_all() -> tuple[float, int]:
-            import aiohttp
-
-            sem = asyncio.Semaphore(2 * workers)
-            async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=600)) as client:
-                async with client.post("/hash", data=blobs[0]) as r:  # warm-up
-                    await r.read()
-                t0 = time.perf_counter()
-
-                async def one(blob: bytes) -> int:
-                    async with sem, client.post("/hash", data=blob) as r:
+                sem = asyncio.Semaphore(2 * workers)
+                async with aiohttp.ClientSession(server.url, timeout=aiohttp.ClientTimeout(total=600)) as client:
+                    async with client.post("/hash", data=blobs[0]) as r:  # warm-up
                         await r.read()
-                        return r.status
+                    t0 = time.perf_counter()
 
-                codes = await asyncio.gather(*(one(b) for b in blobs))
-                return time.perf_counter() - t0, sum(c != 200 for c in codes)
+                    async def one(blob: bytes) -> int:
+                        async with sem, client.post("/hash", data=blob) as r:
+                            await r.read()
+                            return r.status
 
-        served_s, hash_failed = asyncio.run(hash_all())
-        cli_all = cli_hash_seconds(paths, workers)
-        cli_one = cli_hash_seconds(paths[:1], workers)
-        server_rate = len(paths) / served_s
-        cli_rate = (len(paths) - 1) / max(cli_all - cli_one, 1e-9)
-        rows.append((f"POST /hash, {len(paths)} images (images/s)", f"{server_rate:.1f}", ""))
-        rows.append(("`neuralhash hash`, same images, steady (images/s)",
-                     f"{cli_rate:.1f} (whole run {cli_all:.1f} s)", ""))
-        rows.append(("  ratio server / command", f"{server_rate / cli_rate:.2f}x", ">= 0.8x"))
-        rows.append(("  failed uploads", str(hash_failed), "0"))
+                    codes = await asyncio.gather(*(one(b) for b in blobs))
+                    return time.perf_counter() - t0, sum(c != 200 for c in codes)
+
+            served_s, hash_failed = asyncio.run(hash_all())
+            cli_all = cli_hash_seconds(paths, workers)
+            cli_one = cli_hash_seconds(paths[:1], workers)
+            server_rate = len(paths) / served_s
+            cli_rate = (len(paths) - 1) / max(cli_all - cli_one, 1e-9)
+            rows.append((f"POST /hash, {len(paths)} images (images/s)", f"{server_rate:.1f}", ""))
+            rows.append(("`neuralhash hash`, same images, steady (images/s)",
+                         f"{cli_rate:.1f} (whole run {cli_all:.1f} s)", ""))
+            rows.append(("  ratio server / command", f"{server_rate / cli_rate:.2f}x", ">= 0.8x"))
+            rows.append(("  failed uploads", str(hash_failed), "0"))
+        if "writes" in args.runs:
+            import_file = Path(tempfile.gettempdir()) / f"neuralhash-bench-serve-import-{import_lines}.txt"
+            write_import_file(import_file, import_lines)
+            rows += lookups_while_lists_change(server, import_file, import_lines, seconds, rng)
+        if "heavy" in args.runs:
+            rows += lookups_beside_the_heaviest_request(server, seconds, rng)
         mem_after = server.memory()
         rows.append(("server private memory (RssAnon) before / after (MiB)",
                      f"{mem_before[0]:.0f} / {mem_after[0]:.0f}", "flat"))
@@ -261,8 +464,9 @@ def main() -> None:
         code = server.stop()
         rows.append(("server exit code after SIGTERM", str(code), "0"))
 
+    load = os.getloadavg()
     print(f"\nneuralhash serve: {n:,} hashes, {seconds:.0f} s a phase, {os.cpu_count()} CPUs, "
-          f"client in the same machine\n")
+          f"client in the same machine, load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}\n")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | result | goal |")
     print(f"|{'-' * (width + 2)}|--------|------|")

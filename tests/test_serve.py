@@ -392,8 +392,14 @@ def test_lists_of_another_model_never_mix(client, nh):
     assert ours["model_id"] == nh.model_id and [m["path"] for m in ours["results"][0]["matches"]] == ["o"]
     theirs = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "model_id": "fff"}).json()
     assert theirs["model_id"] == other and [m["path"] for m in theirs["results"][0]["matches"]] == ["t"]
-    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"]})
+    # Without a model, the lists named give it (issue 17); with the server's model, their model is refused.
+    by_list = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"]}).json()
+    assert by_list["model_id"] == other and [m["path"] for m in by_list["results"][0]["matches"]] == ["t"]
+    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs"],
+                                     "model_id": nh.model_id})
     assert one_line_error(r, 422)
+    r = client.post("/lookup", json={"hashes": [h.hex()], "max_distance": 0, "lists": ["theirs", "ours"]})
+    assert "different models" in one_line_error(r, 422)
     # Images are hashed with the server's model: another model's hashes are refused.
     r = client.post("/match", data={"max_distance": "0", "model_id": other},
                     files=[("images", ("q.png", png(1), "image/png"))])
@@ -431,7 +437,7 @@ def test_import_every_format_and_export_back(client, nh):
     r = client.post("/lists/j/import", content=jsonl.encode())
     assert r.json()["imported"] == 1 and [s["line"] for s in r.json()["skipped"]] == [2]
 
-    exported = client.get("/lists/t/export").content
+    exported = client.get("/lists/t/export?raw=true").content
     assert exported == f"{ds[0].hex()}  a b.jpg\n{ds[1].hex()}  {weird}\n".encode("utf-8", "surrogateescape")
     records = [json.loads(line) for line in client.get("/lists/t/export?format=jsonl").text.splitlines()]
     assert [r["hash"] for r in records] == [ds[0].hex(), ds[1].hex()]
@@ -451,7 +457,7 @@ def test_import_every_format_and_export_back(client, nh):
     assert base64.b64decode(found[0]["path_b64"]) == b"caf\xe9 \xff.jpg"
     # Round trip: the export imports into another list unchanged.
     client.post("/lists/t2/import", content=exported)
-    assert client.get("/lists/t2/export").content == exported
+    assert client.get("/lists/t2/export?raw=true").content == exported
 
 
 def test_add_takes_labels_as_bytes(client):
@@ -459,7 +465,7 @@ def test_add_takes_labels_as_bytes(client):
     raw = b"\xff\xfe name"
     r = client.post("/lists/b/hashes", json={"hashes": [{"hash": d.hex(), "path_b64": base64.b64encode(raw).decode()}]})
     assert r.status_code == 200, r.text
-    assert client.get("/lists/b/export").content == d.hex().encode() + b"  " + raw + b"\n"
+    assert client.get("/lists/b/export?raw=true").content == d.hex().encode() + b"  " + raw + b"\n"
     r = client.post("/lists/b/hashes", json={"hashes": [{"hash": d.hex(), "path_b64": "***"}]})
     assert one_line_error(r, 422).startswith("hashes[0]")
 

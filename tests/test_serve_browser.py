@@ -111,11 +111,14 @@ class Browser:
 RESULT = """JSON.stringify({
   state: document.body.dataset.state,
   error: document.getElementById('error').textContent,
+  shown: !document.getElementById('result').hidden,
   hash: document.getElementById('out-hash').textContent,
   unstable: document.getElementById('out-unstable-line').hidden ? null
             : document.getElementById('out-unstable').textContent,
   marked: document.querySelectorAll('#out-bits .u').length,
-  rows: [...document.querySelectorAll('#matches tbody tr')].map(r => [...r.cells].map(c => c.textContent)),
+  scope: document.getElementById('out-scope').textContent,
+  count: document.getElementById('out-count').textContent,
+  rows: [...document.querySelectorAll('#matches tbody tr')].map(r => [r.dataset.kind, ...[...r.cells].map(c => c.textContent)]),
 })"""
 
 
@@ -138,38 +141,113 @@ def nh(module_env):
     return NeuralHash.demo()
 
 
-def test_the_page_hashes_a_dropped_image_and_finds_matches(tmp_path, exe, nh):
+def submit(browser, **fields) -> dict:
+    """Set the form's fields (element id -> value), submit it, and wait for the answer."""
+    sets = "".join(f"document.getElementById({k!r}).value = {v!r};" for k, v in fields.items())
+    browser.js(f"(() => {{ {sets} document.body.dataset.state = 'idle'; "
+               "document.getElementById('query').requestSubmit(); })()")
+    browser.wait_for("['done', 'error'].includes(document.body.dataset.state)")
+    return json.loads(browser.js(RESULT))
+
+
+def choose_files(browser, paths) -> dict:
+    browser.js("document.body.dataset.state = 'idle'")
+    doc = browser.page("DOM.getDocument")["root"]["nodeId"]
+    node = browser.page("DOM.querySelector", nodeId=doc, selector="#file")["nodeId"]
+    browser.page("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in paths])
+    browser.wait_for("['done', 'error'].includes(document.body.dataset.state)")
+    return json.loads(browser.js(RESULT))
+
+
+def test_the_page_for_analysts(tmp_path, exe, nh):
     image = tmp_path / "holiday.png"
     draw_shapes(320, 240, seed=42).save(image)
     h = nh.hash(image)
-    stored = [("same.jpg", h.hex), ("close.jpg", flip(h.hex, [3, 4])), ("far.jpg", flip(h.hex, list(range(20))))]
+    others = []
+    for k in range(3):
+        p = tmp_path / f"other{k}.png"
+        draw_shapes(200, 150, seed=100 + k).save(p)
+        others.append((p, nh.hash(p).hex))
+    stored = [("same.jpg", h.hex), ("close.jpg", flip(h.hex, [3, 4])), ("far.jpg", flip(h.hex, list(range(20)))),
+              ('=HYPERLINK("http://x.example","y")', flip(h.hex, [1]))]
     server = Server(tmp_path / "h.db")
     browser = None
     try:
-        status, _ = server.request("POST", "/lists/known/hashes",
-                                   {"hashes": [{"hash": x, "path": p} for p, x in stored]})
-        assert status == 200
+        def post(path, body):
+            status, answer = server.request("POST", path, body)
+            assert status == 200, answer
+
+        # Only another model's list, holding the image's very hash: the page must not show it as a match (item 5).
+        post("/lists/theirs/hashes", {"model_id": "f" * 64, "hashes": [{"hash": h.hex, "path": "other-model.jpg"}]})
         browser = Browser(exe, str(tmp_path / "profile"))
         browser.page("Page.enable")
-        browser.page("Page.navigate", url=server.url + "/")
-        browser.wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
 
-        # 1. Choose the file in the page's file input, as a person would.
-        doc = browser.page("DOM.getDocument")["root"]["nodeId"]
-        node = browser.page("DOM.querySelector", nodeId=doc, selector="#file")["nodeId"]
-        browser.page("DOM.setFileInputFiles", nodeId=node, files=[str(image)])
-        browser.wait_for("['done', 'error'].includes(document.body.dataset.state)")
-        shot = browser.page("Page.captureScreenshot", format="png")["data"]
-        (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
-        got = json.loads(browser.js(RESULT))
+        def load() -> None:
+            browser.page("Page.navigate", url=server.url + "/")
+            browser.wait_for("document.readyState === 'complete' && document.body.dataset.lists === 'loaded'")
+
+        load()
+        got = choose_files(browser, [image])
+        assert [r[0] for r in got["rows"]] == ["none"], got
+        assert "searched no list" in got["scope"] and "theirs" in got["scope"]
+
+        post("/lists/known/hashes", {"hashes": [{"hash": x, "path": p} for p, x in stored]})
+        post("/lists/second/hashes", {"hashes": [{"hash": others[0][1], "path": "second.jpg"}]})
+        load()
+        page_text = browser.js("document.body.innerText")
+        assert "distance" in page_text and "threshold" in page_text and nh.model_id in page_text
+        assert "/" not in browser.js("document.querySelector('p.muted').textContent.split('API')[0]")  # no paths (item 12)
+        assert browser.js("[...document.querySelectorAll('#lists input')].map(b => b.value + ':' + b.disabled).join()") \
+            == "known:false,second:false,theirs:true"
+
+        # 1. One image chosen in the file input: its hash, unstable bits, matches of the server's model only.
+        got = choose_files(browser, [image])
         assert got["state"] == "done", got
         assert got["hash"] == h.hex
         assert got["unstable"] == str(h.unstable_bits()) and got["marked"] == h.unstable_bits()
-        # Within the default 8 bits: the image itself, then the 2-bit neighbour; not the 20-bit one.
-        assert [(r[0], r[1], r[2], r[3]) for r in got["rows"]] == [
-            ("0", h.hex, "known", "same.jpg"), ("2", stored[1][1], "known", "close.jpg")]
+        assert [(r[0], r[3], r[5], r[7]) for r in got["rows"]] == [
+            ("match", "0", h.hex, "same.jpg"), ("match", "1", stored[3][1], stored[3][0]),
+            ("match", "2", stored[1][1], "close.jpg")]
+        assert "other-model.jpg" not in json.dumps(got["rows"])
+        assert "theirs" in got["scope"] and "Left out" in got["scope"] and "known" in got["scope"]
 
-        # 2. Drop the image on the drop zone (a DataTransfer holding the file's bytes).
+        # 2. Near misses beyond the threshold are marked as such; a cut answer says so (item 6).
+        got = submit(browser, hex=stored[2][1], threshold="4", distance="20", limit="3")
+        assert [(r[0], r[3], r[7]) for r in got["rows"]] == [
+            ("match", "0", "far.jpg"), ("near", "18", "close.jpg"), ("near", "19", stored[3][0]),
+            ("cut", "", "")]
+        assert "near miss" in got["rows"][1][4] and "cut off" in got["rows"][3][4]
+        assert "1 match(es) within 4 bits, 2 near miss(es)" in got["count"] and "1 cut off" in got["count"]
+
+        # 3. A distance the server refuses is refused before sending, and the old result goes (item 6).
+        got = submit(browser, distance="40")
+        assert got["state"] == "error" and "0 to 32" in got["error"] and not got["shown"] and got["rows"] == []
+        got = submit(browser, hex="xyz", distance="8")
+        assert got["state"] == "error" and "24 hex digits" in got["error"] and not got["shown"]
+
+        # 4. Pick the lists: only the one ticked is searched, and the page says so.
+        browser.js("document.querySelector('#lists input[value=second]').checked = true")
+        got = submit(browser, hex=others[0][1], threshold="8", distance="8", limit="100")
+        assert [(r[0], r[7]) for r in got["rows"]] == [("match", "second.jpg")]
+        assert "searched second (1)" in got["scope"]
+        browser.js("document.querySelector('#lists input[value=second]').checked = false")
+
+        # 5. Many images at once: one table, one row per match or per image without one; a CSV to download.
+        got = choose_files(browser, [image] + [p for p, _ in others])
+        assert got["state"] == "done", got
+        by_query = {}
+        for r in got["rows"]:
+            by_query.setdefault(r[1], []).append((r[0], r[7]))
+        assert by_query["holiday.png"] == [("match", "same.jpg"), ("match", stored[3][0]), ("match", "close.jpg")]
+        assert by_query["other0.png"] == [("match", "second.jpg")]
+        assert by_query["other1.png"] == [("none", "")] and by_query["other2.png"] == [("none", "")]
+        csv_text = browser.js("fetch(document.getElementById('csv').href).then(r => r.text())")
+        lines = csv_text.splitlines()
+        assert lines[0] == "query,query_hash,distance,verdict,hash,list,label"
+        assert f'holiday.png,{h.hex},1,match,{stored[3][1]},known,"\'=HYPERLINK(""http://x.example"",""y"")"' in lines
+        assert len(lines) == 1 + len(got["rows"])
+
+        # 6. Drop an image on the drop zone (a DataTransfer holding the file's bytes).
         browser.js("document.body.dataset.state = 'idle'; document.getElementById('out-hash').textContent = ''")
         b64 = base64.b64encode(image.read_bytes()).decode()
         browser.js(f"""(() => {{
@@ -180,24 +258,8 @@ def test_the_page_hashes_a_dropped_image_and_finds_matches(tmp_path, exe, nh):
         }})()""")
         browser.wait_for("document.body.dataset.state === 'done'")
         assert json.loads(browser.js(RESULT))["hash"] == h.hex
-
-        # 3. Paste a hash: only the lookup, at the distance typed.
-        browser.js(f"""(() => {{
-            document.getElementById('hex').value = '{stored[2][1]}';
-            document.getElementById('distance').value = '20';
-            document.body.dataset.state = 'idle';
-            document.getElementById('query').requestSubmit();
-        }})()""")
-        browser.wait_for("document.body.dataset.state === 'done'")
-        got = json.loads(browser.js(RESULT))
-        assert got["unstable"] is None
-        assert [r[3] for r in got["rows"]] == ["far.jpg", "close.jpg", "same.jpg"]
-        assert [r[0] for r in got["rows"]] == ["0", "18", "20"]
-
-        # 4. A malformed hash is shown as an error, with no request.
-        browser.js("document.getElementById('hex').value = 'xyz'; document.getElementById('query').requestSubmit()")
-        browser.wait_for("document.body.dataset.state === 'error'")
-        assert "24 hex digits" in json.loads(browser.js(RESULT))["error"]
+        shot = browser.page("Page.captureScreenshot", format="png")["data"]
+        (tmp_path / "page.png").write_bytes(base64.b64decode(shot))
     finally:
         if browser is not None:
             browser.close()

@@ -10,6 +10,7 @@ import select
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -266,3 +267,56 @@ def test_a_port_in_use_is_one_line(tmp_path, module_env):
         taken.close()
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"neuralhash: error: cannot serve on 127.0.0.1:{port}: Address already in use"
+
+
+def test_aborted_exports_release_everything_and_sigterm_still_stops_the_server(tmp_path, nh, servers):
+    s = Server(tmp_path / "h.db")
+    servers.append(s)
+    rng = np.random.default_rng(7)
+    digests = rng.integers(0, 256, (200_000, 12), dtype=np.uint8)
+    body = "".join(f"{bytes(d).hex()}  entry-{i}\n" for i, d in enumerate(digests)).encode()  # ~7 MB of export
+    req = urllib.request.Request(s.url + "/lists/big/import", data=body, method="POST",
+                                 headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=300) as r:
+        assert json.loads(r.read())["imported"] == len(digests)
+    for _ in range(200):  # read a little of an export, then reset the connection
+        sock = raw_request(s.port, "GET /lists/big/export?format=csv HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert sock.recv(1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    query = {"hashes": [bytes(digests[5]).hex()], "max_distance": 0}
+    status, found = s.request("POST", "/lookup", query)
+    assert status == 200 and found["results"][0]["matches"][0]["path"] == "entry-5"
+    assert s.request("GET", "/health")[0] == 200
+    full = urllib.request.urlopen(s.url + "/lists/big/export", timeout=120).read()  # exports still run
+    assert full == body
+    started = time.monotonic()
+    assert s.stop(timeout=45) == 0  # the grace period is 30 s
+    assert time.monotonic() - started < 40
+
+
+def test_an_import_cut_off_by_shutdown_answers_json_and_is_rolled_back(tmp_path, nh, servers):
+    db = tmp_path / "h.db"
+    s = Server(db, "--grace-period", "1")
+    servers.append(s)
+    assert s.request("POST", "/lists/kept/hashes", {"hashes": [{"hash": "00" * 12, "path": "z"}]})[0] == 200
+    rng = np.random.default_rng(9)
+    body = "".join(f"{bytes(d).hex()}  n{i}\n" for i, d in
+                   enumerate(rng.integers(0, 256, (2_000_000, 12), dtype=np.uint8))).encode()
+    sock = raw_request(s.port, f"POST /lists/big/import HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n"
+                               f"Content-Length: {len(body)}\r\n\r\n")
+    sock.sendall(body)
+    time.sleep(1.0)  # the import is running (2 million lines take several seconds)...
+    s.proc.send_signal(signal.SIGTERM)  # ...when the signal comes; the grace period is 1 s
+    status, answer = read_response(sock)
+    assert status == 503, answer
+    error = json.loads(answer)["error"]
+    assert "rolled back" in error and "\n" not in error
+    assert s.stop(timeout=30) == 0
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT name, count FROM lists").fetchall() == [("kept", 1)]
+        assert con.execute("SELECT count(*) FROM images").fetchone() == (1,)
+    finally:
+        con.close()
+    assert not any("Traceback" in line for line in s.stderr), s.stderr

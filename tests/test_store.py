@@ -703,9 +703,9 @@ def test_a_read_only_database_file_is_a_one_line_error(tmp_path):
 @pytest.mark.parametrize("slice_size", [4, 1 << 21])
 def test_reimport_replaces_by_name_in_key_slices(tmp_path, monkeypatch, slice_size):
     """Re-imports and duplicate lines, with the search for equal names cut into many key ranges."""
-    from neuralhash.store import core
+    from neuralhash.store import transfer
 
-    monkeypatch.setattr(core, "_DEDUPE_SLICE", slice_size)
+    monkeypatch.setattr(transfer, "_DEDUPE_SLICE", slice_size)
     rng = np.random.default_rng(5)
     names = [f"n{k}" for k in range(300)]
     first = {n: rng.integers(0, 256, 12, dtype=np.uint8).tobytes() for n in names}
@@ -777,3 +777,104 @@ def test_one_name_repeated_many_times_imports_in_one_pass(tmp_path):
         assert report.imported == 2
         rows = {(r.path, r.hex) for r in store.export(list_name="l")}
     assert rows == {("same name.jpg", digests[-1]), ("other.jpg", "ab" * 12)}
+
+
+# -- changes reach the search without a rebuild a lookup waits for (issue 18 item 14) -----------
+
+
+def test_the_main_index_is_rebuilt_in_the_background_and_answers_stay_exact(tmp_path, monkeypatch):
+    import threading
+
+    from neuralhash.store import Matcher
+
+    monkeypatch.setattr(Matcher, "DELTA_MAX", 50)
+    built_in: list[str] = []
+    real = Matcher._new_main
+
+    def recording(self, packed, n, build):
+        built_in.append(threading.current_thread().name)
+        return real(self, packed, n, build)
+
+    monkeypatch.setattr(Matcher, "_new_main", recording)
+    rows = _random_rows(200, seed=21, lists=("a",))
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as writer, HashStore(db) as reader:
+        _fill(writer, rows[:40])
+        matcher = reader.matcher("m", None)
+        queries = [rows[0][2], rows[-1][2], rows[len(rows) // 2][2]]
+        done = 40
+        while done < len(rows):  # commits of 30 rows: past DELTA_MAX every other commit
+            writer.add_hashes("a", [(p, bytes.fromhex(h)) for _, p, h in rows[done:done + 30]], model_id="m")
+            done += 30
+            for r in (0, 6):
+                got = matcher.query([bytes.fromhex(q) for q in queries], r)
+                for q, hits in zip(queries, got):
+                    assert [(h.distance, h.path) for h in hits] == _brute(rows[:done], q, r)
+        matcher.wait_merged(30)
+        assert len(rows) - matcher._main.n <= Matcher.DELTA_MAX
+    # The first main index is built by the first query; every later one in the background thread.
+    assert built_in[0] == threading.current_thread().name
+    assert len(built_in) > 1 and set(built_in[1:]) == {"nh-index-merge"}
+
+
+def test_lists_created_and_deleted_change_no_index(tmp_path):
+    rows = _random_rows(120, seed=22, lists=("a", "b"))
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as writer, HashStore(db) as reader:
+        _fill(writer, [r for r in rows if r[0] == "a"])
+        matcher = reader.matcher("m", None)
+        q = [bytes.fromhex(r[2]) for r in rows[:6]]
+        matcher.query(q, 4)
+        main = matcher._main
+        _fill(writer, [r for r in rows if r[0] == "b"])  # a new list of the model: followed, not rebuilt
+        got = matcher.query(q, 4)
+        for query, hits in zip(rows[:6], got):
+            assert [(h.distance, h.path) for h in hits] == _brute(rows, query[2], 4)
+        writer.delete_list("a")
+        got = matcher.query(q, 4)
+        for query, hits in zip(rows[:6], got):
+            assert [(h.distance, h.path) for h in hits] == _brute(rows, query[2], 4, ["b"])
+        assert matcher._main is main  # the same main index throughout
+        in_b = next(r for r in rows if r[0] == "b")
+        assert [h.path for h in matcher.query([bytes.fromhex(in_b[2])], 0, only_lists=["b"])[0]] == [in_b[1]]
+
+
+def test_a_reader_does_not_wait_for_a_writer_between_its_two_writes(tmp_path, monkeypatch):
+    """The packed file is written before the rows commit: a reader in that window keeps its view of
+    the last commit (entries are only appended past it) instead of waiting, then rebuilding from rows."""
+    import threading
+
+    from neuralhash.store import core
+
+    rows = _random_rows(60, seed=23, lists=("a",))
+    db = tmp_path / "db.sqlite"
+    with HashStore(db, create=True) as writer, HashStore(db) as reader:
+        _fill(writer, rows[:30])
+        matcher = reader.matcher("m", None)
+        q = [bytes.fromhex(rows[0][2])]
+        assert matcher.query(q, 0)[0][0].path == rows[0][1]
+        in_window, release = threading.Event(), threading.Event()
+        real_finish = core._Write.finish
+
+        def slow_finish(self):
+            real_finish(self)  # the packed file now says the new generation...
+            in_window.set()
+            release.wait(30)  # ...and the rows are not committed yet
+
+        monkeypatch.setattr(core._Write, "finish", slow_finish)
+        rebuilt = []
+        monkeypatch.setattr(core._MemoryPacked, "from_rows", classmethod(lambda cls, *a: rebuilt.append(a)))
+        thread = threading.Thread(target=writer.add_hashes, args=("a", [(p, bytes.fromhex(h)) for _, p, h in rows[30:]]),
+                                  kwargs={"model_id": "m"})
+        thread.start()
+        try:
+            assert in_window.wait(30)
+            got = matcher.query([bytes.fromhex(rows[0][2]), bytes.fromhex(rows[40][2])], 0)
+            assert [h.path for h in got[0]] == [rows[0][1]] and got[1] == []  # the last commit's view
+            assert rebuilt == [] and thread.is_alive()
+        finally:
+            release.set()
+            thread.join(30)
+        monkeypatch.undo()
+        got = matcher.query([bytes.fromhex(rows[40][2])], 0)
+        assert [h.path for h in got[0]] == [rows[40][1]]  # committed now: found

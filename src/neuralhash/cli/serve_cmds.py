@@ -25,6 +25,17 @@ def byte_size(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """A duration in seconds, 0..3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 3600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"not a number of seconds between 0 and 3600: {text!r}")
+    return value
+
+
 def add_serve_command(add) -> None:
     p = add("serve", cmd_serve, "serve hashing and matching over HTTP (OpenAPI docs at /docs)")
     p.add_argument("db", metavar="DB", help="the SQLite hash database (created when absent)")
@@ -40,6 +51,9 @@ def add_serve_command(add) -> None:
                    help="largest hash-list file for POST /lists/NAME/import (default 512M)")
     p.add_argument("--workers", type=int_at_least(0), default=None, metavar="N",
                    help="image-decoding worker processes (default: one per CPU; 0: in the server process)")
+    p.add_argument("--grace-period", type=seconds, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, how long requests in flight may still run (default 30); "
+                        "those cut off answer 503 and what they were writing is rolled back")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                    help="uvicorn's log level (default warning; info logs every start and stop)")
 
@@ -88,6 +102,7 @@ def cmd_serve(args) -> int:
         print(f"neuralhash: serving {args.db} on {url} ({model}; API docs at {url}/docs)", file=sys.stderr,
               flush=True)
 
-    stopped_by = serve(config, port=args.port, on_ready=ready, log_level=args.log_level)
+    stopped_by = serve(config, port=args.port, on_ready=ready, log_level=args.log_level,
+                       graceful_timeout=args.grace_period)
     print("neuralhash: stopped" + (" (signal %d)" % stopped_by if stopped_by else ""), file=sys.stderr, flush=True)
     return 0

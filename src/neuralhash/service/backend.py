@@ -24,7 +24,7 @@ a bounded queue: memory stays flat whatever the size of the list.
 from __future__ import annotations
 
 import asyncio
-import queue
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 from ..errors import NeuralHashError
+from ..store.scope import SearchScope
+from ..store.search import lower_priority
 
 #: Queries passed to one Matcher.query call at most: the loop is free again after each chunk.
 CHUNK = 64
@@ -40,6 +42,15 @@ CHUNK = 64
 #: How long the cached view of models and lists is trusted (seconds): a list created by another
 #: process is searched after at most this long.
 CATALOGUE_TTL = 2.0
+
+#: A chunk of queries estimated to take longer than this (ns) runs in the heavy-lookup thread, not on the loop.
+HEAVY_NS = 2e6
+
+#: How much less favoured (nice steps) the heavy-lookup thread is than the event loop.
+HEAVY_NICE = 10
+
+#: How often (seconds) an export's thread looks whether its export was closed while it waits.
+EXPORT_POLL = 0.2
 
 
 class BackendError(NeuralHashError):
@@ -73,15 +84,24 @@ class Found:
 
 @dataclass(frozen=True)
 class LookupResult:
-    model_id: str
-    matches: list[list[Found]]  # per query, nearest first
+    scope: SearchScope  # the lists searched, and those left out and why
+    matches: list[list[Found]]  # per query, nearest first, at most the key's limit
+    more: list[bool]  # per query: more stored hashes lie within reach than listed
+
+    @property
+    def model_id(self) -> str:
+        return self.scope.model_id
 
 
 def _store_error(exc: Exception) -> BackendError:
     """A store error as the status it deserves: 404 for what does not exist, 409 for a name taken
     by another model, else 422. StoreError has no kinds, so its message is read (a wrong reading
     only changes the status; the message is passed on as it is)."""
+    from ..store.core import EmptyImportError
+
     text = str(exc)
+    if isinstance(exc, EmptyImportError):
+        return BackendError(text, 422)
     lowered = text.lower()
     status = 404 if ("no list" in lowered or "no hashes of model" in lowered or "not found" in lowered
                      or "holds no hashes" in lowered or "no model" in lowered) else 422
@@ -93,10 +113,12 @@ def _store_error(exc: Exception) -> BackendError:
 class _Thread:
     """One thread that owns one HashStore, opened in that thread."""
 
-    def __init__(self, name: str, opener: Callable[[], Any]) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name)
+    def __init__(self, name: str, opener: Callable[[], Any], *, nice: int = 0) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=lower_priority, initargs=(nice,))
         self._opener = opener
         self.store: Any = None
+        self.child: Any = None  # the ChildImport the thread waits for, if any
+        self._running: set[asyncio.Future] = set()
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.store is None:
@@ -109,7 +131,35 @@ class _Thread:
             raise _store_error(exc) from None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._call, fn, *args)
+        self._running.add(future)
+        future.add_done_callback(self._running.discard)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The request was cut off (the server's grace period is over): its SQL is interrupted,
+            # so its transaction rolls back, and the caller learns so only once it has.
+            while not future.done():
+                self.interrupt()
+                await asyncio.wait([future], timeout=0.05)
+            if future.cancelled() or future.exception() is not None:
+                raise
+            return future.result()  # it committed before it could be stopped: its answer holds
+
+    def interrupt(self) -> None:
+        store = self.store
+        if store is not None:
+            store.interrupt()
+        child = self.child
+        if child is not None:  # an import in a child process (see .importer)
+            child.stop()
+
+    async def settle(self, timeout: float) -> None:
+        """Interrupt what runs until nothing does (at most ``timeout`` seconds), without blocking the loop."""
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            self.interrupt()
+            await asyncio.wait(list(self._running), timeout=0.05)
 
     def close(self) -> None:
         def shut() -> None:
@@ -151,12 +201,15 @@ class Backend:
         self._open_reader = lambda: HashStore(db_path, create=False)
         self._store: Any = None
         self._writer = _Thread("nh-write", lambda: HashStore(db_path, create=True))
-        self._matchers: dict[str, tuple[Any, frozenset[str]]] = {}  # model id -> (matcher, its lists)
+        # Heavy lookups, one chunk at a time, at a lower CPU priority than the loop's small ones.
+        self._heavy = _Thread("nh-heavy", self._open_reader, nice=HEAVY_NICE)
+        self._matchers: dict[str, Any] = {}  # model id -> its matcher (over every list of the model)
         self._generation = 0  # bumped by every write here: the catalogue is read again
         self._seen_generation = 0
         self._catalogue: tuple[float, list[Any], list[Any]] | None = None  # (when, models, lists)
         self._pending: list[tuple[LookupKey, list[bytes], asyncio.Future]] = []
         self._draining: asyncio.Task | None = None
+        self._exports: set[threading.Event] = set()  # the stop flags of the exports streaming now
 
     async def start(self) -> None:
         """Open the reader and build the server's model's index before the first request
@@ -172,8 +225,19 @@ class Backend:
         except NeuralHashError as exc:
             raise _store_error(exc) from None
 
+    async def stop(self, timeout: float = 5.0) -> None:
+        """At shutdown: stop the exports and the writes still running (their transactions roll
+        back), without blocking the loop, so that the requests cut off can still answer."""
+        for stop in list(self._exports):
+            stop.set()
+        await self._writer.settle(timeout)
+        await self._heavy.settle(timeout)
+
     def close(self) -> None:
+        for stop in list(self._exports):  # their threads end within EXPORT_POLL
+            stop.set()
         self._writer.close()
+        self._heavy.close()
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -194,17 +258,37 @@ class Backend:
             self._catalogue = (now, self.store.models(), self.store.lists())
         return self._catalogue[1], self._catalogue[2]
 
-    def _model_of(self, spec: str | None) -> Any:
-        models, _ = self._fresh_catalogue()
-        if spec is None and self.default_model is not None:
-            for m in models:
-                if m.model_id == self.default_model:
-                    return m
-        return self.store.resolve_model(spec)
+    def scope_of(self, key: LookupKey) -> SearchScope:
+        """Which lists a lookup searches (and which it leaves out, and why); BackendError for a
+        model or a list it cannot search. The model: ``key.model`` (an id or unique prefix), else
+        the model of the lists named, else the server's model, else the only one stored."""
+        from ..store import StoreError
+        from ..store.scope import search_scope
 
-    def _list_names(self, model_id: str) -> frozenset[str]:
-        _, lists = self._fresh_catalogue()
-        return frozenset(s.name for s in lists if s.model_id == model_id)
+        models, lists = self._fresh_catalogue()
+        wanted = set(key.lists or ())
+        if wanted - {s.name for s in lists}:
+            self._catalogue = None  # it may predate the list: read it once more before refusing
+            models, lists = self._fresh_catalogue()
+        if key.model is not None and key.model == self.default_model:
+            model_id = key.model  # the server's own model, whether or not it has stored hashes yet
+        elif key.model is not None:
+            model_id = self._read(lambda store: store.resolve_model(key.model)).model_id
+        elif key.lists:
+            held = {s.model_id for s in lists if s.name in wanted}
+            if len(held) > 1:
+                raise BackendError(f"lists: {', '.join(map(repr, key.lists))} hold hashes of different models "
+                                   f"({', '.join(sorted(m[:12] for m in held))}); hashes of different models "
+                                   f"do not compare: search one model's lists at a time", 422)
+            model_id = next(iter(held), self.default_model or "")
+        elif self.default_model is not None:
+            model_id = self.default_model
+        else:
+            model_id = self._read(lambda store: store.resolve_model(None)).model_id
+        try:
+            return search_scope(lists, model_id, key.lists, where="lists")
+        except StoreError as exc:
+            raise BackendError(str(exc), 404 if "no list named" in str(exc) else 422) from None
 
     def _new_matcher(self, model_id: str) -> Any:
         """A model's matcher over all its lists, multi-index tables built (seconds for 10 million)."""
@@ -213,94 +297,105 @@ class Backend:
             matcher.build()
         return matcher
 
-    async def _fresh_matcher(self, model_id: str) -> None:
-        """Make the model's matcher anew when its set of lists has changed (a matcher covers the
-        lists that existed when it was made), in a thread: the loop serves the other requests."""
-        names = self._list_names(model_id)
+    async def _fresh_matcher(self, model_id: str) -> Any:
+        """The model's matcher, made in a thread the first time (the loop serves the other requests
+        meanwhile). It follows the model's lists and the rows committed by anyone, without a rebuild
+        a lookup would wait for (see neuralhash.store.search)."""
         cached = self._matchers.get(model_id)
-        if cached is not None and cached[1] == names:
-            return
-        matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
-        self._matchers[model_id] = (matcher, names)
+        if cached is None:
+            matcher = await asyncio.get_running_loop().run_in_executor(None, self._new_matcher, model_id)
+            cached = self._matchers.setdefault(model_id, matcher)
+        return cached
 
     def _matcher(self, model_id: str) -> Any:
         cached = self._matchers.get(model_id)
-        if cached is None:  # not made by _fresh_matcher (start-up): make it here
-            cached = self._matchers[model_id] = (self._new_matcher(model_id), self._list_names(model_id))
-        return cached[0]
+        if cached is None:  # not made by _fresh_matcher (start-up): made here
+            cached = self._matchers[model_id] = self._new_matcher(model_id)
+        return cached
 
-    def _check_lists(self, model_id: str, wanted: tuple[str, ...]) -> None:
-        _, lists = self._fresh_catalogue()
-        by_name = {s.name: s for s in lists}
-        if any(name not in by_name for name in wanted):
-            self._catalogue = None  # it may predate the list: read it once more before refusing
-            _, lists = self._fresh_catalogue()
-            by_name = {s.name: s for s in lists}
-        for name in wanted:
-            found = by_name.get(name)
-            if found is None:
-                raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
-            if found.model_id != model_id:
-                raise BackendError(
-                    f"lists: list {name!r} holds hashes of model {found.model_id[:12]}, not {model_id[:12]}; "
-                    "hashes of different models do not compare", 422)
+    def _is_heavy(self, matcher: Any, max_distance: int, n_queries: int) -> bool:
+        """Whether these queries would hold the event loop longer than HEAVY_NS (estimated; a large
+        delta of rows committed since the index was built counts too)."""
+        return matcher.cost(max_distance, n_queries) > HEAVY_NS
+
+    def _found(self, per_query: Sequence[Any], limit: int) -> tuple[list[Found], bool]:
+        return ([Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query[:limit]],
+                len(per_query) > limit)
 
     def _run_lookups(self, batch: list[tuple[LookupKey, list[bytes], asyncio.Future]]
-                     ) -> list[LookupResult | BaseException]:
-        """One Matcher.query per model for all the lookups of that model; lists filtered after."""
-        out: list[LookupResult | BaseException] = [None] * len(batch)  # type: ignore[list-item]
-        groups: dict[tuple[str | None, int], list[int]] = {}
+                     ) -> list[tuple[list[list[Found]], list[bool]] | BaseException]:
+        """One Matcher.query for the lookups that share (model, lists, distance, limit)."""
+        out: list[Any] = [None] * len(batch)
+        groups: dict[LookupKey, list[int]] = {}
         for i, (key, _, _) in enumerate(batch):
-            groups.setdefault((key.model, key.max_distance), []).append(i)
-        for (spec, max_distance), members in groups.items():
+            groups.setdefault(key, []).append(i)
+        for key, members in groups.items():
             try:
-                model = self._model_of(spec)
-                ok = []
-                for i in members:
-                    try:
-                        if batch[i][0].lists is not None:
-                            self._check_lists(model.model_id, batch[i][0].lists)
-                        ok.append(i)
-                    except BackendError as exc:
-                        out[i] = exc
-                if not ok:
-                    continue
-                queries = [q for i in ok for q in batch[i][1]]
-                # Lists are filtered after the search: ask for more than the limit when some lists are left out.
-                unfiltered = all(batch[i][0].lists is None for i in ok)
-                limit = max(batch[i][0].limit for i in ok) if unfiltered else None
-                found = self._matcher(model.model_id).query(queries, max_distance, limit=limit)
+                queries = [q for i in members for q in batch[i][1]]
+                found = self._matcher(key.model).query(queries, key.max_distance, limit=key.limit + 1,
+                                                       only_lists=key.lists)
             except BackendError as exc:
                 for i in members:
-                    out[i] = out[i] or exc
+                    out[i] = exc
                 continue
             except NeuralHashError as exc:
                 for i in members:
-                    out[i] = out[i] or _store_error(exc)
+                    out[i] = _store_error(exc)
                 continue
             start = 0
-            for i in ok:
-                key, qs, _ = batch[i]
-                wanted = set(key.lists) if key.lists is not None else None
-                out[i] = LookupResult(model.model_id, [
-                    [Found(m.path, m.list, m.hex, int(m.distance), int(m.row)) for m in per_query
-                     if wanted is None or m.list in wanted][:key.limit]
-                    for per_query in found[start:start + len(qs)]
-                ])
+            for i in members:
+                qs = batch[i][1]
+                pairs = [self._found(per, key.limit) for per in found[start:start + len(qs)]]
+                out[i] = ([p[0] for p in pairs], [p[1] for p in pairs])
                 start += len(qs)
         return out
 
     async def lookup(self, key: LookupKey, queries: Sequence[bytes]) -> LookupResult:
         """Stored hashes within ``key.max_distance`` of each query (12-byte digests), nearest first."""
+        scope = self.scope_of(key)
+        matches: list[list[Found]] = []
+        more: list[bool] = []
+        async for found, cut in self.lookup_chunks(key, queries, scope):
+            matches += found
+            more += cut
+        return LookupResult(scope, matches, more)
+
+    async def lookup_chunks(self, key: LookupKey, queries: Sequence[bytes], scope: SearchScope
+                            ) -> AsyncIterator[tuple[list[list[Found]], list[bool]]]:
+        """:meth:`lookup` a chunk of queries at a time, (matches, more) per query of the chunk: a
+        caller streams its answer, and stops early by closing the iterator.
+
+        Light chunks (estimated under HEAVY_NS) run on the event loop, coalesced with the other
+        requests' (see the module docs); heavy ones run in a thread of their own, one chunk at a time
+        for all heavy requests together, so that small lookups stay fast while a large one runs."""
         queries = list(queries)
-        if len(queries) > CHUNK:  # a large request goes chunk by chunk, the loop free between them
-            parts = [await self.lookup(key, queries[i:i + CHUNK]) for i in range(0, len(queries), CHUNK)]
-            return LookupResult(parts[0].model_id, [m for p in parts for m in p.matches])
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._pending.append((key, queries, future))
-        if self._draining is None or self._draining.done():
-            self._draining = asyncio.create_task(self._drain())
-        return await future
+        if not scope.searched:  # nothing of this model to search: the scope says what was left out
+            for i in range(0, len(queries), CHUNK):
+                n = len(queries[i:i + CHUNK])
+                yield [[] for _ in range(n)], [False] * n
+            return
+        lists = tuple(s.name for s in scope.searched) if key.lists is not None else None
+        key = LookupKey(scope.model_id, lists, key.max_distance, key.limit)
+        try:
+            matcher = await self._fresh_matcher(scope.model_id)
+        except NeuralHashError as exc:
+            raise _store_error(exc) from None
+        for i in range(0, len(queries), CHUNK):
+            part = queries[i:i + CHUNK]
+            if self._is_heavy(matcher, key.max_distance, len(part)):
+                def search(store: Any, part: list[bytes] = part) -> list[tuple[list[Found], bool]]:
+                    found = matcher.query(part, key.max_distance, limit=key.limit + 1, only_lists=key.lists,
+                                          labels_from=store)
+                    return [self._found(per, key.limit) for per in found]  # here too, not on the loop
+
+                pairs = await self._heavy.run(search)
+                yield [p[0] for p in pairs], [p[1] for p in pairs]
+                continue
+            future: asyncio.Future = asyncio.get_running_loop().create_future()
+            self._pending.append((key, part, future))
+            if self._draining is None or self._draining.done():
+                self._draining = asyncio.create_task(self._drain())
+            yield await future
 
     async def _drain(self) -> None:
         # Lookups that arrive while a chunk runs wait in _pending and go together in the next one.
@@ -313,12 +408,6 @@ class Backend:
                 batch.append(item)
                 size += len(item[1])
             try:
-                for spec in {key.model for key, _, _ in batch}:
-                    try:
-                        model = self._model_of(spec)
-                    except NeuralHashError:
-                        continue  # _run_lookups reports it to the lookups concerned
-                    await self._fresh_matcher(model.model_id)
                 results = self._run_lookups(batch)
             except Exception as exc:  # the futures must not wait forever, whatever happened
                 results = [exc] * len(batch)
@@ -345,7 +434,7 @@ class Backend:
         raise BackendError(f"{self.db_path}: no list named {name!r}", 404)
 
     async def resolve_model(self, spec: str | None) -> Any:
-        return self._read(lambda store: self._model_of(spec))
+        return self._read(lambda store: store.resolve_model(spec))
 
     def _read(self, fn: Callable[[Any], Any]) -> Any:
         try:
@@ -354,6 +443,34 @@ class Backend:
             raise
         except NeuralHashError as exc:
             raise _store_error(exc) from None
+
+    async def health(self, timeout: float) -> None:
+        """BackendError 503 unless a thread of the pool, the database and a lookup each answer within
+        ``timeout`` seconds (a server whose threads are all stuck must not say it is well)."""
+        loop = asyncio.get_running_loop()
+        checks = [
+            ("the server's thread pool", lambda: loop.run_in_executor(None, int)),
+            ("the database", lambda: asyncio.to_thread(self._probe_database)),
+            ("lookups", self._probe_lookup),
+        ]
+        for what, check in checks:
+            try:
+                await asyncio.wait_for(check(), timeout)
+            except asyncio.TimeoutError:
+                raise BackendError(f"unhealthy: {what} did not answer within {timeout:g} s", 503) from None
+            except Exception as exc:
+                raise BackendError(f"unhealthy: {what}: {exc}", 503) from None
+
+    def _probe_database(self) -> None:
+        from ..store import HashStore
+
+        with HashStore(self.db_path, create=False) as store:
+            store.lists()
+
+    async def _probe_lookup(self) -> None:
+        models, _ = self._fresh_catalogue()
+        if models:
+            await self.lookup(LookupKey(models[0].model_id, None, 0, 1), [bytes(12)])
 
     # -- writes (writer thread) --------------------------------------------------------------
 
@@ -392,10 +509,30 @@ class Backend:
         finally:
             self._changed()
 
-    async def import_file(self, source: Any, name: str, model_id: str) -> Any:
-        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads."""
+    async def import_file(self, source: Any, name: str, model_id: str, label: str | None = None) -> Any:
+        """ImportReport(imported, replaced, skipped) of a hash list in any format ``index import`` reads
+        (``source``: a file object; a large one named on disk is imported in a child process, see
+        :mod:`.importer`); ``label`` names the entries the file leaves unnamed (LABEL:LINE)."""
+        from .importer import CHILD_IMPORT_BYTES, ChildImport
+
+        kwargs = {"list_name": name, "model_id": model_id, "label": label, "require_entries": True}
+        path = getattr(source, "name", None)
+        if isinstance(path, str) and os.path.isfile(path) and os.path.getsize(path) >= CHILD_IMPORT_BYTES:
+            child = ChildImport(self.db_path, path, **kwargs)
+
+            def write(store: Any) -> Any:
+                self._writer.child = child
+                try:
+                    return child.run()
+                finally:
+                    self._writer.child = None
+
+        else:
+            def write(store: Any) -> Any:
+                return store.import_file(source, **kwargs)
+
         try:
-            return await self._writer.run(lambda store: store.import_file(source, list_name=name, model_id=model_id))
+            return await self._writer.run(write)
         finally:
             self._changed()
 
@@ -418,17 +555,25 @@ class Backend:
         from ..store import HashStore
 
         await self.get_list(name)  # 404 before the response starts
-        chunks: queue.Queue = queue.Queue(maxsize=8)
+        loop = asyncio.get_running_loop()
+        # The rows cross from the thread to the loop through an asyncio queue; a semaphore bounds
+        # the chunks in flight. No thread of a pool ever waits on a client: a client that stops
+        # reading (or hangs up) holds only this export's own thread, which gives up within
+        # EXPORT_POLL seconds of the export being closed (and at shutdown).
+        chunks: asyncio.Queue = asyncio.Queue()
+        room = threading.Semaphore(8)
         stop = threading.Event()
+        self._exports.add(stop)
         done = object()
 
         def put(item: Any) -> bool:
             while not stop.is_set():
-                try:
-                    chunks.put(item, timeout=0.2)
+                if room.acquire(timeout=EXPORT_POLL):
+                    try:
+                        loop.call_soon_threadsafe(chunks.put_nowait, item)
+                    except RuntimeError:  # the loop is closed: nobody is reading
+                        return False
                     return True
-                except queue.Full:
-                    continue
             return False
 
         def produce() -> None:
@@ -437,6 +582,8 @@ class Backend:
                     buf: list[str] = [header] if header else []
                     size = len(header)
                     for row in store.export(list_name=name):
+                        if stop.is_set():
+                            return
                         text = render(row)
                         buf.append(text)
                         size += len(text)
@@ -453,10 +600,10 @@ class Backend:
 
         thread = threading.Thread(target=produce, name="nh-export", daemon=True)
         thread.start()
-        loop = asyncio.get_running_loop()
         try:
             while True:
-                item = await loop.run_in_executor(None, chunks.get)
+                item = await chunks.get()
+                room.release()
                 if item is done:
                     return
                 if isinstance(item, Exception):
@@ -464,3 +611,4 @@ class Backend:
                 yield item
         finally:
             stop.set()
+            self._exports.discard(stop)

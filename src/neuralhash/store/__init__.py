@@ -33,8 +33,6 @@ from .core import (
     AddReport,
     HashStore,
     ImportReport,
-    Match,
-    Matcher,
     StoredHash,
     StoredList,
     StoredModel,
@@ -44,6 +42,7 @@ from .core import (
     search,
 )
 from .db import SCHEMA_VERSION, StoreError
+from .search import Match, Matcher
 
 __all__ = [
     "DEFAULT_LIST", "IMPORTED_MODEL", "SCHEMA_VERSION", "AddReport", "HashStore", "ImportReport", "Match",

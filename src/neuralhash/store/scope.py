@@ -73,7 +73,7 @@ def search_scope(lists: Sequence[StoredList], model_id: str, requested: Sequence
             known = ", ".join(repr(n) for n in by_name) or "none"
             raise StoreError(f"{where}: no list named {name!r} (lists: {known})")
         if found.model_id != model_id:
-            raise StoreError(f"{where}: list {name!r} holds hashes of model {found._short(model_id)}, not "
+            raise StoreError(f"{where}: list {name!r} holds hashes of model {_short(found.model_id)}, not "
                              f"{_short(model_id)}; hashes of different models do not compare")
         searched_list.append(found)
     return SearchScope(model_id, tuple(searched_list), ())
