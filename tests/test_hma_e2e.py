@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 skdata = pytest.importorskip("skimage.data")
 
@@ -43,7 +43,7 @@ JPEG_QUALITY = {"astronaut": 90, "rocket": 90, "immunohistochemistry": 95}
 
 
 def _unavailable(reason: str):
-    if os.environ.get("CI") and "PostgreSQL" not in reason:
+    if os.environ.get("CI") and "PostgreSQL" not in reason and (SHARED / "vendor" / "hma").is_dir():
         pytest.fail(f"CI must provide HMA's environment: {reason}")
     pytest.skip(reason)
 

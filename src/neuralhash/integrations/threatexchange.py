@@ -62,9 +62,11 @@ _lock = threading.Lock()
 _model: t.Any = None
 
 
-class NeuralHashSignalError(NeuralHashError, CommandError):
+class NeuralHashSignalError(NeuralHashError, CommandError, ValueError):
     """Hashing failed (no model, an unreadable image). A ``CommandError`` too, so the
-    ``threatexchange`` CLI prints the message as one line instead of a traceback."""
+    ``threatexchange`` CLI prints the message as one line instead of a traceback, and a
+    ``ValueError``, which Hasher-Matcher-Actioner answers as a 400 with the message when it
+    hashes a URL (``GET /h/hash``) instead of a bare 500."""
 
     def __init__(self, message: str) -> None:
         CommandError.__init__(self, message, 1)
