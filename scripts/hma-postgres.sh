@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL for Hasher-Matcher-Actioner on this machine (Debian or Ubuntu), run as root:
-# installs Debian's postgresql when it is missing, starts its cluster, and creates the
+# installs Debian's postgresql (and libpq-dev, which building HMA's psycopg2 needs) when
+# missing, starts its cluster, and creates the
 # role and the database HMA uses (default: role "hma", password "hma", database "hma",
 # the defaults of src/neuralhash/integrations/hma/omm_config.py). The role may create
 # databases (the HMA tests make a fresh one per run). Safe to run again: what exists is kept.
@@ -18,9 +19,9 @@ if [ "$(id -u)" != 0 ]; then
     echo "hma-postgres: run as root (sudo $0): it installs and starts PostgreSQL" >&2
     exit 1
 fi
-if ! command -v pg_lsclusters >/dev/null 2>&1; then
+if ! command -v pg_lsclusters >/dev/null 2>&1 || ! command -v pg_config >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql libpq-dev >/dev/null
 fi
 # Debian's package creates one cluster ("VERSION main"); make one if it was removed.
 read -r version cluster port _ < <(pg_lsclusters --no-header | head -n 1) || true
