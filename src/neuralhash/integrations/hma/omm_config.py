@@ -64,7 +64,9 @@ STORAGE_IFACE_INSTANCE = DefaultOMMStore(
 # HMA logs through Flask's logger; without a handler gunicorn shows none of it.
 FLASK_LOGGING_CONFIG = {
     "version": 1,
+    "disable_existing_loggers": False,  # HMA's loggers exist by the time this is applied
     "formatters": {"default": {"format": "[%(asctime)s] %(levelname)s in %(module)s: %(message)s"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default"}},
     "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {"apscheduler": {"level": "WARNING"}},  # a line for each run of every task otherwise
 }
