@@ -100,6 +100,7 @@ def cli_hashes(images, cache):
 def image_server(images):
     """The images over HTTP on 127.0.0.1 (HMA fetches URLs); name -> URL."""
     folder = next(iter(images.values())).parent
+    (folder / "garbage.png").write_bytes(b"not an image\n")  # served as image/png
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):
@@ -109,7 +110,7 @@ def image_server(images):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    yield {name: f"{base}/{path.name}" for name, path in images.items()}
+    yield {**{name: f"{base}/{path.name}" for name, path in images.items()}, "garbage": f"{base}/garbage.png"}
     server.shutdown()
     server.server_close()
 
@@ -176,6 +177,8 @@ def bank(hma, image_server, cli_hashes):
 
 def test_hmas_hashes_are_neuralhash_hash(hma, image_server, images, cli_hashes):
     for name, url in image_server.items():
+        if name == "garbage":
+            continue
         status, body = hma.request("GET", "/h/hash", params={"url": url, "types": "neuralhash"})
         assert status == 200, (name, body)
         assert body == {"neuralhash": cli_hashes[name]}, name
@@ -251,3 +254,13 @@ def test_signals_fetched_through_exchanges_land_in_banks_and_match(hma, bank, tm
     assert status == 200 and set(body) == {"SAMPLES"} and len(body["SAMPLES"]) == 4, body
     # The bank added by URL is still matched after the rebuild.
     assert _wait_for_match(hma, cli_hashes["astronaut"])[0]["bank_content_id"] == bank["astronaut"]
+
+
+def test_an_unreadable_image_is_a_400_naming_the_signal_when_hma_fetches_it(hma, image_server):
+    status, body = hma.request("GET", "/h/hash", params={"url": image_server["garbage"], "types": "neuralhash"})
+    assert status == 400 and "neuralhash signal:" in str(body), (status, body)
+    # An upload's hashing is not guarded by HMA at all (docs/hma.md, "What HMA cannot do", item 4).
+    status, body = hma.request("POST", "/h/hash", params={"types": "neuralhash"},
+                               files={"photo": ("x.png", b"not an image\n")})
+    assert status == 500, (status, body)
+    assert "neuralhash signal:" in hma.log_tail(20000)
