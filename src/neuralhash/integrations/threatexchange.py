@@ -7,7 +7,8 @@ Enable it in the ``threatexchange`` CLI::
     threatexchange hash photo photo.jpg          # neuralhash 59a34eabe31910abfb06f308
 
 and in Hasher-Matcher-Actioner by listing :class:`NeuralHashSignal` in the
-``signal_types`` of its storage (see the README).
+``signal_types`` of its storage: ``neuralhash.integrations.hma.OMM_CONFIG`` is such a
+configuration (docs/hma.md).
 
 The signal (``get_name()`` = ``"neuralhash"``) is the 24-hex-digit NeuralHash that
 ``neuralhash hash`` prints, computed by this project's exact pipeline. Hashes
