@@ -132,8 +132,9 @@ class LocalHMA:
     """HMA under gunicorn on 127.0.0.1 (a free port unless given), migrated on start.
 
     ``env`` adds to this process's environment (``NEURALHASH_MODEL``, ``OMM_ROLE_*``,
-    ``PYTHONPATH``...); ``log`` is the file gunicorn writes to (default: beside nothing,
-    a temporary file named by :attr:`log`).
+    ``PYTHONPATH``...); ``log`` is the file gunicorn and HMA write to (default: a file in
+    /tmp named after the port). ``workers`` x ``threads`` is gunicorn's concurrency (with
+    more than one thread, its gthread worker, which keeps connections alive).
     """
 
     def __init__(self, venv: Path, database_uri: str, *, env: dict | None = None, port: int | None = None,
