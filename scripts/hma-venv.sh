@@ -3,7 +3,8 @@
 #   scripts/hma-venv.sh HMA_SOURCE [VENV]      (VENV default: .venv-hma in this checkout)
 # HMA_SOURCE is HMA's folder (hasher-matcher-actioner in facebook/ThreatExchange; HMA is not
 # on PyPI). Installs HMA's dependencies, gunicorn and this project with its threatexchange
-# extra, in their own environment (HMA pins its own Flask, SQLAlchemy and psycopg2).
+# extra, in an environment of their own (HMA's Flask, SQLAlchemy, psycopg2 and APScheduler stay
+# apart from the project's environments).
 # HMA's pyproject.toml installs no package of its own (its Docker image copies src/ instead),
 # so the environment gets a .pth file naming HMA_SOURCE/src. Safe to run again.
 set -euo pipefail
