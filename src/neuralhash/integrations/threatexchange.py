@@ -233,12 +233,13 @@ class NeuralHashIndex(tx_index.SignalTypeIndex[tx_index.T]):
         his, los, metas = [self._hi], [self._lo], [self._entries]
         items = iter(entries)
         while chunk := list(itertools.islice(items, self.CHUNK)):
-            hexes, chunk_entries = zip(*chunk)
-            del chunk
-            hi, lo = _pack_words(hexes)
+            # Comprehensions, not zip(*chunk): that makes an iterator object per pair, and
+            # allocating millions of objects runs the garbage collector over HMA's whole list.
+            hi, lo = _pack_words([h for h, _ in chunk])
             his.append(hi)
             los.append(lo)
-            metas.append(_entry_array(chunk_entries))
+            metas.append(_entry_array([e for _, e in chunk]))
+            del chunk
         self._set(np.concatenate(his), np.concatenate(los), _join_entries(metas))
 
     def _flush(self) -> None:
@@ -290,18 +291,18 @@ class NeuralHashIndex(tx_index.SignalTypeIndex[tx_index.T]):
             self._searcher()  # HMA loads indexes in the background: have the tables ready for queries
 
 
-def _pack_words(hexes: t.Sequence[str]) -> t.Tuple[np.ndarray, np.ndarray]:
+def _pack_words(hexes: t.List[str]) -> t.Tuple[np.ndarray, np.ndarray]:
     from ..matching import pack_hex, to_words
 
     try:
-        return to_words(pack_hex(list(hexes)))
+        return to_words(pack_hex(hexes))
     except NeuralHashError:  # blanks, or a bad hash: normalise each, which names the bad one
         return to_words(pack_hex([_normalise(h) for h in hexes]))
 
 
-def _entry_array(entries: t.Sequence[t.Any]) -> t.Any:
+def _entry_array(entries: t.List[t.Any]) -> t.Any:
     """An int array when every entry is an int that fits (HMA's content ids), else the list."""
-    if all(type(e) is int for e in entries):
+    if set(map(type, entries)) == {int}:
         try:
             return np.array(entries, dtype=np.int64)
         except OverflowError:
