@@ -28,7 +28,6 @@ import argparse
 import concurrent.futures
 import http.client
 import json
-import os
 import random
 import subprocess
 import sys
@@ -197,6 +196,7 @@ def bench_one(venv: Path, signal_type: str, n: int, requests: int, log_dir: Path
                 batch = (queries * (requests // len(queries) + 1))[:requests]
                 times, wall = _lookups(server.port, signal_type, batch, clients)
                 row[f"c{clients}"] = (_pct(times, 0.5) * 1e3, _pct(times, 0.99) * 1e3, len(times) / wall)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # before the database is dropped
     return row
 
 
@@ -219,7 +219,6 @@ def main() -> None:
             print(f"... {signal_type} {n:,}", file=sys.stderr)
             row = bench_one(venv, signal_type, n, args.requests, log_dir)
             rows.append((signal_type, n, row))
-            print(json.dumps(row), file=sys.stderr)
     print("| signals | index | build | build peak (input list) | serialized | store in PostgreSQL | deserialize "
           "| matcher: start to first match | matcher RSS | raw lookup p50 / p99, 1 client | 4 clients "
           "| req/s at 4 |")

@@ -89,22 +89,35 @@ class Database:
     def create(cls, admin_uri: str | None = None, prefix: str = "neuralhash_hma") -> "Database":
         admin_uri = admin_uri or os.environ.get(ADMIN_URI_ENV) or DEFAULT_ADMIN_URI
         self = cls(admin_uri, f"{prefix}_{uuid.uuid4().hex[:12]}")
-        self._psql(f"CREATE DATABASE {self.name}")
+        self._create()
         return self
 
-    def _psql(self, sql: str) -> None:
+    def _psql(self, sql: str) -> str | None:
+        """None when ``sql`` ran, else psql's error."""
         psql = shutil.which("psql")
         if psql is None:
             raise HMAUnavailable("no psql command: install PostgreSQL with scripts/hma-postgres.sh (as root)")
         done = subprocess.run([psql, libpq_uri(self.admin_uri), "-v", "ON_ERROR_STOP=1", "-qc", sql],
                               capture_output=True, text=True, timeout=120)
-        if done.returncode:
+        return _last_line(done.stderr) if done.returncode else None
+
+    def _create(self) -> None:
+        error = self._psql(f"CREATE DATABASE {self.name}")
+        if error:
             host = urllib.parse.urlsplit(self.admin_uri).netloc.rpartition("@")[2]
-            raise HMAUnavailable(f"PostgreSQL at {host} did not run {sql!r} ({_last_line(done.stderr)}); "
+            raise HMAUnavailable(f"PostgreSQL at {host} could not create a database ({error}); "
                                  "start it with scripts/hma-postgres.sh (as root)")
 
-    def drop(self) -> None:
-        self._psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
+    def drop(self, attempts: int = 10) -> None:
+        """Drop it. A plain DROP first: PostgreSQL itself stops an autovacuum worker busy there
+        (after a big index upload), which WITH (FORCE) may not (it is not this role's process)."""
+        error = None
+        for k in range(attempts):
+            error = self._psql(f"DROP DATABASE IF EXISTS {self.name}")
+            if error is None or self._psql(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)") is None:
+                return
+            time.sleep(1 + k)
+        raise HMAError(f"could not drop the database {self.name}: {error}")
 
     def __enter__(self) -> "Database":
         return self
