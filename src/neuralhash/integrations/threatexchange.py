@@ -7,7 +7,8 @@ Enable it in the ``threatexchange`` CLI::
     threatexchange hash photo photo.jpg          # neuralhash 59a34eabe31910abfb06f308
 
 and in Hasher-Matcher-Actioner by listing :class:`NeuralHashSignal` in the
-``signal_types`` of its storage (see the README).
+``signal_types`` of its storage: ``neuralhash.integrations.hma.OMM_CONFIG`` is such a
+configuration (docs/hma.md).
 
 The signal (``get_name()`` = ``"neuralhash"``) is the 24-hex-digit NeuralHash that
 ``neuralhash hash`` prints, computed by this project's exact pipeline. Hashes
@@ -30,11 +31,14 @@ an empty hash.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import random
 import threading
 import typing as t
+
+import numpy as np
 
 from . import missing_extra
 from ..errors import NeuralHashError
@@ -62,9 +66,11 @@ _lock = threading.Lock()
 _model: t.Any = None
 
 
-class NeuralHashSignalError(NeuralHashError, CommandError):
+class NeuralHashSignalError(NeuralHashError, CommandError, ValueError):
     """Hashing failed (no model, an unreadable image). A ``CommandError`` too, so the
-    ``threatexchange`` CLI prints the message as one line instead of a traceback."""
+    ``threatexchange`` CLI prints the message as one line instead of a traceback, and a
+    ``ValueError``, which Hasher-Matcher-Actioner answers as a 400 with the message when it
+    hashes a URL (``GET /h/hash``) instead of a bare 500."""
 
     def __init__(self, message: str) -> None:
         CommandError.__init__(self, message, 1)
@@ -191,53 +197,129 @@ class NeuralHashSignal(
 class NeuralHashIndex(tx_index.SignalTypeIndex[tx_index.T]):
     """Exact Hamming-radius index over NeuralHash signals (multi-index hashing).
 
-    Identical hashes share one slot (all their entries come back together). The
-    search structure is built on the first query after an ``add`` and is not
-    pickled (it is rebuilt after loading), so serialised indexes stay small.
+    Built for the indexes Hasher-Matcher-Actioner keeps (millions of signals, bank
+    content ids as entries): the hashes are held as packed words (12 bytes a signal),
+    the entries as one integer array when they are all integers (else a list), and
+    :meth:`build` / :meth:`add_all` convert a million signals at a time with numpy.
+    Every entry comes back, also when several share a hash.
+
+    Serialised by the base class (a pickle: HMA loads every index with
+    ``SignalTypeIndex.deserialize``, never a subclass's), holding only those arrays
+    (16-20 bytes a signal); the search tables are rebuilt when the pickle is loaded,
+    which in HMA happens in a matcher's background refresh, before its first query.
     """
+
+    #: Signals converted at a time by add_all (bounds the temporary memory of a build).
+    CHUNK = 1 << 20
 
     def __init__(self, threshold: t.Optional[int] = None) -> None:
         super().__init__()
         self.threshold = default_threshold() if threshold is None else int(threshold)
-        self._slot: t.Dict[str, int] = {}
-        self._hashes: t.List[str] = []
-        self._entries: t.List[t.List[tx_index.T]] = []
+        self._hi = np.zeros(0, np.uint64)
+        self._lo = np.zeros(0, np.uint32)
+        self._entries: t.Any = np.zeros(0, np.int64)  # ndarray of ints, or a list
+        self._pending: t.List[t.Tuple[str, tx_index.T]] = []
         self._search: t.Any = None
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return len(self._hi) + len(self._pending)
 
     def add(self, signal_str: str, entry: tx_index.T) -> None:
-        key = _normalise(signal_str)
-        slot = self._slot.get(key)
-        if slot is None:
-            slot = self._slot[key] = len(self._hashes)
-            self._hashes.append(key)
-            self._entries.append([])
-            self._search = None
-        self._entries[slot].append(entry)
+        self._pending.append((_normalise(signal_str), entry))
+        self._search = None
+
+    def add_all(self, entries: t.Iterable[t.Tuple[str, tx_index.T]]) -> None:
+        self._flush()
+        his, los, metas = [self._hi], [self._lo], [self._entries]
+        items = iter(entries)
+        while chunk := list(itertools.islice(items, self.CHUNK)):
+            # Comprehensions, not zip(*chunk): that makes an iterator object per pair, and
+            # allocating millions of objects runs the garbage collector over HMA's whole list.
+            hi, lo = _pack_words([h for h, _ in chunk])
+            his.append(hi)
+            los.append(lo)
+            metas.append(_entry_array([e for _, e in chunk]))
+            del chunk
+        self._set(np.concatenate(his), np.concatenate(los), _join_entries(metas))
+
+    def _flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self.add_all(pending)
+
+    def _set(self, hi: np.ndarray, lo: np.ndarray, entries: t.Any) -> None:
+        self._hi, self._lo, self._entries = hi, lo, entries
+        self._search = None
 
     def query(self, query: str) -> t.Sequence[tx_index.IndexMatchUntyped[
             tx_index.SignalSimilarityInfoWithIntDistance, tx_index.T]]:
         """Every entry whose hash is within ``threshold`` bits of ``query``, nearest first."""
-        if not self._hashes:
-            return []
         key = _normalise(query)
-        if self._search is None:
-            from ..matching import HashIndex, pack_hex
-
-            self._search = HashIndex(pack_hex(self._hashes))
-        found = self._search.query(key, self.threshold)
+        self._flush()
+        if not len(self._hi):
+            return []
+        found = self._searcher().query(key, self.threshold)
+        entries = self._entries
+        picked = entries[found.indices].tolist() if isinstance(entries, np.ndarray) else \
+            [entries[i] for i in found.indices.tolist()]
         return [
             tx_index.IndexMatchUntyped(tx_index.SignalSimilarityInfoWithIntDistance(int(d)), entry)
-            for i, d in zip(found.indices.tolist(), found.distances.tolist())
-            for entry in self._entries[i]
+            for entry, d in zip(picked, found.distances.tolist())
         ]
 
+    def _searcher(self):
+        if self._search is None:
+            from ..matching import HashIndex
+
+            self._search = HashIndex.from_words(self._hi, self._lo).build()
+        return self._search
+
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_search"] = None
-        return state
+        self._flush()
+        return {"version": 2, "threshold": self.threshold, "hi": self._hi, "lo": self._lo,
+                "entries": self._entries}
+
+    def __setstate__(self, state: dict) -> None:
+        if state.get("version") != 2:
+            raise NeuralHashSignalError(
+                "neuralhash index: this serialised index was written by an older version of "
+                "neuralhash.integrations.threatexchange; build it again (HMA: flask build_indices)")
+        self.threshold = int(state["threshold"])
+        self._pending = []
+        self._set(state["hi"], state["lo"], state["entries"])
+        if len(self._hi):
+            self._searcher()  # HMA loads indexes in the background: have the tables ready for queries
+
+
+def _pack_words(hexes: t.List[str]) -> t.Tuple[np.ndarray, np.ndarray]:
+    from ..matching import pack_hex, to_words
+
+    try:
+        return to_words(pack_hex(hexes))
+    except NeuralHashError:  # blanks, or a bad hash: normalise each, which names the bad one
+        return to_words(pack_hex([_normalise(h) for h in hexes]))
+
+
+def _entry_array(entries: t.List[t.Any]) -> t.Any:
+    """An int array when every entry is an int that fits (HMA's content ids), else the list."""
+    if set(map(type, entries)) == {int}:
+        try:
+            return np.array(entries, dtype=np.int64)
+        except OverflowError:
+            pass
+    return list(entries)
+
+
+def _join_entries(parts: t.List[t.Any]) -> t.Any:
+    if all(isinstance(p, np.ndarray) for p in parts):
+        joined = np.concatenate(parts)
+        if joined.size and joined.min() >= np.iinfo(np.int32).min and joined.max() <= np.iinfo(np.int32).max:
+            joined = joined.astype(np.int32)  # 4 bytes an entry held and serialised
+        return joined
+    out: t.List[t.Any] = []
+    for p in parts:
+        out.extend(p.tolist() if isinstance(p, np.ndarray) else p)
+    return out
 
 
 TX_MANIFEST = ThreatExchangeExtensionManifest(signal_types=(NeuralHashSignal,))
