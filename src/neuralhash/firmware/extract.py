@@ -342,7 +342,7 @@ def firmware_model_dir(src: str | os.PathLike, cache_dir: str | os.PathLike | No
     except OSError as exc:
         raise FirmwareError(f"{src}: cannot read ({exc.strerror or exc})") from None
     key = hashlib.sha256(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{__version__}".encode()).hexdigest()[:32]
-    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     folder = root / "firmware" / key
     if (folder / MANIFEST).is_file():
         return folder

@@ -161,7 +161,7 @@ def cached_model_id(onnx_bytes: bytes, seed: np.ndarray, cache_dir: str | os.Pat
     key = hashlib.sha256(onnx_bytes)
     key.update(np.asarray(seed).astype("<f4").tobytes())
     key.update(f"neuralhash:{__version__}".encode())
-    path = Path(cache_dir if cache_dir is not None else cache_root()) / "model-ids" / key.hexdigest()
+    path = (Path(cache_dir).expanduser() if cache_dir is not None else cache_root()) / "model-ids" / key.hexdigest()
     try:
         known = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError):
