@@ -5,9 +5,10 @@ runs). Images reach HMA as URLs on a loopback HTTP server. Every expectation com
 hash`` run as a separate process on the same files (the hashes) and the Hamming distances between them.
 
 The demo model is synthetic, not perceptual: its bits move under some edits by far more than Apple's
-model's do. The images and edits were chosen where it is stable (scikit-image's astronaut, rocket and
-immunohistochemistry photos, 14-81 bits apart; a 75 % Lanczos resize and a JPEG re-encode move them 2-5
-bits), and the test checks these premises with the CLI's distances before it relies on them.
+model's do. The images and edits were chosen where it is stable (scikit-image's deep-field, cat and
+cell photos, 18-90 bits apart; a 75 % Lanczos resize and a JPEG re-encode move them 0-6 bits; the
+unrelated photos lie 24 bits or more from each), and the test checks these premises with the CLI's
+distances before it relies on them.
 
 Skips (with the reason) when .venv-hma is missing (except under CI) or PostgreSQL cannot be reached.
 """
@@ -33,12 +34,12 @@ skdata = pytest.importorskip("skimage.data")
 from neuralhash.integrations.hma.local import Database, HMAUnavailable, LocalHMA, find_venv  # noqa: E402
 
 THRESHOLD = 8  # neuralhash.integrations.threatexchange.DEFAULT_THRESHOLD (that module needs threatexchange)
-BANK = ["astronaut", "rocket", "immunohistochemistry"]
-UNRELATED = ["coffee", "camera", "brick", "hubble_deep_field"]
+BANK = ["hubble_deep_field", "chelsea", "cell"]
+UNRELATED = ["coffee", "camera", "brick", "astronaut"]
 #: The everyday edits of each bank photo: a 75 % Lanczos resize and a JPEG re-encode (at quality 95 for
-#: the micrograph, whose demo hash moves 8 bits at 90: at the threshold's edge, so not a fair premise).
+#: the deep field, whose demo hash moves 8 bits at 90: at the threshold's edge, so not a fair premise).
 EDITS = ["resize75.png", "jpeg.jpg"]
-JPEG_QUALITY = {"astronaut": 90, "rocket": 90, "immunohistochemistry": 95}
+JPEG_QUALITY = {"hubble_deep_field": 95, "chelsea": 90, "cell": 90}
 
 
 def _unavailable(reason: str):
@@ -182,8 +183,8 @@ def test_hmas_hashes_are_neuralhash_hash(hma, image_server, images, cli_hashes):
         assert status == 200, (name, body)
         assert body == {"neuralhash": cli_hashes[name]}, name
     # An upload (multipart, the field named after the content type) hashes the same.
-    status, body = hma.request("POST", "/h/hash", files={"photo": ("x.jpg", images["rocket.jpeg.jpg"].read_bytes())})
-    assert status == 200 and body["neuralhash"] == cli_hashes["rocket.jpeg.jpg"], body
+    status, body = hma.request("POST", "/h/hash", files={"photo": ("x.jpg", images["cell.jpeg.jpg"].read_bytes())})
+    assert status == 200 and body["neuralhash"] == cli_hashes["cell.jpeg.jpg"], body
 
 
 def test_bank_photos_and_their_edits_match_at_the_default_threshold(hma, bank, image_server, cli_hashes):
@@ -209,7 +210,7 @@ def test_unrelated_photos_match_nothing(hma, bank, image_server, cli_hashes):
 
 
 def test_raw_lookup_returns_the_bank_content(hma, bank, cli_hashes):
-    name = "rocket"
+    name = "hubble_deep_field"
     for bits in (0, 3, THRESHOLD):
         matches = _wait_for_match(hma, _flip(cli_hashes[name], bits))
         assert matches == [{"bank_content_id": bank[name], "distance": str(bits)}]
@@ -252,7 +253,7 @@ def test_signals_fetched_through_exchanges_land_in_banks_and_match(hma, bank, tm
     status, body = hma.request("GET", "/m/lookup", params={"signal_type": "neuralhash", "signal": example})
     assert status == 200 and set(body) == {"SAMPLES"} and len(body["SAMPLES"]) == 4, body
     # The bank added by URL is still matched after the rebuild.
-    assert _wait_for_match(hma, cli_hashes["astronaut"])[0]["bank_content_id"] == bank["astronaut"]
+    assert _wait_for_match(hma, cli_hashes["chelsea"])[0]["bank_content_id"] == bank["chelsea"]
 
 
 def test_an_unreadable_image_is_a_400_naming_the_signal_when_hma_fetches_it(hma, image_server):
