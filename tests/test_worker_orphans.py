@@ -81,3 +81,38 @@ def test_workers_exit_when_their_parent_is_killed(tmp_path, how):
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+
+
+
+_ABANDON = r"""
+import threading, time
+from neuralhash.hashing.pipeline import decoded
+
+class Sleeper:
+    # An item whose unpickling, in a worker, sleeps for an hour: a worker stuck mid-task.
+    def __fspath__(self):
+        return "/nonexistent/sleeper.png"
+    def __reduce__(self):
+        return (time.sleep, (3600,))
+
+if __name__ == "__main__":
+    stream = decoded(iter([Sleeper()] * 4), workers=2, window=4)  # never closed
+    threading.Thread(target=lambda: next(stream), daemon=True).start()
+    time.sleep(2)  # the workers are inside the hour
+    print("leaving", flush=True)
+"""
+
+
+def test_a_program_that_abandons_a_pipeline_with_a_stuck_worker_still_exits(tmp_path):
+    """concurrent.futures' exit hook joins every executor; a worker stuck mid-task (or one CPython
+    started after it terminated the others of a broken pool) held the process at exit for ever."""
+    script = tmp_path / "abandon.py"
+    script.write_text(_ABANDON)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("the program did not exit: a stuck worker of its pipeline held it") from None
+    assert b"leaving" in out, err.decode()

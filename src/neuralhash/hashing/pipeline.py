@@ -31,6 +31,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import weakref
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -91,7 +93,6 @@ def _exit_with_parent() -> None:
     sentinel = getattr(parent, "sentinel", None)
     if sentinel is None:
         return
-    import threading
 
     def watch() -> None:
         from multiprocessing.connection import wait
@@ -292,13 +293,45 @@ def _chain(head: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
     yield from rest
 
 
+#: Every pool _pooled made and has not shut down: what the exit hook below stops.
+_LIVE_POOLS: "weakref.WeakSet[ProcessPoolExecutor]" = weakref.WeakSet()
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's worker processes. A broken pool must lose them: CPython's executor may
+    have started one after it terminated the others (a submit racing the breakage), and that one
+    then blocks for good writing its result to a pipe nobody reads, and the executor waits for it
+    (seen as a test run that never exited). ``_processes`` is the executor's own table."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.kill()
+
+
+def _stop_pools_at_exit() -> None:
+    for pool in list(_LIVE_POOLS):
+        _kill_workers(pool)
+
+
+# Runs before concurrent.futures' own exit hook, which joins every executor's threads (and so
+# would wait for ever on a worker stuck as above); registered the way concurrent.futures does.
+threading._register_atexit(_stop_pools_at_exit)
+
+
 def _pooled(items: Iterator[Any], workers: int, window: int, task: Callable[[Any], Any],
             local: Callable[[Any], Any], crashed: Callable[[Any], Any], in_worker: Callable[[Any], bool],
             stall_marks: bool) -> Iterator[tuple[Any, Any] | None]:
     ctx = _context()
 
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+        made = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+        _LIVE_POOLS.add(made)
+        return made
+
+    def stop(broken: bool) -> None:
+        if broken:
+            _kill_workers(pool)
+        pool.shutdown(wait=True, cancel_futures=True)
+        _LIVE_POOLS.discard(pool)
 
     pool = new_pool()
     pending: deque[tuple[Any, Future | None]] = deque()
@@ -312,7 +345,7 @@ def _pooled(items: Iterator[Any], workers: int, window: int, task: Callable[[Any
         return pool.submit(task, item)
 
     def restart() -> ProcessPoolExecutor:
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop(broken=True)
         return new_pool()
 
     try:
@@ -370,4 +403,4 @@ def _pooled(items: Iterator[Any], workers: int, window: int, task: Callable[[Any
         for _, future in pending:
             if future is not None:
                 future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop(broken=False)
