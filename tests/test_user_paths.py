@@ -93,3 +93,16 @@ def test_distributed_model(home):
             return payload
 
     assert share_model(Client(), "~/nh")["model_id"] == NeuralHash.from_espresso(home / "nh").model_id
+
+
+def test_firmware_sources_and_outputs(home):
+    pytest.importorskip("dissect.apfs")
+    import extract_images as X  # tests/: the APFS images the extract tests write
+
+    from neuralhash import NeuralHash
+    from neuralhash.firmware import extract
+
+    X.ios_container(X.demo_files(home / "cache")).save(home / "fw.apfs")
+    result = extract("~/fw.apfs", "~/out")
+    assert (home / "out" / "NeuralHashv3b-current.espresso.net").is_file() and result is not None
+    assert NeuralHash.from_source("~/fw.apfs").model_id == NeuralHash.from_espresso(home / "out").model_id

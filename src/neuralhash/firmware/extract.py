@@ -252,7 +252,7 @@ def build_manifest(fw: Firmware, files: list[FoundFile], digests: list[str]) -> 
 def write_files(fw: Firmware, files: list[FoundFile], out_dir: str | os.PathLike, *, force: bool = False,
                 max_size: int = MAX_FILE_SIZE, progress: Progress | None = None) -> ExtractResult:
     """Write ``files`` and ``manifest.json`` into ``out_dir``: all of them, or (on any error) nothing."""
-    folder = Path(out_dir)
+    folder = Path(out_dir).expanduser()
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -336,7 +336,7 @@ def firmware_model_dir(src: str | os.PathLike, cache_dir: str | os.PathLike | No
     """
     from ..demo import cache_root
 
-    path = Path(src).resolve()
+    path = Path(src).expanduser().resolve()
     try:
         st = path.stat()
     except OSError as exc:

@@ -68,7 +68,7 @@ class Firmware:
 
 
 def open_firmware(src: str | os.PathLike) -> Firmware:
-    path = Path(src)
+    path = Path(src).expanduser()
     if path.is_dir():
         return Firmware(source=str(path), layers=["folder"], folder=FolderTree(path))
     if not path.exists():

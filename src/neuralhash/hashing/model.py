@@ -314,8 +314,9 @@ class NeuralHash:
             return cls.from_onnx(text, seed=seed, providers=providers, max_pixels=max_pixels)
         from ..firmware import firmware_model_dir, sniff
 
-        if os.path.isfile(text) and sniff(text) is not None:  # an IPSW, a .dmg, an APFS or GPT image
-            text = os.fspath(firmware_model_dir(text, cache_dir))
+        local = os.path.expanduser(text)
+        if os.path.isfile(local) and sniff(local) is not None:  # an IPSW, a .dmg, an APFS or GPT image
+            text = os.fspath(firmware_model_dir(local, cache_dir))
         return cls.from_espresso(text, seed=seed, providers=providers, cache_dir=cache_dir, max_pixels=max_pixels)
 
     # -- properties ---------------------------------------------------------------------------
